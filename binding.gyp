@@ -1,0 +1,10 @@
+{
+  "targets": [
+    {
+      "target_name": "vhost_user_native",
+      "sources": ["native/addon.c"],
+      "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-std=gnu11"],
+      "defines": ["NAPI_VERSION=8", "_GNU_SOURCE"]
+    }
+  ]
+}
