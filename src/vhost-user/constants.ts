@@ -1,0 +1,266 @@
+/**
+ * Wire constants of the vhost-user protocol (QEMU docs/interop/vhost-user.rst).
+ *
+ * Names follow the spec with the `VHOST_USER_` prefix dropped inside the enums; the flag and mask
+ * constants keep their full spec names so they can be grepped against the spec text.
+ * @module
+ */
+
+/** Requests sent by the front-end on the main socket (spec "Front-end message types"). */
+export enum FrontendReq {
+  GET_FEATURES = 1,
+  SET_FEATURES = 2,
+  SET_OWNER = 3,
+  RESET_OWNER = 4,
+  SET_MEM_TABLE = 5,
+  SET_LOG_BASE = 6,
+  SET_LOG_FD = 7,
+  SET_VRING_NUM = 8,
+  SET_VRING_ADDR = 9,
+  SET_VRING_BASE = 10,
+  GET_VRING_BASE = 11,
+  SET_VRING_KICK = 12,
+  SET_VRING_CALL = 13,
+  SET_VRING_ERR = 14,
+  GET_PROTOCOL_FEATURES = 15,
+  SET_PROTOCOL_FEATURES = 16,
+  GET_QUEUE_NUM = 17,
+  SET_VRING_ENABLE = 18,
+  SEND_RARP = 19,
+  NET_SET_MTU = 20,
+  SET_BACKEND_REQ_FD = 21,
+  IOTLB_MSG = 22,
+  SET_VRING_ENDIAN = 23,
+  GET_CONFIG = 24,
+  SET_CONFIG = 25,
+  CREATE_CRYPTO_SESSION = 26,
+  CLOSE_CRYPTO_SESSION = 27,
+  POSTCOPY_ADVISE = 28,
+  POSTCOPY_LISTEN = 29,
+  POSTCOPY_END = 30,
+  GET_INFLIGHT_FD = 31,
+  SET_INFLIGHT_FD = 32,
+  GPU_SET_SOCKET = 33,
+  RESET_DEVICE = 34,
+  VRING_KICK = 35,
+  GET_MAX_MEM_SLOTS = 36,
+  ADD_MEM_REG = 37,
+  REM_MEM_REG = 38,
+  SET_STATUS = 39,
+  GET_STATUS = 40,
+  GET_SHARED_OBJECT = 41,
+  SET_DEVICE_STATE_FD = 42,
+  CHECK_DEVICE_STATE = 43,
+}
+
+/** Highest front-end request id this implementation knows; ids above it are "unknown". */
+export const FRONTEND_REQ_MAX = FrontendReq.CHECK_DEVICE_STATE;
+
+/** Requests sent by the back-end on the back-end channel (spec "Back-end message types"). */
+export enum BackendReq {
+  IOTLB_MSG = 1,
+  CONFIG_CHANGE_MSG = 2,
+  VRING_HOST_NOTIFIER_MSG = 3,
+  VRING_CALL = 4,
+  VRING_ERR = 5,
+  SHARED_OBJECT_ADD = 6,
+  SHARED_OBJECT_REMOVE = 7,
+  SHARED_OBJECT_LOOKUP = 8,
+}
+
+/** Highest back-end request id this implementation knows. */
+export const BACKEND_REQ_MAX = BackendReq.SHARED_OBJECT_LOOKUP;
+
+/** Bit numbers of the vhost-user protocol features (`VHOST_USER_PROTOCOL_F_*`). */
+export enum ProtocolFeature {
+  MQ = 0,
+  LOG_SHMFD = 1,
+  RARP = 2,
+  REPLY_ACK = 3,
+  MTU = 4,
+  BACKEND_REQ = 5,
+  CROSS_ENDIAN = 6,
+  CRYPTO_SESSION = 7,
+  PAGEFAULT = 8,
+  CONFIG = 9,
+  BACKEND_SEND_FD = 10,
+  HOST_NOTIFIER = 11,
+  INFLIGHT_SHMFD = 12,
+  RESET_DEVICE = 13,
+  INBAND_NOTIFICATIONS = 14,
+  CONFIGURE_MEM_SLOTS = 15,
+  STATUS = 16,
+  XEN_MMAP = 17,
+  SHARED_OBJECT = 18,
+  DEVICE_STATE = 19,
+}
+
+/** Mask of every protocol feature bit this implementation understands. */
+export const PROTOCOL_FEATURES_KNOWN: bigint = (1n << 20n) - 1n;
+
+/** `1n << BigInt(bit)` for a protocol feature: the form used in negotiated bitmasks. */
+export function protocolFeatureMask(bit: ProtocolFeature): bigint {
+  return 1n << BigInt(bit);
+}
+
+/** True when `bits` (a negotiated protocol feature bitmask) contains `feature`. */
+export function hasProtocolFeature(bits: bigint, feature: ProtocolFeature): boolean {
+  return ((bits >> BigInt(feature)) & 1n) === 1n;
+}
+
+/** Current protocol version, carried in the two low bits of the header flags. */
+export const VHOST_USER_VERSION = 0x1;
+/** Header flags bits holding the version. */
+export const VHOST_USER_VERSION_MASK = 0x3;
+/** Header flag set on every reply. */
+export const VHOST_USER_REPLY_MASK = 0x1 << 2;
+/** Header flag asking the receiver for a REPLY_ACK (needs `ProtocolFeature.REPLY_ACK`). */
+export const VHOST_USER_NEED_REPLY_MASK = 0x1 << 3;
+/** Every header flag bit the spec defines; the rest are reserved. */
+export const VHOST_USER_FLAGS_KNOWN_MASK =
+  VHOST_USER_VERSION_MASK | VHOST_USER_REPLY_MASK | VHOST_USER_NEED_REPLY_MASK;
+
+/** Bits 0-7 of the SET_VRING_KICK/CALL/ERR payload: the vring index. */
+export const VHOST_USER_VRING_IDX_MASK = 0xff;
+/** Bit 8 of the SET_VRING_KICK/CALL/ERR payload: no fd in the ancillary data (poll instead). */
+export const VHOST_USER_VRING_NOFD_MASK = 0x1 << 8;
+
+/** Virtio feature bit (in GET_FEATURES) announcing protocol-feature negotiation support. */
+export const VHOST_USER_F_PROTOCOL_FEATURES = 30;
+
+/** Maximum number of regions in one SET_MEM_TABLE message (QEMU VHOST_MEMORY_BASELINE_NREGIONS). */
+export const VHOST_USER_MAX_RAM_SLOTS = 8;
+
+/** Maximum size of a config-space access in GET_CONFIG/SET_CONFIG (QEMU VHOST_USER_MAX_CONFIG_SIZE). */
+export const VHOST_USER_MAX_CONFIG_SIZE = 256;
+
+/** Maximum number of fds carried by one message (QEMU VHOST_MEMORY_BASELINE_NREGIONS / backend channel). */
+export const VHOST_USER_MAX_FDS = 8;
+
+/** `vhost_vring_addr.flags` bit: the log address is valid and used-ring writes must be logged. */
+export const VHOST_VRING_F_LOG = 0;
+
+/** IOTLB permission flags (`vhost_iotlb_msg.perm`). */
+export const VHOST_ACCESS_NONE = 0x0;
+/** Read access. */
+export const VHOST_ACCESS_RO = 0x1;
+/** Write access. */
+export const VHOST_ACCESS_WO = 0x2;
+/** Read/write access. */
+export const VHOST_ACCESS_RW = 0x3;
+
+/** IOTLB message types (`vhost_iotlb_msg.type`). */
+export enum IotlbType {
+  MISS = 1,
+  UPDATE = 2,
+  INVALIDATE = 3,
+  ACCESS_FAIL = 4,
+  BATCH_BEGIN = 5,
+  BATCH_END = 6,
+}
+
+/** SET_CONFIG flags: front-end message for a writable field. */
+export const VHOST_SET_CONFIG_TYPE_FRONTEND = 0;
+/** SET_CONFIG flags: front-end message used for live migration (may write read-only fields). */
+export const VHOST_SET_CONFIG_TYPE_MIGRATION = 1;
+
+/** Direction of a device-state transfer (SET_DEVICE_STATE_FD). */
+export enum DeviceStateDirection {
+  /** Back-end state flows to the front-end (migration source). */
+  SAVE = 0,
+  /** Front-end state flows to the back-end (migration destination). */
+  LOAD = 1,
+}
+
+/** Migration phase of a device-state transfer (SET_DEVICE_STATE_FD). */
+export enum DeviceStatePhase {
+  /** The guest is stopped and the device suspended. */
+  STOPPED = 0,
+}
+
+/** Bit 8 of the SET_DEVICE_STATE_FD reply: no fd returned (the front-end keeps its channel). */
+export const VHOST_USER_DEVICE_STATE_NOFD_MASK = 0x1 << 8;
+/** Bits 0-7 of the SET_DEVICE_STATE_FD reply: 0 on success, an error otherwise. */
+export const VHOST_USER_DEVICE_STATE_ERROR_MASK = 0xff;
+
+/**
+ * Inflight tracking (INFLIGHT_SHMFD): the descriptor-state layout version stored in
+ * `VringInflight.version` of the shared buffer.
+ */
+export const INFLIGHT_VERSION = 1;
+
+/** Xen mmap flags of a memory region (XEN_MMAP): foreign mapping. */
+export const VHOST_USER_XEN_MMAP_FLAG_FOREIGN = 0x1;
+/** Xen grant mapping. */
+export const VHOST_USER_XEN_MMAP_FLAG_GRANT = 0x2;
+/** The region must be mapped piecemeal, on demand. */
+export const VHOST_USER_XEN_MMAP_FLAG_UNMAP_ON_DEMAND = 0x1 << 8;
+
+/** Mask of the 15-bit free-running index in a packed-ring vring base. */
+export const PACKED_VRING_IDX_MASK = 0x7fff;
+/** Bit 15 of a packed-ring vring base: driver (available) ring wrap counter. */
+export const PACKED_VRING_AVAIL_WRAP = 0x1 << 15;
+/** Shift of the used index / used wrap counter half of a packed-ring vring base. */
+export const PACKED_VRING_USED_SHIFT = 16;
+
+/** The two indices of a packed virtqueue carried in SET_VRING_BASE / GET_VRING_BASE `num`. */
+export interface PackedVringBase {
+  /** Next Available Ring descriptor the back-end will process (15 bits). */
+  lastAvailIdx: number;
+  /** Driver ring wrap counter. */
+  lastAvailWrap: boolean;
+  /** Next Used Ring entry the back-end will fill (15 bits). */
+  usedIdx: number;
+  /** Device ring wrap counter. */
+  usedWrap: boolean;
+}
+
+/** Packs packed-ring indices into the 32-bit `num` of a vring state; indices are masked to 15 bits. */
+export function encodePackedVringBase(b: PackedVringBase): number {
+  const lo = (b.lastAvailIdx & PACKED_VRING_IDX_MASK) | (b.lastAvailWrap ? PACKED_VRING_AVAIL_WRAP : 0);
+  const hi = (b.usedIdx & PACKED_VRING_IDX_MASK) | (b.usedWrap ? PACKED_VRING_AVAIL_WRAP : 0);
+  return ((hi << PACKED_VRING_USED_SHIFT) | lo) >>> 0;
+}
+
+/** Splits the 32-bit `num` of a packed-ring vring state into its indices and wrap counters. */
+export function decodePackedVringBase(num: number): PackedVringBase {
+  const hi = num >>> PACKED_VRING_USED_SHIFT;
+  return {
+    lastAvailIdx: num & PACKED_VRING_IDX_MASK,
+    lastAvailWrap: (num & PACKED_VRING_AVAIL_WRAP) !== 0,
+    usedIdx: hi & PACKED_VRING_IDX_MASK,
+    usedWrap: (hi & PACKED_VRING_AVAIL_WRAP) !== 0,
+  };
+}
+
+/**
+ * Split-ring vring base: only bits 0-15 are defined, 16-31 are reserved (zero). Returns null when
+ * reserved bits are set so the caller can reject the message.
+ */
+export function decodeSplitVringBase(num: number): number | null {
+  return num >>> 16 === 0 ? num : null;
+}
+
+const FRONTEND_NAMES: ReadonlyMap<number, string> = new Map(
+  Object.entries(FrontendReq)
+    .filter((e): e is [string, number] => typeof e[1] === 'number')
+    .map(([k, v]) => [v, k]),
+);
+const BACKEND_NAMES: ReadonlyMap<number, string> = new Map(
+  Object.entries(BackendReq)
+    .filter((e): e is [string, number] => typeof e[1] === 'number')
+    .map(([k, v]) => [v, k]),
+);
+
+/** Which socket a request id belongs to: ids overlap between the two channels. */
+export type Channel = 'frontend' | 'backend';
+
+/**
+ * Spec name of a request, e.g. `VHOST_USER_GET_FEATURES` or `VHOST_USER_BACKEND_IOTLB_MSG`;
+ * `unknown(N)` for ids the spec does not define. Channel defaults to front-end.
+ */
+export function requestName(request: FrontendReq | BackendReq | number, channel: Channel = 'frontend'): string {
+  const n = (channel === 'frontend' ? FRONTEND_NAMES : BACKEND_NAMES).get(request);
+  if (n === undefined) return `unknown(${request})`;
+  return channel === 'frontend' ? `VHOST_USER_${n}` : `VHOST_USER_BACKEND_${n}`;
+}
