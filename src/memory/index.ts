@@ -1,0 +1,6 @@
+// Guest memory: regions, snapshots, the atomic holder and the dirty log (the vm-memory equivalent).
+export { GuestMemoryError, MAX_ADDRESS, u64ToNumber, type GuestMemoryErrorKind } from './errors.js';
+export { GuestRegion, WINDOW_STRIDE, arrayBufferBacking, type RegionBacking, type GuestRegionOptions } from './region.js';
+export { GuestMemory } from './guest-memory.js';
+export { GuestMemoryAtomic, type GuestMemoryGuard } from './atomic.js';
+export { DirtyLog, VHOST_LOG_PAGE } from './dirty-log.js';
