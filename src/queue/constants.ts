@@ -1,0 +1,91 @@
+import { endianness } from 'node:os';
+
+/** This buffer continues via the next field (VIRTIO 1.2 §2.7.5). */
+export const VIRTQ_DESC_F_NEXT = 1;
+/** This buffer is device write-only (otherwise device read-only). */
+export const VIRTQ_DESC_F_WRITE = 2;
+/** This buffer contains a list of buffer descriptors (VIRTIO_F_INDIRECT_DESC). */
+export const VIRTQ_DESC_F_INDIRECT = 4;
+/** avail.flags: the driver does not want an interrupt (used when EVENT_IDX is off). */
+export const VIRTQ_AVAIL_F_NO_INTERRUPT = 1;
+/** used.flags: the device does not want a notification (used when EVENT_IDX is off). */
+export const VIRTQ_USED_F_NO_NOTIFY = 1;
+/** Feature bit: indirect descriptors. */
+export const VIRTIO_RING_F_INDIRECT_DESC = 28;
+/** Feature bit: used_event / avail_event suppression. */
+export const VIRTIO_RING_F_EVENT_IDX = 29;
+/** Largest split-queue size (VIRTIO 1.2 §2.7). */
+export const VIRTQ_MAX_SIZE = 32768;
+/** Size of one descriptor in bytes. */
+export const VIRTQ_DESC_SIZE = 16;
+/** Largest indirect table we accept: `next` is a u16, so entries beyond 65536 are unreachable. */
+export const VIRTQ_MAX_INDIRECT = 65536;
+/** Required guest alignment of the descriptor table, available ring and used ring. */
+export const VIRTQ_DESC_ALIGN = 16;
+/** Required alignment of the available ring. */
+export const VIRTQ_AVAIL_ALIGN = 2;
+/** Required alignment of the used ring. */
+export const VIRTQ_USED_ALIGN = 4;
+
+/** Bytes of the descriptor table for `size` entries. */
+export function descTableSize(size: number): number {
+  return VIRTQ_DESC_SIZE * size;
+}
+/** Bytes of the available ring (flags, idx, ring[size], used_event). */
+export function availRingSize(size: number): number {
+  return 6 + 2 * size;
+}
+/** Bytes of the used ring (flags, idx, ring[size] of {id, len}, avail_event). */
+export function usedRingSize(size: number): number {
+  return 6 + 8 * size;
+}
+
+/**
+ * vring_need_event(): true when moving an index from `oldIdx` to `newIdx` crosses `eventIdx`
+ * (all u16, wrap-safe). Used both for interrupts (used_event) and notifications (avail_event).
+ */
+export function vringNeedEvent(eventIdx: number, newIdx: number, oldIdx: number): boolean {
+  return ((newIdx - eventIdx - 1) & 0xffff) < ((newIdx - oldIdx) & 0xffff);
+}
+
+// Rings are accessed through native-endian typed arrays; VIRTIO rings are little-endian.
+if (endianness() !== 'LE') throw new Error('vhost-user queue code requires a little-endian host');
+
+/**
+ * Kinds of {@link QueueError}: configuration errors (`invalid-size`, `misaligned`, `bad-ring`,
+ * `not-ready`) and hostile-driver errors found while walking a chain.
+ */
+export type QueueErrorKind =
+  | 'invalid-size'
+  | 'misaligned'
+  | 'bad-ring'
+  | 'not-ready'
+  | 'avail-idx-jump'
+  | 'bad-index'
+  | 'chain-too-long'
+  | 'nested-indirect'
+  | 'indirect-with-next'
+  | 'bad-indirect-len'
+  | 'readable-after-writable'
+  | 'out-of-range'
+  | 'overflow'
+  | 'buffer-too-small';
+
+/**
+ * Error for a misconfigured queue or a malformed request. For chain errors `headIndex` is the
+ * head of the offending chain (already consumed from the available ring), or null when no valid
+ * head exists (the device should then mark the queue broken).
+ */
+export class QueueError extends Error {
+  /** Which rule was violated. */
+  readonly kind: QueueErrorKind;
+  /** Head descriptor index of the bad chain, when it is a valid index; else null. */
+  readonly headIndex: number | null;
+
+  constructor(kind: QueueErrorKind, message: string, headIndex: number | null = null) {
+    super(message);
+    this.name = 'QueueError';
+    this.kind = kind;
+    this.headIndex = headIndex;
+  }
+}
