@@ -7,20 +7,36 @@
  * @module
  */
 import {
-  BackendReq,
+  FRONTEND_REQ_MAX,
   FrontendReq,
   VHOST_USER_FLAGS_KNOWN_MASK,
+  VHOST_USER_MAX_CONFIG_SIZE,
+  VHOST_USER_MAX_RAM_SLOTS,
   VHOST_USER_NEED_REPLY_MASK,
   VHOST_USER_REPLY_MASK,
   VHOST_USER_VERSION,
   VHOST_USER_VERSION_MASK,
   requestName,
+  type Channel,
 } from './constants.js';
 import { VhostUserProtocolError } from './errors.js';
-import type { BackendReply, BackendReplyOf, BackendRequest, FrontendReply, FrontendReplyOf, FrontendRequest } from './messages.js';
+import { HEADER_SIZE, LE, viewOf } from './codec-wire.js';
+import {
+  CONFIG_HEADER_SIZE,
+  CRYPTO_SESSION_SIZE,
+  DEVICE_STATE_TRANSFER_SIZE,
+  INFLIGHT_SIZE,
+  IOTLB_MSG_SIZE,
+  LOG_SIZE,
+  MEMORY_HEADER_SIZE,
+  SHARED_OBJECT_SIZE,
+  SINGLE_MEM_REGION_PADDING,
+  VRING_ADDR_SIZE,
+  VRING_AREA_SIZE,
+  XEN_MEMORY_REGION_SIZE,
+} from './messages.js';
 
-/** Size of the message header {request u32, flags u32, size u32}. */
-export const HEADER_SIZE = 12;
+export { HEADER_SIZE };
 
 /**
  * Upper bound on any payload, checked from the header alone so a reader can reject a message before
@@ -69,71 +85,71 @@ export function needsReply(h: Header): boolean {
 }
 
 /**
- * Decodes and validates a header: enough bytes, version bits == 1, no reserved flag bits, and size
- * within `MAX_PAYLOAD_SIZE`. The request id is checked later, by the channel-specific decoder.
+ * Largest payload each request may carry (replies included), indexed by request id; 0 for ids the
+ * spec does not define. Lets a reader reject an oversized message from its header alone.
  */
-export function decodeHeader(buf: Uint8Array, offset = 0): Header {
-  if (offset < 0 || buf.length - offset < HEADER_SIZE) {
-    throw new VhostUserProtocolError('header', 'truncated', `header needs ${HEADER_SIZE} bytes, got ${Math.max(0, buf.length - offset)}`);
+const FRONTEND_MAX: readonly number[] = buildFrontendMax();
+const BACKEND_MAX: readonly number[] = [0, IOTLB_MSG_SIZE, 8, VRING_AREA_SIZE, 8, 8, SHARED_OBJECT_SIZE, SHARED_OBJECT_SIZE, SHARED_OBJECT_SIZE];
+
+function buildFrontendMax(): number[] {
+  const t = new Array<number>(FRONTEND_REQ_MAX + 1).fill(8);
+  t[0] = 0;
+  const table = MEMORY_HEADER_SIZE + VHOST_USER_MAX_RAM_SLOTS * XEN_MEMORY_REGION_SIZE;
+  t[FrontendReq.SET_MEM_TABLE] = table;
+  t[FrontendReq.SET_LOG_BASE] = LOG_SIZE;
+  t[FrontendReq.SET_VRING_ADDR] = VRING_ADDR_SIZE;
+  t[FrontendReq.IOTLB_MSG] = IOTLB_MSG_SIZE;
+  t[FrontendReq.GET_CONFIG] = CONFIG_HEADER_SIZE + VHOST_USER_MAX_CONFIG_SIZE;
+  t[FrontendReq.SET_CONFIG] = CONFIG_HEADER_SIZE + VHOST_USER_MAX_CONFIG_SIZE;
+  t[FrontendReq.CREATE_CRYPTO_SESSION] = CRYPTO_SESSION_SIZE;
+  t[FrontendReq.GET_INFLIGHT_FD] = INFLIGHT_SIZE;
+  t[FrontendReq.SET_INFLIGHT_FD] = INFLIGHT_SIZE;
+  t[FrontendReq.ADD_MEM_REG] = SINGLE_MEM_REGION_PADDING + XEN_MEMORY_REGION_SIZE;
+  t[FrontendReq.REM_MEM_REG] = SINGLE_MEM_REGION_PADDING + XEN_MEMORY_REGION_SIZE;
+  t[FrontendReq.GET_SHARED_OBJECT] = SHARED_OBJECT_SIZE;
+  t[FrontendReq.SET_DEVICE_STATE_FD] = DEVICE_STATE_TRANSFER_SIZE;
+  return t;
+}
+
+/**
+ * Upper bound on the payload of `request` (request or reply) on `channel`, or 0 when the id is
+ * unknown. Per-request checks in the decoders are exact; this bound only needs the header.
+ */
+export function maxPayloadSize(channel: Channel, request: number): number {
+  return (channel === 'frontend' ? FRONTEND_MAX : BACKEND_MAX)[request] ?? 0;
+}
+
+/**
+ * Decodes and validates a header at `offset`: 12 bytes available, version bits == 1, no reserved
+ * flag bits, size ≤ `MAX_PAYLOAD_SIZE`. When `channel` is given, also rejects request ids unknown on
+ * that channel and sizes above `maxPayloadSize(channel, request)`, so the reader can refuse the
+ * message before reading its body.
+ */
+export function decodeHeader(buf: Uint8Array, offset = 0, channel?: Channel): Header {
+  const avail = buf.length - offset;
+  if (offset < 0 || avail < HEADER_SIZE) {
+    const name = offset >= 0 && avail >= 4 ? requestName(viewOf(buf).getUint32(buf.byteOffset + offset, LE), channel) : 'header';
+    throw new VhostUserProtocolError(name, 'truncated', `header needs ${HEADER_SIZE} bytes, got ${Math.max(0, avail)}`);
   }
-  const v = new DataView(buf.buffer, buf.byteOffset + offset, HEADER_SIZE);
-  const request = v.getUint32(0, true);
-  const flags = v.getUint32(4, true);
-  const size = v.getUint32(8, true);
+  const v = viewOf(buf);
+  const o = buf.byteOffset + offset;
+  const request = v.getUint32(o, LE);
+  const flags = v.getUint32(o + 4, LE);
+  const size = v.getUint32(o + 8, LE);
   if ((flags & VHOST_USER_VERSION_MASK) !== VHOST_USER_VERSION || (flags & ~VHOST_USER_FLAGS_KNOWN_MASK) !== 0) {
-    throw new VhostUserProtocolError(`request ${request}`, 'version', `bad header flags 0x${(flags >>> 0).toString(16)}`);
+    throw new VhostUserProtocolError(requestName(request, channel), 'version', `bad header flags 0x${(flags >>> 0).toString(16)}`);
   }
   if (size > MAX_PAYLOAD_SIZE) {
-    throw new VhostUserProtocolError(`request ${request}`, 'size', `payload size ${size} exceeds ${MAX_PAYLOAD_SIZE}`);
+    throw new VhostUserProtocolError(requestName(request, channel), 'size', `payload size ${size} exceeds ${MAX_PAYLOAD_SIZE}`);
+  }
+  if (channel !== undefined) {
+    const max = maxPayloadSize(channel, request);
+    if (max === 0) throw new VhostUserProtocolError(requestName(request, channel), 'unknown-request', `unknown ${channel} request id`);
+    if (size > max) throw new VhostUserProtocolError(requestName(request, channel), 'size', `payload size ${size} exceeds ${max}`);
   }
   return { request, flags, size };
 }
 
-function notImplemented(what: string, request: number): never {
-  throw new VhostUserProtocolError(requestName(request), 'unknown-request', `${what} not implemented yet`);
-}
-
-/** Decodes a front-end request (back-end side). `payload` holds at least `h.size` bytes. */
-export function decodeFrontendRequest(h: Header, _payload: Uint8Array, _fds: readonly number[], _ctx: CodecContext): FrontendRequest {
-  return notImplemented('decodeFrontendRequest', h.request);
-}
-
-/** Encodes a front-end request; `flags` may add `VHOST_USER_NEED_REPLY_MASK`. */
-export function encodeFrontendRequest(msg: FrontendRequest, _ctx: CodecContext, _flags = 0): EncodedMessage {
-  return notImplemented('encodeFrontendRequest', msg.request);
-}
-
-/** Decodes the back-end's reply to front-end request `request` (front-end side). */
-export function decodeFrontendReply(request: FrontendReq, _h: Header, _payload: Uint8Array, _fds: readonly number[], _ctx: CodecContext): FrontendReply {
-  return notImplemented('decodeFrontendReply', request);
-}
-
-/** Encodes the back-end's reply to `request` (REPLY flag set). */
-export function encodeFrontendReply<R extends FrontendReq>(request: R, _reply: FrontendReplyOf<R>, _ctx: CodecContext): EncodedMessage {
-  return notImplemented('encodeFrontendReply', request);
-}
-
-/** Encodes a REPLY_ACK (u64 payload, REPLY flag) for `request` on either channel. */
-export function encodeReplyAck(request: FrontendReq | BackendReq, _value: bigint): EncodedMessage {
-  return notImplemented('encodeReplyAck', request);
-}
-
-/** Decodes a back-end request (front-end side of the back-end channel). */
-export function decodeBackendRequest(h: Header, _payload: Uint8Array, _fds: readonly number[], _ctx: CodecContext): BackendRequest {
-  return notImplemented('decodeBackendRequest', h.request);
-}
-
-/** Encodes a back-end request; `flags` may add `VHOST_USER_NEED_REPLY_MASK`. */
-export function encodeBackendRequest(msg: BackendRequest, _ctx: CodecContext, _flags = 0): EncodedMessage {
-  return notImplemented('encodeBackendRequest', msg.request);
-}
-
-/** Decodes the front-end's reply to back-end request `request` (back-end side). */
-export function decodeBackendReply(request: BackendReq, _h: Header, _payload: Uint8Array, _fds: readonly number[], _ctx: CodecContext): BackendReply {
-  return notImplemented('decodeBackendReply', request);
-}
-
-/** Encodes the front-end's reply to back-end request `request` (REPLY flag set). */
-export function encodeBackendReply<R extends BackendReq>(request: R, _reply: BackendReplyOf<R>, _ctx: CodecContext): EncodedMessage {
-  return notImplemented('encodeBackendReply', request);
-}
+export { decodeFrontendRequest, encodeFrontendRequest } from './codec-frontend.js';
+export { decodeFrontendReply, encodeFrontendReply, encodeReplyAck } from './codec-reply.js';
+export { decodeBackendRequest, encodeBackendRequest, decodeBackendReply, encodeBackendReply } from './codec-backend.js';
