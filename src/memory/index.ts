@@ -4,3 +4,4 @@ export { GuestRegion, WINDOW_STRIDE, arrayBufferBacking, type RegionBacking, typ
 export { GuestMemory } from './guest-memory.js';
 export { GuestMemoryAtomic, type GuestMemoryGuard } from './atomic.js';
 export { DirtyLog, VHOST_LOG_PAGE } from './dirty-log.js';
+export { mapGuestRegion, mapDirtyLog, MMAP_OFFSET_ALIGN, type MemoryRegionDescription } from './mmap.js';
