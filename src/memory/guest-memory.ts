@@ -86,7 +86,7 @@ export class GuestMemory {
 
   /** True when every byte of `[gpa, gpa + len)` is guest memory (possibly across adjacent regions). */
   checkRange(gpa: number, len: number): boolean {
-    if (!Number.isSafeInteger(gpa) || !Number.isSafeInteger(len) || gpa < 0 || len < 0 || gpa + len > MAX_ADDRESS + 1) return false;
+    if (!Number.isSafeInteger(gpa) || !Number.isSafeInteger(len) || gpa < 0 || len < 0 || gpa > MAX_ADDRESS + 1 - len) return false;
     let addr = gpa;
     let left = len;
     do {
@@ -135,7 +135,7 @@ export class GuestMemory {
   private validate(gpa: number, len: number): void {
     checkAddress(gpa, 'guest address');
     checkAddress(len, 'length');
-    if (gpa + len > MAX_ADDRESS + 1) throw new GuestMemoryError('overflow', `guest range ${hex(gpa)}+${hex(len)} overflows 2^53`);
+    if (gpa > MAX_ADDRESS + 1 - len) throw new GuestMemoryError('overflow', `guest range ${hex(gpa)}+${hex(len)} overflows 2^53`);
   }
 
   /**
