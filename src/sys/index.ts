@@ -232,7 +232,8 @@ export function ftruncate(fd: number, length: number): void {
 
 /**
  * ioctl(fd, request, arg): a Uint8Array arg is passed by pointer (the kernel reads/writes its bytes),
- * a number/bigint by value, undefined as 0. Returns the ioctl's non-negative result.
+ * a number/bigint by value, undefined as 0. Returns the ioctl's non-negative result. The buffer must be
+ * at least as large as the request's argument struct: the kernel trusts the request, not the buffer.
  */
 export function ioctl(fd: number, request: number | bigint, arg?: Uint8Array | number | bigint): number {
   return native.ioctl(fd, request, arg);
