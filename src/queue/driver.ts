@@ -119,6 +119,17 @@ export class SplitQueueDriver {
     t[b + 3] = (flags & 0xffff) | ((next & 0xffff) << 16);
   }
 
+  /**
+   * Starts both free-running indices at `base` as if `base` chains had already gone round the ring
+   * (writes avail.idx and used.idx): pair with `SplitQueue.setVringBase(base)` to test wrap-around.
+   */
+  setRingIndices(base: number): void {
+    const b = base & 0xffff;
+    this.availIdxShadow = this.lastKickAvail = this.lastUsed = b;
+    Atomics.store(this.avail16, 1, b);
+    Atomics.store(this.used16, 1, b);
+  }
+
   /** Puts `head` in the next available slot and publishes avail.idx (raw). */
   publish(head: number): void {
     this.avail16[2 + (this.availIdxShadow & (this.size - 1))] = head;
