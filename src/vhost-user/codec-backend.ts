@@ -21,6 +21,7 @@ import {
   expectFds,
   expectSize,
   fail,
+  finish,
   readIotlb,
   viewOf,
   writeIotlb,
@@ -92,10 +93,10 @@ export function encodeBackendRequest(msg: BackendRequest, _ctx: CodecContext, fl
     case BackendReq.IOTLB_MSG: {
       const bytes = allocMessage(req, flags, IOTLB_MSG_SIZE);
       writeIotlb(bytes, msg);
-      return { bytes, fds: [] };
+      return { bytes: finish(bytes), fds: [] };
     }
     case BackendReq.CONFIG_CHANGE_MSG:
-      return { bytes: allocMessage(req, flags, 0), fds: [] };
+      return { bytes: finish(allocMessage(req, flags, 0)), fds: [] };
     case BackendReq.VRING_HOST_NOTIFIER_MSG: {
       if (msg.index < 0 || msg.index > VHOST_USER_VRING_IDX_MASK) fail(B, req, 'value', `vring index ${msg.index} does not fit in 8 bits`);
       const bytes = allocMessage(req, flags, VRING_AREA_SIZE);
@@ -104,16 +105,16 @@ export function encodeBackendRequest(msg: BackendRequest, _ctx: CodecContext, fl
       v.setBigUint64(o, BigInt(msg.fd === null ? msg.index | VHOST_USER_VRING_NOFD_MASK : msg.index), LE);
       v.setBigUint64(o + 8, msg.size, LE);
       v.setBigUint64(o + 16, msg.offset, LE);
-      return { bytes, fds: msg.fd === null ? [] : [msg.fd] };
+      return { bytes: finish(bytes), fds: msg.fd === null ? [] : [msg.fd] };
     }
     case BackendReq.VRING_CALL:
     case BackendReq.VRING_ERR:
-      return { bytes: encodeState(req, flags, msg.index, msg.num), fds: [] };
+      return { bytes: finish(encodeState(req, flags, msg.index, msg.num)), fds: [] };
     case BackendReq.SHARED_OBJECT_ADD:
     case BackendReq.SHARED_OBJECT_REMOVE:
     case BackendReq.SHARED_OBJECT_LOOKUP:
       if (msg.uuid.length !== SHARED_OBJECT_SIZE) fail(B, req, 'value', `UUID has ${msg.uuid.length} bytes, expected 16`);
-      return { bytes: encodeBytes(req, flags, msg.uuid, SHARED_OBJECT_SIZE), fds: [] };
+      return { bytes: finish(encodeBytes(req, flags, msg.uuid, SHARED_OBJECT_SIZE)), fds: [] };
   }
   return fail(B, req, 'unknown-request', 'cannot encode unknown back-end request');
 }
@@ -131,6 +132,6 @@ export function encodeBackendReply<R extends BackendReq>(request: R, reply: Back
   const r = reply as BackendReply;
   if (r.request !== request) fail(B, request, 'value', `reply object is for request ${r.request}`);
   const bytes = encodeU64(request, VHOST_USER_REPLY_MASK, r.value);
-  if (r.request === BackendReq.SHARED_OBJECT_LOOKUP && r.fd !== null) return { bytes, fds: [r.fd] };
-  return { bytes, fds: [] };
+  if (r.request === BackendReq.SHARED_OBJECT_LOOKUP && r.fd !== null) return { bytes: finish(bytes), fds: [r.fd] };
+  return { bytes: finish(bytes), fds: [] };
 }

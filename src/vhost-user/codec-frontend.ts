@@ -26,6 +26,7 @@ import {
   expectFds,
   expectSize,
   fail,
+  finish,
   plainRegion,
   readConfig,
   readCryptoSession,
@@ -275,7 +276,7 @@ function encodeInflight(req: number, flags: number, m: Inflight): Uint8Array {
 const NO_FDS: readonly number[] = Object.freeze([]);
 
 function out(bytes: Uint8Array, fds: readonly number[] = NO_FDS): EncodedMessage {
-  return { bytes, fds: fds === NO_FDS ? [] : (fds as number[]) };
+  return { bytes: finish(bytes), fds: fds === NO_FDS ? [] : (fds as number[]) };
 }
 
 /**

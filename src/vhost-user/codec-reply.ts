@@ -24,6 +24,7 @@ import {
   expectFds,
   expectSize,
   fail,
+  finish,
   readConfig,
   readCryptoSession,
   readRegion,
@@ -167,7 +168,7 @@ export function decodeFrontendReply(request: FrontendReq, h: Header, payload: Ui
 }
 
 function msg(bytes: Uint8Array, fds: number[] = []): EncodedMessage {
-  return { bytes, fds };
+  return { bytes: finish(bytes), fds };
 }
 
 /** Encodes a REPLY_ACK (u64 payload, REPLY flag) for `request` on either channel. */

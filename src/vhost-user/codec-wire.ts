@@ -44,8 +44,15 @@ const U64_MAX = (1n << 64n) - 1n;
 let cachedBuffer: ArrayBufferLike | undefined;
 let cachedView: DataView = new DataView(new ArrayBuffer(0));
 
+// Encoders build every message in this scratch buffer and copy it out once (`finish`): one
+// allocation per message, and the decode-side DataView cache is not evicted by encoding.
+const SCRATCH_SIZE = HEADER_SIZE + 4096;
+const scratch = new Uint8Array(SCRATCH_SIZE);
+const scratchView = new DataView(scratch.buffer);
+
 /** A DataView over the whole backing buffer of `buf`; add `buf.byteOffset` to field offsets. */
 export function viewOf(buf: Uint8Array): DataView {
+  if (buf.buffer === scratch.buffer) return scratchView;
   if (buf.buffer !== cachedBuffer) {
     cachedBuffer = buf.buffer;
     cachedView = new DataView(buf.buffer);
@@ -68,14 +75,24 @@ export function expectFds(channel: Channel, request: number, fds: readonly numbe
   if (fds.length !== want) fail(channel, request, 'fds', `got ${fds.length} fds, expected ${want}`);
 }
 
-/** Allocates header + payload and writes the header; returns the bytes (payload at HEADER_SIZE). */
+/**
+ * Starts a message in the scratch buffer: zeroes header + payload, writes the header, and returns
+ * the scratch window (payload at HEADER_SIZE). The caller must pass it to `finish` before starting
+ * another message.
+ */
 export function allocMessage(request: number, flags: number, payloadSize: number): Uint8Array {
-  const bytes = new Uint8Array(HEADER_SIZE + payloadSize);
-  const v = viewOf(bytes);
-  v.setUint32(0, request, LE);
-  v.setUint32(4, (flags & ~3) | VHOST_USER_VERSION, LE);
-  v.setUint32(8, payloadSize, LE);
+  if (payloadSize > SCRATCH_SIZE - HEADER_SIZE) throw new RangeError(`payload of ${payloadSize} bytes exceeds the codec maximum`);
+  const bytes = scratch.subarray(0, HEADER_SIZE + payloadSize);
+  bytes.fill(0);
+  scratchView.setUint32(0, request, LE);
+  scratchView.setUint32(4, (flags & ~3) | VHOST_USER_VERSION, LE);
+  scratchView.setUint32(8, payloadSize, LE);
   return bytes;
+}
+
+/** Copies a message built by `allocMessage` out of the scratch buffer. */
+export function finish(bytes: Uint8Array): Uint8Array {
+  return bytes.slice();
 }
 
 /** Memory region wire size under the negotiated protocol features. */
