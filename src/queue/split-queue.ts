@@ -62,6 +62,8 @@ export class SplitQueue {
   broken = false;
   private nextAvail = 0;
   private nextUsed = 0;
+  /** Last avail.idx read from the ring (entries before it are known to be published). */
+  private shadowAvail = 0;
   private signalledUsed = 0;
   private signalledUsedValid = false;
   private mem: GuestMemory | null = null;
@@ -169,6 +171,7 @@ export class SplitQueue {
       throw new QueueError('bad-index', `ring indices ${s.nextAvail}/${s.nextUsed} are not u16`);
     }
     this.nextAvail = s.nextAvail;
+    this.shadowAvail = s.nextAvail;
     this.nextUsed = s.nextUsed;
     this.signalledUsedValid = false;
   }
@@ -187,7 +190,7 @@ export class SplitQueue {
     this.ready = false;
     this.eventIdx = false;
     this.broken = false;
-    this.nextAvail = this.nextUsed = 0;
+    this.nextAvail = this.nextUsed = this.shadowAvail = 0;
     this.signalledUsedValid = false;
     this.logUsedGpa = -1;
     this.mem = null;
@@ -232,11 +235,15 @@ export class SplitQueue {
     const avail16 = this.avail16;
     if (!this.ready || this.broken || desc32 === null || avail16 === null) return null;
     const size = this.size;
-    const availIdx = Atomics.load(avail16, 1);
-    const pending = (availIdx - this.nextAvail) & 0xffff;
-    if (pending === 0) return null;
-    if (pending > size) {
-      throw new QueueError('avail-idx-jump', `avail idx ${availIdx} is ${pending} entries ahead of ${this.nextAvail} (queue size ${size})`);
+    if (this.nextAvail === this.shadowAvail) {
+      // Only re-read avail.idx (Atomics.load: acquire) once the entries published so far are used up.
+      const availIdx = Atomics.load(avail16, 1);
+      const pending = (availIdx - this.nextAvail) & 0xffff;
+      if (pending === 0) return null;
+      if (pending > size) {
+        throw new QueueError('avail-idx-jump', `avail idx ${availIdx} is ${pending} entries ahead of ${this.nextAvail} (queue size ${size})`);
+      }
+      this.shadowAvail = availIdx;
     }
     const head = avail16[2 + (this.nextAvail & (size - 1))] as number;
     this.nextAvail = (this.nextAvail + 1) & 0xffff;
