@@ -8,13 +8,13 @@ import {
   decodeFrontendReply,
   decodeFrontendRequest,
   decodeHeader,
+  encodeFrontendReply,
   encodeFrontendRequest,
   type CodecContext,
   type EncodedMessage,
 } from '../src/vhost-user/codec.js';
 import { FrontendReq } from '../src/vhost-user/constants.js';
 import type { FrontendRequest } from '../src/vhost-user/messages.js';
-import { encodeFrontendReply } from '../src/vhost-user/codec.js';
 
 const seconds = Number(process.argv[2] ?? '1');
 const ctx: CodecContext = { protocolFeatures: 0n };

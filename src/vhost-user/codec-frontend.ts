@@ -150,7 +150,9 @@ export function decodeFrontendRequest(h: Header, payload: Uint8Array, fds: reado
       expectSize(F, req, size, 8);
       expectFds(F, req, fds, 0);
       const num = v.getUint32(o + 4, LE);
-      if ((req === FrontendReq.GET_VRING_BASE || req === FrontendReq.VRING_KICK) && num !== 0) fail(F, req, 'value', `reserved num field is ${num}, must be 0`);
+      // num is reserved (0) for GET_VRING_BASE too, but DPDK virtio-user sends it uninitialised,
+      // so only the newer VRING_KICK is held to the spec; GET_VRING_BASE passes num through.
+      if (req === FrontendReq.VRING_KICK && num !== 0) fail(F, req, 'value', `reserved num field is ${num}, must be 0`);
       return { request: req, index: v.getUint32(o, LE), num };
     }
     case FrontendReq.SET_VRING_ADDR: {
