@@ -49,7 +49,8 @@ export function decodeBackendRequest(h: Header, payload: Uint8Array, fds: readon
       expectFds(B, req, fds, 0);
       return { request: req, ...readIotlb(B, req, payload, size) };
     case BackendReq.CONFIG_CHANGE_MSG:
-      // libvhost-user sends no payload, rust-vmm sends a u64 zero: accept both, ignore the value.
+      // The spec gives no payload (libvhost-user and crosvm send none); tolerate a stray u64 zero
+      // from back-ends that treat every message as carrying one, and ignore its value.
       if (size !== 0 && size !== 8) fail(B, req, 'size', `payload size ${size}, expected 0 or 8`);
       expectFds(B, req, fds, 0);
       return { request: req };
