@@ -13,7 +13,8 @@
  * testpmd waits on stdin ("Press enter to exit"), so stdin is kept open and closing it is the
  * clean stop; with --stats-period it only stops on SIGINT/SIGTERM. Two testpmd instances must
  * forward on different lcores (--main-lcore picks which of 0/1 is NOT the forwarding core), or
- * both busy-poll one CPU and throughput collapses by ~1000x.
+ * both busy-poll one CPU and throughput collapses by ~1000x. testpmd's stdout is block-buffered
+ * on a pipe, so it runs under `stdbuf -oL`.
  */
 import { rmSync } from 'node:fs';
 import type { TestContext } from 'node:test';
@@ -80,7 +81,10 @@ export interface Testpmd {
   readonly output: string;
   /** Resolves when testpmd exits. */
   readonly exited: Promise<ExitStatus>;
-  /** Waits for `re` in stdout (rejects on timeout or exit). */
+  /**
+   * Waits for `re` in stdout followed by stderr (testpmd prints its own messages to stdout, the
+   * PMDs' VHOST_CONFIG/virtio_user logs to stderr). Rejects on timeout or exit.
+   */
   waitFor(re: RegExp, timeoutMs: number): Promise<RegExpMatchArray>;
   /** Tx-pps samples printed so far (needs statsPeriodSec). */
   txPps(): number[];
@@ -120,7 +124,10 @@ function spawnTestpmd(vdev: string, role: 'vhost' | 'virtio-user', o: TestpmdCom
     `--total-num-mbufs=16384`, `--rxq=${q}`, `--txq=${q}`, `--forward-mode=${o.forwardMode ?? defaultMode}`,
     '--auto-start', ...(o.statsPeriodSec ? [`--stats-period=${o.statsPeriodSec}`] : []), ...(o.appArgs ?? []),
   ];
-  const proc = ManagedProcess.spawn('dpdk-testpmd', [...eal, '--', ...app], { label: `testpmd-${role}` });
+  // testpmd writes with printf: on a pipe its stdout is block-buffered and the readiness lines
+  // would only arrive at exit. stdbuf (coreutils, LD_PRELOAD) makes it line-buffered.
+  const proc = ManagedProcess.spawn('stdbuf', ['-oL', '-eL', 'dpdk-testpmd', ...eal, '--', ...app],
+    { label: `testpmd-${role}` });
   let stopped: Promise<string> | undefined;
   const numbers = (re: RegExp): number[] => [...proc.stdout.matchAll(re)].map((m) => Number(m[1]));
   const pmd: Testpmd = {
@@ -128,7 +135,7 @@ function spawnTestpmd(vdev: string, role: 'vhost' | 'virtio-user', o: TestpmdCom
     proc,
     get output() { return proc.stdout; },
     exited: proc.exited,
-    waitFor: (re, ms) => proc.waitForText(re, ms),
+    waitFor: (re, ms) => proc.waitForText(re, ms, () => `${proc.stdout}\n${proc.stderr}`),
     txPps: () => numbers(/Tx-pps:\s+(\d+)/g),
     rxPps: () => numbers(/Rx-pps:\s+(\d+)/g),
     forwardStats: () => {
