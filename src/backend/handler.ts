@@ -1,0 +1,358 @@
+/**
+ * Serves vhost-user requests for a {@link VhostUserBackend}: feature negotiation, guest memory,
+ * vring configuration and ring states. The counterpart of rust-vmm's `VhostUserHandler`.
+ * @module
+ */
+import * as sys from '../sys/index.js';
+import { GuestMemory, GuestMemoryAtomic, mapDirtyLog, mapGuestRegion, u64ToNumber, type GuestRegion } from '../memory/index.js';
+import type { BackendReqHandler } from '../vhost-user/backend-handler.js';
+import type { BackendChannel } from '../vhost-user/backend-channel.js';
+import {
+  ProtocolFeature,
+  VHOST_USER_F_PROTOCOL_FEATURES,
+  VHOST_VRING_F_LOG,
+  decodeSplitVringBase,
+  protocolFeatureMask,
+} from '../vhost-user/constants.js';
+import { VHOST_F_LOG_ALL, VIRTIO_RING_F_EVENT_IDX } from '../vhost-user/features.js';
+import type { AnyMemoryRegion, Log, MemoryRegionWithFd, VringAddr } from '../vhost-user/messages.js';
+import { descTableSize, availRingSize, usedRingSize } from '../queue/index.js';
+import type { VhostUserBackend } from './backend.js';
+import { Vring } from './vring.js';
+import { VringEventHandler } from './event-handler.js';
+import type { Logger } from '../log.js';
+
+/** Memory slots offered with CONFIGURE_MEM_SLOTS (QEMU asks for at least its DIMM count). */
+export const MAX_MEM_SLOTS = 32;
+
+/** Protocol features the daemon itself implements; the device's offer is intersected with these. */
+export const DAEMON_PROTOCOL_FEATURES: bigint = [
+  ProtocolFeature.MQ,
+  ProtocolFeature.LOG_SHMFD,
+  ProtocolFeature.REPLY_ACK,
+  ProtocolFeature.BACKEND_REQ,
+  ProtocolFeature.CONFIG,
+  ProtocolFeature.BACKEND_SEND_FD,
+  ProtocolFeature.RESET_DEVICE,
+  ProtocolFeature.INBAND_NOTIFICATIONS,
+  ProtocolFeature.CONFIGURE_MEM_SLOTS,
+  ProtocolFeature.STATUS,
+].reduce((m, f) => m | protocolFeatureMask(f), 0n);
+
+const bit = (n: number): bigint => 1n << BigInt(n);
+
+/** The per-connection protocol state of a daemon. */
+export class VhostUserHandler implements BackendReqHandler {
+  readonly vrings: Vring[];
+  private readonly memory = new GuestMemoryAtomic();
+  private handlers: VringEventHandler[] = [];
+  private readonly threadOf: number[];
+  private acked = 0n;
+  private protocol = 0n;
+  private status = 0;
+  private owned = false;
+
+  constructor(private readonly backend: VhostUserBackend, private readonly logger: Logger) {
+    const n = backend.numQueues();
+    const maxSize = backend.maxQueueSize();
+    this.vrings = Array.from({ length: n }, (_, i) => new Vring(i, maxSize));
+    const masks = backend.queuesPerThread?.() ?? [n >= 32 ? Number.MAX_SAFE_INTEGER : (1 << n) - 1];
+    this.threadOf = new Array<number>(n).fill(-1);
+    masks.forEach((mask, t) => {
+      for (let q = 0; q < n; q++) {
+        if (Math.floor(mask / 2 ** q) % 2 === 1) {
+          if (this.threadOf[q] !== -1) throw new Error(`queue ${q} is assigned to two threads`);
+          this.threadOf[q] = t;
+        }
+      }
+    });
+    const unassigned = this.threadOf.indexOf(-1);
+    if (unassigned >= 0) throw new Error(`queue ${unassigned} is not assigned to any thread`);
+    this.handlers = this.makeHandlers(masks.length);
+  }
+
+  /** The per-thread event handlers (rust-vmm's `get_epoll_handlers`). */
+  get eventHandlers(): readonly VringEventHandler[] {
+    return this.handlers;
+  }
+
+  private makeHandlers(count: number): VringEventHandler[] {
+    return Array.from({ length: count }, (_, t) =>
+      new VringEventHandler(t, this.vrings.filter((v) => this.threadOf[v.index] === t), this.backend, this.logger));
+  }
+
+  private vring(index: number): Vring {
+    const v = this.vrings[index];
+    if (v === undefined) throw new RangeError(`vring index ${index} out of range (device has ${this.vrings.length} queues)`);
+    return v;
+  }
+
+  private handlerOf(v: Vring): VringEventHandler {
+    return this.handlers[this.threadOf[v.index]!]!;
+  }
+
+  // --- features ------------------------------------------------------------------------------
+
+  setOwner(): void {
+    this.owned = true;
+  }
+
+  async resetOwner(): Promise<void> {
+    this.owned = false;
+    await this.reset();
+  }
+
+  getFeatures(): bigint {
+    return this.backend.features();
+  }
+
+  setFeatures(features: bigint): void {
+    const offered = this.backend.features();
+    if ((features & ~offered) !== 0n) {
+      throw new Error(`front-end acked features 0x${(features & ~offered).toString(16)} that were not offered`);
+    }
+    this.acked = features;
+    const eventIdx = (features & bit(VIRTIO_RING_F_EVENT_IDX)) !== 0n;
+    for (const v of this.vrings) v.queue.eventIdx = eventIdx;
+    this.backend.setEventIdx(eventIdx);
+    this.backend.ackedFeatures?.(features);
+    // Without protocol features there is no SET_VRING_ENABLE: rings are enabled from the start.
+    if ((features & bit(VHOST_USER_F_PROTOCOL_FEATURES)) === 0n) {
+      for (const v of this.vrings) this.enable(v, true);
+    }
+  }
+
+  getProtocolFeatures(): bigint {
+    return this.backend.protocolFeatures() & DAEMON_PROTOCOL_FEATURES;
+  }
+
+  setProtocolFeatures(features: bigint): void {
+    const offered = this.getProtocolFeatures();
+    if ((features & ~offered) !== 0n) {
+      throw new Error(`front-end set protocol features 0x${(features & ~offered).toString(16)} that were not offered`);
+    }
+    this.protocol = features;
+  }
+
+  getQueueNum(): bigint {
+    return BigInt(this.vrings.length);
+  }
+
+  getMaxMemSlots(): bigint {
+    return BigInt(MAX_MEM_SLOTS);
+  }
+
+  // --- memory --------------------------------------------------------------------------------
+
+  setMemTable(regions: readonly MemoryRegionWithFd[]): void {
+    const mapped: GuestRegion[] = [];
+    let next: GuestMemory;
+    try {
+      for (const r of regions) mapped.push(mapGuestRegion(r, r.fd));
+      next = new GuestMemory(mapped, this.memory.memory.dirtyLog);
+    } catch (e) {
+      for (const r of mapped) r.unmap();
+      throw e;
+    }
+    this.memory.replace(next);
+    this.memoryChanged();
+  }
+
+  addMemReg(region: MemoryRegionWithFd): void {
+    if (this.memory.memory.regions.length >= MAX_MEM_SLOTS) throw new Error(`all ${MAX_MEM_SLOTS} memory slots are in use`);
+    const r = mapGuestRegion(region, region.fd);
+    try {
+      this.memory.withRegionAdded(r);
+    } catch (e) {
+      r.unmap();
+      throw e;
+    }
+    this.memoryChanged();
+  }
+
+  remMemReg(region: AnyMemoryRegion): void {
+    this.memory.withRegionRemoved(
+      u64ToNumber(region.guestPhysAddr, 'guest address'),
+      u64ToNumber(region.memorySize, 'region size'),
+      u64ToNumber(region.userAddr, 'user address'),
+    );
+    this.memoryChanged();
+  }
+
+  setLogBase(log: Log, fd: number): void {
+    this.memory.setDirtyLog(mapDirtyLog(fd, log.mmapSize, log.mmapOffset));
+    this.memoryChanged();
+  }
+
+  /** Re-points every vring at the new snapshot; the old one is unmapped once nothing pins it. */
+  private memoryChanged(): void {
+    for (const v of this.vrings) {
+      try {
+        this.translateRing(v);
+        v.setMemory(this.memory);
+      } catch (e) {
+        this.logger.log('warn', `vring ${v.index}: rings not usable with the new memory table: ${(e as Error).message}`);
+      }
+    }
+    this.backend.updateMemory(this.memory);
+  }
+
+  /** Translates the ring's front-end user addresses with the current table (no-op before SET_VRING_ADDR). */
+  private translateRing(v: Vring): void {
+    const a = v.ringUserAddrs;
+    if (a === null) return;
+    const mem = this.memory.memory;
+    const n = v.queue.size;
+    v.queue.setAddresses(
+      mem.uvaToGpaU64(a.desc, descTableSize(n)),
+      mem.uvaToGpaU64(a.avail, availRingSize(n)),
+      mem.uvaToGpaU64(a.used, usedRingSize(n)),
+    );
+    v.queue.setUsedLog(a.log === null ? null : u64ToNumber(a.log, 'log address'));
+  }
+
+  // --- vrings --------------------------------------------------------------------------------
+
+  setVringNum(index: number, num: number): void {
+    this.vring(index).queue.setSize(num);
+  }
+
+  setVringAddr(addr: VringAddr): void {
+    const v = this.vring(addr.index);
+    const logging = (addr.flags & (1 << VHOST_VRING_F_LOG)) !== 0;
+    if (logging && (this.acked & bit(VHOST_F_LOG_ALL)) === 0n) {
+      this.logger.log('warn', `vring ${addr.index}: VHOST_VRING_F_LOG set without VHOST_F_LOG_ALL negotiated`);
+    }
+    v.ringUserAddrs = { desc: addr.descUserAddr, avail: addr.availUserAddr, used: addr.usedUserAddr, log: logging ? addr.logGuestAddr : null };
+    this.translateRing(v);
+    v.setMemory(this.memory);
+    // Like libvhost-user: the used index the driver last saw is the device's starting point, which
+    // keeps a reconnecting back-end consistent with completions it made before.
+    v.queue.syncNextUsedFromRing();
+  }
+
+  setVringBase(index: number, base: number): void {
+    const b = decodeSplitVringBase(base);
+    if (b === null) throw new RangeError(`vring base 0x${base.toString(16)} has reserved bits set (split ring)`);
+    this.vring(index).queue.setVringBase(b);
+  }
+
+  async getVringBase(index: number): Promise<number> {
+    const v = this.vring(index);
+    // Stop the ring first, then let in-flight requests finish, so the returned index is final and
+    // the device writes nothing to guest memory once the front-end has it.
+    this.handlerOf(v).unwatchKick(v);
+    v.setStarted(false);
+    await this.backend.quiesce?.();
+    const base = v.queue.vringBase;
+    v.setKickFd(null);
+    v.setCallFd(null);
+    return base;
+  }
+
+  setVringKick(index: number, fd: number | null): void {
+    const v = this.vring(index);
+    if (fd === null) {
+      throw new Error(`vring ${index}: polling mode (no kick fd) is not supported; use in-band kicks or an eventfd`);
+    }
+    const h = this.handlerOf(v);
+    h.unwatchKick(v);
+    v.setKickFd(sys.dup(fd));
+    // The spec starts a ring on its first kick; rust-vmm and libvhost-user start it here, and a
+    // kick may already be pending from before a reconnect, so process once now.
+    v.setStarted(true);
+    h.watchKick(v);
+    setImmediate(() => h.kick(v));
+  }
+
+  setVringCall(index: number, fd: number | null): void {
+    this.vring(index).setCallFd(fd === null ? null : sys.dup(fd));
+  }
+
+  setVringErr(index: number, fd: number | null): void {
+    this.vring(index).setErrFd(fd === null ? null : sys.dup(fd));
+  }
+
+  setVringEnable(index: number, enable: boolean): void {
+    if ((this.acked & bit(VHOST_USER_F_PROTOCOL_FEATURES)) === 0n) {
+      throw new Error('SET_VRING_ENABLE without VHOST_USER_F_PROTOCOL_FEATURES negotiated');
+    }
+    this.enable(this.vring(index), enable);
+  }
+
+  private enable(v: Vring, on: boolean): void {
+    const was = v.enabled;
+    v.setEnabled(on);
+    if (on && !was && v.started) {
+      const h = this.handlerOf(v);
+      setImmediate(() => h.kick(v));
+    }
+  }
+
+  vringKick(index: number): void {
+    const v = this.vring(index);
+    this.handlerOf(v).kick(v);
+  }
+
+  // --- device --------------------------------------------------------------------------------
+
+  getConfig(offset: number, size: number): Uint8Array {
+    if (!this.backend.getConfig) throw new Error('device has no config space');
+    return this.backend.getConfig(offset, size);
+  }
+
+  setConfig(offset: number, data: Uint8Array): void {
+    if (!this.backend.setConfig) throw new Error('device config space is read-only');
+    this.backend.setConfig(offset, data);
+  }
+
+  setBackendReqFd(channel: BackendChannel): void {
+    if (!this.backend.setBackendReqFd) throw new Error('device does not use the back-end channel');
+    this.backend.setBackendReqFd(channel);
+  }
+
+  setStatus(status: number): Promise<void> | void {
+    const was = this.status;
+    this.status = status;
+    // Writing 0 resets the device (VIRTIO 1.2 §2.1).
+    if (status === 0 && was !== 0) return this.reset();
+  }
+
+  getStatus(): number {
+    return this.status;
+  }
+
+  resetDevice(): Promise<void> {
+    return this.reset();
+  }
+
+  /** Stops every ring, waits for in-flight I/O, and returns the device to its initial state. */
+  async reset(): Promise<void> {
+    for (const v of this.vrings) {
+      this.handlerOf(v).unwatchKick(v);
+      v.setStarted(false);
+    }
+    await this.backend.quiesce?.();
+    for (const v of this.vrings) v.reset();
+    this.acked = 0n;
+    this.protocol = 0n;
+    await this.backend.resetDevice?.();
+  }
+
+  /** Ends the session: resets the device, stops handlers and releases guest memory. */
+  async close(): Promise<void> {
+    await this.reset();
+    for (const h of this.handlers) h.stop();
+    this.memory.close();
+  }
+
+  /** Whether SET_OWNER was received (diagnostics). */
+  get hasOwner(): boolean {
+    return this.owned;
+  }
+
+  /** Negotiated protocol features (diagnostics). */
+  get protocolFeaturesAcked(): bigint {
+    return this.protocol;
+  }
+}
