@@ -11,6 +11,8 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
 
 addon_inst *get_inst(napi_env env) {
   void *data = NULL;
@@ -236,6 +238,14 @@ static napi_value Init(napi_env env, napi_value exports) {
   set_const(env, c, "POLLIN", UV_READABLE);
   set_const(env, c, "POLLOUT", UV_WRITABLE);
   set_const(env, c, "MAX_FDS_PER_MESSAGE", MAX_FDS_PER_MESSAGE);
+  set_const(env, c, "FALLOC_FL_KEEP_SIZE", FALLOC_FL_KEEP_SIZE);
+  set_const(env, c, "FALLOC_FL_PUNCH_HOLE", FALLOC_FL_PUNCH_HOLE);
+  set_const(env, c, "FALLOC_FL_ZERO_RANGE", FALLOC_FL_ZERO_RANGE);
+  set_const(env, c, "BLKGETSIZE64", (int64_t)BLKGETSIZE64);
+  set_const(env, c, "BLKSSZGET", (int64_t)BLKSSZGET);
+  set_const(env, c, "BLKPBSZGET", (int64_t)BLKPBSZGET);
+  set_const(env, c, "BLKDISCARD", (int64_t)BLKDISCARD);
+  set_const(env, c, "BLKZEROOUT", (int64_t)BLKZEROOUT);
   napi_set_named_property(env, exports, "constants", c);
   return exports;
 }

@@ -2,12 +2,16 @@
  * File-descriptor syscalls: AF_UNIX stream sockets with SCM_RIGHTS, eventfd,
  * memfd, ftruncate, ioctl, close/dup and an open-fd counter for leak checks.
  * Every fd created here is O_CLOEXEC; sockets are O_NONBLOCK.
+ * fallocate and the block-device range ioctls (BLKDISCARD/BLKZEROOUT) run on
+ * the libuv threadpool and return promises: they can take long on real disks.
  */
 #include "addon.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
@@ -343,6 +347,112 @@ static napi_value js_open_fd_count(napi_env env, napi_callback_info info) {
   return ret_i32(env, count);
 }
 
+/* One threadpool job: fallocate(fd, mode, off, len) or ioctl(fd, req, {off, len}). */
+typedef struct range_job {
+  napi_async_work work;
+  napi_deferred deferred;
+  int fd;
+  bool is_ioctl;
+  int mode;
+  unsigned long req;
+  uint64_t off, len;
+  int err;
+} range_job;
+
+static void range_execute(napi_env env, void *data) {
+  range_job *j = data;
+  long r;
+  if (j->is_ioctl) {
+    uint64_t range[2] = {j->off, j->len};
+    r = RETRY(ioctl(j->fd, j->req, range));
+  } else {
+    r = RETRY(fallocate(j->fd, j->mode, (off_t)j->off, (off_t)j->len));
+  }
+  j->err = r < 0 ? errno : 0;
+}
+
+static void range_complete(napi_env env, napi_status status, void *data) {
+  range_job *j = data;
+  napi_value result;
+  if (status == napi_ok && j->err == 0) {
+    napi_get_undefined(env, &result);
+    napi_resolve_deferred(env, j->deferred, result);
+  } else {
+    /* Build the error through the registered factory, then hand it to the promise. */
+    int err = status == napi_cancelled ? ECANCELED : j->err;
+    throw_errno(env, err, j->is_ioctl ? "ioctl" : "fallocate", NULL);
+    if (napi_get_and_clear_last_exception(env, &result) != napi_ok) napi_get_undefined(env, &result);
+    napi_reject_deferred(env, j->deferred, result);
+  }
+  napi_delete_async_work(env, j->work);
+  free(j);
+}
+
+static napi_value queue_range_job(napi_env env, range_job *j, const char *name) {
+  napi_value promise, resource_name;
+  if (napi_create_promise(env, &j->deferred, &promise) != napi_ok) {
+    free(j);
+    return NULL;
+  }
+  napi_create_string_utf8(env, name, NAPI_AUTO_LENGTH, &resource_name);
+  if (napi_create_async_work(env, NULL, resource_name, range_execute, range_complete, j, &j->work) != napi_ok ||
+      napi_queue_async_work(env, j->work) != napi_ok) {
+    /* The promise was created; settle it so the caller is not left hanging. */
+    napi_value e;
+    throw_errno(env, ENOMEM, name, "cannot queue async work");
+    napi_get_and_clear_last_exception(env, &e);
+    napi_reject_deferred(env, j->deferred, e);
+    if (j->work != NULL) napi_delete_async_work(env, j->work);
+    free(j);
+  }
+  return promise;
+}
+
+/* Common argument parsing: (fd, first, offset, length); offset + length must
+ * fit in off_t so the kernel sees exactly the range we were given. */
+static range_job *range_args(napi_env env, napi_callback_info info, const char *first_what) {
+  GET_ARGS(4);
+  int32_t fd;
+  uint64_t first, off, len;
+  if (!arg_i32(env, argv[0], &fd, "fd must be a number") ||
+      !arg_u64(env, argv[1], &first, first_what) ||
+      !arg_u64(env, argv[2], &off, "offset must be a non-negative integer") ||
+      !arg_u64(env, argv[3], &len, "length must be a non-negative integer"))
+    return NULL;
+  if (off > (uint64_t)INT64_MAX || len > (uint64_t)INT64_MAX - off) {
+    throw_type(env, "offset + length overflows off_t");
+    return NULL;
+  }
+  range_job *j = calloc(1, sizeof *j);
+  if (j == NULL) {
+    throw_errno(env, ENOMEM, "calloc", NULL);
+    return NULL;
+  }
+  j->fd = fd;
+  j->off = off;
+  j->len = len;
+  j->req = (unsigned long)first;
+  j->mode = (int)first;
+  return j;
+}
+
+/* fallocateAsync(fd, mode, offset, length) -> Promise<void> */
+static napi_value js_fallocate_async(napi_env env, napi_callback_info info) {
+  range_job *j = range_args(env, info, "mode must be a non-negative integer");
+  if (j == NULL) return NULL;
+  j->is_ioctl = false;
+  return queue_range_job(env, j, "fallocate");
+}
+
+/* ioctlRangeAsync(fd, request, offset, length) -> Promise<void>: ioctls taking
+ * a uint64_t[2] {offset, length} such as BLKDISCARD and BLKZEROOUT. */
+static napi_value js_ioctl_range_async(napi_env env, napi_callback_info info) {
+  range_job *j = range_args(env, info, "request must be a non-negative integer");
+  if (j == NULL) return NULL;
+  j->is_ioctl = true;
+  return queue_range_job(env, j, "ioctl");
+}
+
 void sock_register(napi_env env, napi_value exports) {
   static const export_fn fns[] = {
       {"socketpair", js_socketpair},   {"listenUnix", js_listen_unix},
@@ -353,6 +463,7 @@ void sock_register(napi_env env, napi_value exports) {
       {"eventfdRead", js_eventfd_read}, {"eventfdWrite", js_eventfd_write},
       {"memfdCreate", js_memfd_create}, {"ftruncate", js_ftruncate},
       {"ioctl", js_ioctl},             {"openFdCount", js_open_fd_count},
+      {"fallocateAsync", js_fallocate_async}, {"ioctlRangeAsync", js_ioctl_range_async},
   };
   register_fns(env, exports, fns, sizeof fns / sizeof fns[0]);
 }

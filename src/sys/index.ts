@@ -33,6 +33,8 @@ interface NativeAddon {
   ftruncate(fd: number, length: number): void;
   ioctl(fd: number, request: number | bigint, arg: Uint8Array | number | bigint | undefined): number;
   openFdCount(): number;
+  fallocateAsync(fd: number, mode: number, offset: number | bigint, length: number | bigint): Promise<void>;
+  ioctlRangeAsync(fd: number, request: number | bigint, offset: number | bigint, length: number | bigint): Promise<void>;
   mmap(fd: number, offset: number | bigint, length: number, prot: number, flags: number): [NativeHandle, bigint, ArrayBuffer[]];
   munmap(handle: NativeHandle): void;
   watch(fd: number, events: number, callback: (status: number, events: number) => void): NativeHandle;
@@ -128,6 +130,22 @@ export const MFD_ALLOW_SEALING: number = constant('MFD_ALLOW_SEALING');
 export const POLLIN: number = constant('POLLIN');
 /** Watcher event: writable (UV_WRITABLE). */
 export const POLLOUT: number = constant('POLLOUT');
+/** fallocate mode: do not change the file size (required with FALLOC_FL_PUNCH_HOLE). */
+export const FALLOC_FL_KEEP_SIZE: number = constant('FALLOC_FL_KEEP_SIZE');
+/** fallocate mode: deallocate the range (reads return zeroes); combine with FALLOC_FL_KEEP_SIZE. */
+export const FALLOC_FL_PUNCH_HOLE: number = constant('FALLOC_FL_PUNCH_HOLE');
+/** fallocate mode: zero the range, keeping (or allocating) its blocks. */
+export const FALLOC_FL_ZERO_RANGE: number = constant('FALLOC_FL_ZERO_RANGE');
+/** ioctl: block device size in bytes (u64 out). */
+export const BLKGETSIZE64: number = constant('BLKGETSIZE64');
+/** ioctl: logical sector size of a block device (int out). */
+export const BLKSSZGET: number = constant('BLKSSZGET');
+/** ioctl: physical sector size of a block device (unsigned int out). */
+export const BLKPBSZGET: number = constant('BLKPBSZGET');
+/** ioctl: discard a byte range of a block device (u64[2] {offset, length} in). */
+export const BLKDISCARD: number = constant('BLKDISCARD');
+/** ioctl: zero a byte range of a block device (u64[2] {offset, length} in). */
+export const BLKZEROOUT: number = constant('BLKZEROOUT');
 /** Most fds carried by one message (the vhost-user limit, VHOST_MEMORY_BASELINE_NREGIONS). */
 export const MAX_FDS_PER_MESSAGE = 8;
 
@@ -237,6 +255,24 @@ export function ftruncate(fd: number, length: number): void {
  */
 export function ioctl(fd: number, request: number | bigint, arg?: Uint8Array | number | bigint): number {
   return native.ioctl(fd, request, arg);
+}
+
+/**
+ * fallocate(fd, mode, offset, length) on the libuv threadpool (it can take long on real disks).
+ * Rejects with SysError (syscall 'fallocate'), e.g. EOPNOTSUPP when the file system lacks the mode.
+ * Throws TypeError synchronously for arguments that are not non-negative integers or whose sum
+ * overflows off_t.
+ */
+export function fallocateAsync(fd: number, mode: number, offset: number | bigint, length: number | bigint): Promise<void> {
+  return native.fallocateAsync(fd, mode, offset, length);
+}
+
+/**
+ * ioctl(fd, request, &{offset, length}) for block-device range requests taking a `uint64_t[2]`
+ * (BLKDISCARD, BLKZEROOUT), on the libuv threadpool. Rejects with SysError (syscall 'ioctl').
+ */
+export function ioctlRangeAsync(fd: number, request: number | bigint, offset: number | bigint, length: number | bigint): Promise<void> {
+  return native.ioctlRangeAsync(fd, request, offset, length);
 }
 
 /** Number of open fds in this process (entries of /proc/self/fd), for leak checks. */
