@@ -227,6 +227,20 @@ export class SplitQueueDriver {
     return (Atomics.load(this.used16, 0) & VIRTQ_USED_F_NO_NOTIFY) !== 0;
   }
 
+  /** Index of the next used entry popUsed() will reap. */
+  get lastUsedIdx(): number {
+    return this.lastUsed;
+  }
+
+  /**
+   * Asks for an interrupt on the next completion, as a guest driver does before sleeping: used_event
+   * = next used index to reap (EVENT_IDX), else clears VIRTQ_AVAIL_F_NO_INTERRUPT.
+   */
+  enableInterrupts(): void {
+    if (this.eventIdx) this.setUsedEvent(this.lastUsed);
+    else this.setNoInterrupt(false);
+  }
+
   /** Writes used_event (EVENT_IDX): interrupt wanted once used.idx passes `idx`. */
   setUsedEvent(idx: number): void {
     Atomics.store(this.avail16, 2 + this.size, idx & 0xffff);

@@ -1,0 +1,158 @@
+/**
+ * Driving a back-end from the front-end side without a VM: guest memory in a memfd shared with the
+ * back-end, and split virtqueues placed in it and wired up with eventfds. Used by the loopback and
+ * interop tests and by backend authors who want to exercise or measure a back-end.
+ * @module
+ */
+import * as sys from '../sys/index.js';
+import { GuestMemory, GuestRegion } from '../memory/index.js';
+import { SplitQueueDriver, splitRingLayout, type UsedElement } from '../queue/index.js';
+import type { Frontend } from './frontend.js';
+import type { MemoryRegionWithFd } from './messages.js';
+
+/** Guest RAM as a memfd: the back-end maps it via SET_MEM_TABLE, the driver through `memory`. */
+export class FrontendMemory {
+  /** The memfd (owned). */
+  readonly fd: number;
+  /** The driver's view of guest memory. */
+  readonly memory: GuestMemory;
+  private readonly mapping: sys.Mapping;
+
+  /**
+   * @param size bytes of guest RAM at guest-physical address `guestPhysAddr`
+   * @param userAddr the address the front-end claims the region has in its own address space;
+   *   ring addresses are expressed in it (any value: the back-end only uses it for translation)
+   */
+  constructor(readonly size: number, readonly guestPhysAddr = 0, readonly userAddr = 0x7f00_0000_0000) {
+    this.fd = sys.memfdCreate('vhost-user-guest');
+    try {
+      sys.ftruncate(this.fd, size);
+      this.mapping = sys.mmap(this.fd, 0, size);
+    } catch (e) {
+      sys.close(this.fd);
+      throw e;
+    }
+    const region = new GuestRegion({ guestPhysAddr, size, userAddr, backing: this.mapping });
+    this.memory = new GuestMemory([region]);
+  }
+
+  /** The SET_MEM_TABLE description of this memory. */
+  regions(): MemoryRegionWithFd[] {
+    return [{ guestPhysAddr: BigInt(this.guestPhysAddr), memorySize: BigInt(this.size), userAddr: BigInt(this.userAddr), mmapOffset: 0n, fd: this.fd }];
+  }
+
+  /** Front-end user address of guest-physical address `gpa`. */
+  uva(gpa: number): bigint {
+    return BigInt(this.userAddr + (gpa - this.guestPhysAddr));
+  }
+
+  private closed = false;
+
+  /** Unmaps and closes the memfd (idempotent). */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.mapping.unmap();
+    sys.close(this.fd);
+  }
+}
+
+/** One virtqueue set up on a back-end: the driver side of the ring plus kick and call eventfds. */
+export class FrontendQueue {
+  /** Kick eventfd (we write, the back-end watches). */
+  readonly kickFd: number;
+  /** Call eventfd (the back-end writes, we watch). */
+  readonly callFd: number;
+  private watcher: sys.FdWatcher | null = null;
+  private waiters: Array<() => void> = [];
+  /** Interrupts received. */
+  interrupts = 0;
+
+  constructor(readonly index: number, readonly driver: SplitQueueDriver) {
+    this.kickFd = sys.eventfd();
+    this.callFd = sys.eventfd();
+  }
+
+  /** Kicks the back-end if the ring's notification suppression asks for it; returns whether it did. */
+  kick(force = false): boolean {
+    if (!force && !this.driver.kickNeeded()) return false;
+    sys.eventfdWrite(this.kickFd, 1);
+    return true;
+  }
+
+  /** Resolves with the next used element, waiting for interrupts; rejects after `timeoutMs`. */
+  async nextUsed(timeoutMs = 5000): Promise<UsedElement> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      let u = this.driver.popUsed();
+      if (u !== null) return u;
+      // Ask for an interrupt, then look again: a completion may have landed before the request.
+      this.driver.enableInterrupts();
+      u = this.driver.popUsed();
+      if (u !== null) return u;
+      const left = deadline - Date.now();
+      if (left <= 0) throw new Error(`queue ${this.index}: no used buffer within ${timeoutMs} ms`);
+      await this.waitInterrupt(left);
+    }
+  }
+
+  /** Waits up to `ms` for the call eventfd (resolves on timeout too). */
+  waitInterrupt(ms: number): Promise<void> {
+    if (this.watcher === null) {
+      this.watcher = sys.watchFd(this.callFd, sys.POLLIN, () => {
+        if (sys.eventfdRead(this.callFd) !== null) this.interrupts++;
+        for (const w of this.waiters.splice(0)) w();
+      });
+    }
+    this.watcher.ref();
+    return new Promise((resolve) => {
+      const done = (): void => {
+        clearTimeout(timer);
+        const i = this.waiters.indexOf(done);
+        if (i >= 0) this.waiters.splice(i, 1);
+        if (this.waiters.length === 0) this.watcher?.unref();
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      this.waiters.push(done);
+    });
+  }
+
+  /** Closes the eventfds. */
+  close(): void {
+    this.watcher?.close();
+    this.watcher = null;
+    for (const w of this.waiters.splice(0)) w();
+    sys.close(this.kickFd);
+    sys.close(this.callFd);
+  }
+}
+
+/**
+ * Sets up virtqueue `index` of size `size` on the back-end, with its rings at guest-physical
+ * `ringGpa` in `mem`: SET_VRING_NUM, SET_VRING_BASE 0, SET_VRING_ADDR, SET_VRING_CALL,
+ * SET_VRING_KICK, and SET_VRING_ENABLE when `enable` (needs VHOST_USER_F_PROTOCOL_FEATURES acked).
+ */
+export async function setupQueue(
+  fe: Frontend, mem: FrontendMemory, index: number, size: number, ringGpa: number,
+  opts: { eventIdx?: boolean; enable?: boolean } = {},
+): Promise<FrontendQueue> {
+  const layout = splitRingLayout(size, ringGpa);
+  const driver = new SplitQueueDriver(mem.memory, size, layout.descGpa, layout.availGpa, layout.usedGpa, { eventIdx: opts.eventIdx ?? false });
+  const q = new FrontendQueue(index, driver);
+  try {
+    await fe.setVringNum(index, size);
+    await fe.setVringBase(index, 0);
+    await fe.setVringAddr({
+      index, flags: 0, descUserAddr: mem.uva(layout.descGpa), usedUserAddr: mem.uva(layout.usedGpa),
+      availUserAddr: mem.uva(layout.availGpa), logGuestAddr: 0n,
+    });
+    await fe.setVringCall(index, q.callFd);
+    await fe.setVringKick(index, q.kickFd);
+    if (opts.enable ?? false) await fe.setVringEnable(index, true);
+  } catch (e) {
+    q.close();
+    throw e;
+  }
+  return q;
+}
