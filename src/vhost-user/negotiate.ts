@@ -5,17 +5,19 @@
  * @module
  */
 import { ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES, hasProtocolFeature, protocolFeatureMask } from './constants.js';
-import { VHOST_F_LOG_ALL, VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_NOTIFICATION_DATA, VIRTIO_F_RING_PACKED, featureMask, hasFeature } from './features.js';
+import {
+  VHOST_F_LOG_ALL, VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_IN_ORDER, VIRTIO_F_NOTIFICATION_DATA, VIRTIO_F_RING_PACKED, featureMask, hasFeature,
+} from './features.js';
 import type { Frontend } from './frontend.js';
 
 /**
  * Virtio feature bits left out of SET_FEATURES unless asked for explicitly: each obliges the
  * front-end to machinery a plain split-ring front-end does not have (dirty logging, an IOTLB,
- * packed rings, notification data).
+ * packed rings, in-order batched used entries, notification data).
  */
 export const FEATURES_NEEDING_FRONTEND_SUPPORT: bigint =
   featureMask(VHOST_F_LOG_ALL) | featureMask(VIRTIO_F_ACCESS_PLATFORM) | featureMask(VIRTIO_F_RING_PACKED) |
-  featureMask(VIRTIO_F_NOTIFICATION_DATA);
+  featureMask(VIRTIO_F_IN_ORDER) | featureMask(VIRTIO_F_NOTIFICATION_DATA);
 
 /**
  * Protocol features a front-end can accept without further set-up. Deliberately excluded: those
