@@ -1,3 +1,5 @@
+// Ring feature bits are defined once, with the other feature bits.
+export { VIRTIO_RING_F_INDIRECT_DESC, VIRTIO_RING_F_EVENT_IDX } from '../vhost-user/features.js';
 import { endianness } from 'node:os';
 
 /** This buffer continues via the next field (VIRTIO 1.2 §2.7.5). */
@@ -10,10 +12,6 @@ export const VIRTQ_DESC_F_INDIRECT = 4;
 export const VIRTQ_AVAIL_F_NO_INTERRUPT = 1;
 /** used.flags: the device does not want a notification (used when EVENT_IDX is off). */
 export const VIRTQ_USED_F_NO_NOTIFY = 1;
-/** Feature bit: indirect descriptors. */
-export const VIRTIO_RING_F_INDIRECT_DESC = 28;
-/** Feature bit: used_event / avail_event suppression. */
-export const VIRTIO_RING_F_EVENT_IDX = 29;
 /** Largest split-queue size (VIRTIO 1.2 §2.7). */
 export const VIRTQ_MAX_SIZE = 32768;
 /** Size of one descriptor in bytes. */

@@ -3,7 +3,9 @@
  * protocol feature names, with helpers to render a feature word for logs and `--print-capabilities`.
  * @module
  */
-import { ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES as PROTOCOL_FEATURES_BIT } from './constants.js';
+import { ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES } from './constants.js';
+
+export { VHOST_USER_F_PROTOCOL_FEATURES };
 
 // Transport / ring feature bits (VIRTIO "Reserved Feature Bits", linux/virtio_config.h).
 
@@ -21,8 +23,6 @@ export const VIRTIO_RING_F_EVENT_IDX = 29;
 export const VIRTIO_F_INDIRECT_DESC = VIRTIO_RING_F_INDIRECT_DESC;
 /** Spec name of `VIRTIO_RING_F_EVENT_IDX`. */
 export const VIRTIO_F_EVENT_IDX = VIRTIO_RING_F_EVENT_IDX;
-/** vhost-user: the back-end supports GET/SET_PROTOCOL_FEATURES (never offered to the guest). */
-export const VHOST_USER_F_PROTOCOL_FEATURES = PROTOCOL_FEATURES_BIT;
 /** VIRTIO 1.0+ compliance. */
 export const VIRTIO_F_VERSION_1 = 32;
 /** The device is behind an IOMMU / uses platform DMA translation. */

@@ -1,0 +1,110 @@
+/**
+ * Shared command-line handling for the `vhost-user-<device>` daemons, following the vhost-user
+ * spec's "Backend program conventions": --socket-path / --fd, --print-capabilities, no
+ * daemonizing, a prompt and clean exit on SIGTERM (and SIGINT).
+ * @module
+ */
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { VhostUserDaemon, type VhostUserBackend } from '../backend/index.js';
+import { UnixListener } from '../vhost-user/listener.js';
+import { StderrLogger } from '../log.js';
+
+/** Option values as parsed by node:util parseArgs. */
+export type OptionValues = Record<string, string | boolean | undefined>;
+
+/** What a device CLI contributes. */
+export interface BackendCliSpec {
+  /** Program name, e.g. `vhost-user-blk`. */
+  program: string;
+  /** `type` of the --print-capabilities JSON (vhost-user.json schema), e.g. `block`. */
+  type: string;
+  /** `features` of the --print-capabilities JSON. */
+  capabilities: string[];
+  /** Device-specific options (in addition to the conventional ones). */
+  options: NonNullable<ParseArgsConfig['options']>;
+  /** Usage text for the device-specific options. */
+  usage: string;
+  /**
+   * Builds the device from the parsed options; throw to refuse to start (exit status 1).
+   * `describe(socketPath)` is printed on stdout once the daemon listens (e.g. a QEMU command line).
+   */
+  create(values: OptionValues): Promise<{ backend: VhostUserBackend; describe(socketPath: string | null): string; close?(): Promise<void> }>;
+}
+
+const COMMON_OPTIONS = {
+  'socket-path': { type: 'string' },
+  fd: { type: 'string' },
+  'print-capabilities': { type: 'boolean' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
+/** Runs a device daemon CLI to completion; resolves with the process exit status. */
+export async function runBackendCli(spec: BackendCliSpec, argv: string[] = process.argv.slice(2)): Promise<number> {
+  const fail = (msg: string): number => {
+    process.stderr.write(`${spec.program}: ${msg}\n`);
+    return 1;
+  };
+  let values: OptionValues;
+  try {
+    values = parseArgs({ args: argv, options: { ...COMMON_OPTIONS, ...spec.options }, strict: true, allowPositionals: false }).values as OptionValues;
+  } catch (e) {
+    return fail(`${(e as Error).message} (see --help)`);
+  }
+  if (values['print-capabilities']) {
+    process.stdout.write(`${JSON.stringify({ type: spec.type, features: spec.capabilities })}\n`);
+    return 0;
+  }
+  if (values.help) {
+    process.stdout.write(`usage: ${spec.program} (--socket-path PATH | --fd N) [options]\n\n` +
+      `  --socket-path PATH      listen on this Unix socket (a stale socket file is replaced)\n` +
+      `  --fd N                  serve the inherited listening socket N\n` +
+      `  --print-capabilities    print the back-end capabilities as JSON and exit\n` +
+      `${spec.usage}\n`);
+    return 0;
+  }
+  const socketPath = values['socket-path'] as string | undefined;
+  const fdArg = values.fd as string | undefined;
+  if ((socketPath === undefined) === (fdArg === undefined)) return fail('exactly one of --socket-path and --fd is required');
+  let listener: UnixListener;
+  let device: Awaited<ReturnType<BackendCliSpec['create']>>;
+  try {
+    device = await spec.create(values);
+  } catch (e) {
+    return fail((e as Error).message);
+  }
+  try {
+    if (fdArg !== undefined) {
+      const fd = Number(fdArg);
+      if (!Number.isInteger(fd) || fd < 0) return fail(`--fd ${fdArg} is not a file descriptor number`);
+      listener = UnixListener.fromFd(fd);
+    } else {
+      listener = UnixListener.listen(socketPath!);
+    }
+  } catch (e) {
+    await device.close?.();
+    return fail(`cannot listen: ${(e as Error).message}`);
+  }
+  const logger = new StderrLogger(spec.program);
+  const daemon = new VhostUserDaemon(spec.program, device.backend, { logger });
+  daemon.start(listener);
+  process.stdout.write(`${device.describe(socketPath ?? null)}\n`);
+  let signalled: string | null = null;
+  const onSignal = (sig: NodeJS.Signals): void => {
+    if (signalled !== null) return;
+    signalled = sig;
+    logger.log('info', `${sig}: finishing in-flight requests and exiting`);
+    void daemon.stop();
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  try {
+    await daemon.wait();
+  } catch (e) {
+    await device.close?.();
+    return fail((e as Error).message);
+  }
+  await device.close?.();
+  process.off('SIGINT', onSignal);
+  process.off('SIGTERM', onSignal);
+  return 0;
+}

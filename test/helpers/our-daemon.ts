@@ -1,0 +1,40 @@
+/**
+ * Spawns this project's device daemons (dist/src/cli/<name>.js) as separate processes, as QEMU
+ * users run them, and waits until they listen.
+ */
+import type { TestContext } from 'node:test';
+import { join } from 'node:path';
+import { ManagedProcess, waitForUnixListener, type ExitStatus } from './process.js';
+import { repoRoot } from './tools.js';
+
+/** A running daemon of ours. */
+export interface OurDaemon {
+  readonly socketPath: string;
+  readonly proc: ManagedProcess;
+  readonly exited: Promise<ExitStatus>;
+  /** SIGTERM, then SIGKILL after a grace period. */
+  stop(): Promise<ExitStatus>;
+}
+
+/**
+ * Starts `node dist/src/cli/<cli>.js --socket-path SOCK ...args` and waits for the socket to listen.
+ * The process is stopped when the test `t` ends.
+ */
+export async function startOurDaemon(cli: string, socketPath: string, args: readonly string[], t?: TestContext, timeoutMs = 10_000): Promise<OurDaemon> {
+  const script = join(repoRoot(), 'dist', 'src', 'cli', `${cli}.js`);
+  const proc = ManagedProcess.spawn(process.execPath, [script, '--socket-path', socketPath, ...args], { label: cli });
+  const d: OurDaemon = {
+    socketPath,
+    proc,
+    exited: proc.exited,
+    stop: () => proc.terminate({ sig: 'SIGTERM', graceMs: 5000 }),
+  };
+  t?.after(async () => { await d.stop(); });
+  try {
+    await waitForUnixListener(socketPath, timeoutMs, proc);
+  } catch (e) {
+    await d.stop();
+    throw e;
+  }
+  return d;
+}

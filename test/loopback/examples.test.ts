@@ -1,0 +1,11 @@
+// The examples are part of the public API's documentation: they must keep running.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+
+test('examples/custom-device runs and prints the device output', () => {
+  const script = fileURLToPath(new URL('../../examples/custom-device.js', import.meta.url));
+  const out = execFileSync(process.execPath, [script], { env: { ...process.env, VHOST_USER_LOG: 'warn' }, timeout: 20_000 }).toString();
+  assert.equal(out.trim(), 'HELLO FROM THE GUEST');
+});
