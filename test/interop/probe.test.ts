@@ -15,6 +15,7 @@ import { startTestpmdVhost } from '../helpers/dpdk.js';
 import { makeTempDir } from '../helpers/tmp.js';
 
 const PROBE = fileURLToPath(new URL('../../src/cli/probe.js', import.meta.url));
+const EXAMPLE = fileURLToPath(new URL('../../examples/probe-backend.js', import.meta.url));
 const IMAGE_SIZE = 64 * 1024 * 1024;
 
 interface Run {
@@ -25,10 +26,10 @@ interface Run {
 }
 
 /** Runs the probe in its own node process (never throws on a non-zero exit). */
-function runProbe(args: string[]): Promise<Run> {
+function runProbe(args: string[], script = PROBE): Promise<Run> {
   const t0 = performance.now();
   return new Promise((resolve, reject) => {
-    execFile(process.execPath, [PROBE, ...args], { timeout: 20_000 }, (err, stdout, stderr) => {
+    execFile(process.execPath, [script, ...args], { timeout: 20_000 }, (err, stdout, stderr) => {
       const code = err === null ? 0 : typeof err.code === 'number' ? err.code : NaN;
       if (Number.isNaN(code)) reject(err as Error);
       else resolve({ code, stdout, stderr, ms: performance.now() - t0 });
@@ -54,7 +55,7 @@ interface Report {
   config?: string;
 }
 
-test('probe vs qemu-storage-daemon: blk features by name, protocol features, queue count, config capacity', async (t) => {
+test('probe (and examples/probe-backend) vs qemu-storage-daemon: blk features by name, protocol features, queue count, config capacity', async (t) => {
   if (!requireTools(t, 'qemu-storage-daemon')) return;
   const tmp = makeTempDir(t, 'probe');
   const image = tmp.file('disk.img');
@@ -100,6 +101,14 @@ test('probe vs qemu-storage-daemon: blk features by name, protocol features, que
   assert.equal(prep.features.hex, rep.features.hex);
   assert.ok(prep.features.names.includes('bit 2') && prep.features.names.includes('VIRTIO_F_VERSION_1'), prep.features.names.join(' '));
   assert.equal(prep.config, undefined);
+
+  // examples/probe-backend.ts is documentation: it must keep working against a real back-end.
+  const ex = await runProbe([qsd.socketPath, 'blk'], EXAMPLE);
+  assert.equal(ex.code, 0, ex.stderr);
+  assert.match(ex.stdout, /^features 0x[0-9a-f]{16}:\n/);
+  assert.match(ex.stdout, /\n {2}VIRTIO_BLK_F_FLUSH\n/);
+  assert.match(ex.stdout, /\nqueues: 2\n/);
+  assert.match(ex.stdout, new RegExp(`\\ncapacity: ${IMAGE_SIZE / 512} sectors \\(${IMAGE_SIZE} bytes\\)\\n`));
 });
 
 test('probe vs DPDK vhost PMD: net features by name; --config-size without CONFIG fails with one line', async (t) => {
