@@ -1,0 +1,409 @@
+/**
+ * Storage behind a virtio-blk device: the {@link BlockDisk} interface, {@link FileDisk} over a
+ * regular file or block device (I/O straight between the fd and guest-memory views) and
+ * {@link RamDisk} (in memory, lazily allocated).
+ * @module
+ */
+import * as fs from 'node:fs';
+import {
+  BLKDISCARD, BLKGETSIZE64, BLKZEROOUT, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE,
+  SysError, fallocateAsync, ioctl, ioctlRangeAsync,
+} from '../../sys/index.js';
+
+/**
+ * A disk as the request executor sees it. Offsets and lengths are bytes; the executor has already
+ * checked them against `size`. Every method may run concurrently with others.
+ */
+export interface BlockDisk {
+  /** Size in bytes (the device capacity is `floor(size / 512)` sectors). */
+  readonly size: number;
+  /** Writes, discards and write-zeroes are refused. */
+  readonly readOnly: boolean;
+  /** Preferred logical block size in bytes (power of two ≥ 512), reported as `blk_size`. */
+  readonly blockSize: number;
+  /** Whether `discard` / `writeZeroes(.., true)` may deallocate (config `write_zeroes_may_unmap`). */
+  readonly canUnmap: boolean;
+  /** Fills `views` in order from `offset` (reads past the end of the backing return zeroes). */
+  readv(views: readonly Uint8Array[], offset: number): Promise<void>;
+  /** Writes `views` in order at `offset`. */
+  writev(views: readonly Uint8Array[], offset: number): Promise<void>;
+  /** Makes completed writes stable (fdatasync). */
+  flush(): Promise<void>;
+  /** Hints that the range is unused; contents afterwards are unspecified. */
+  discard(offset: number, length: number): Promise<void>;
+  /** Zeroes the range; with `mayUnmap` it may also deallocate it. */
+  writeZeroes(offset: number, length: number, mayUnmap: boolean): Promise<void>;
+  /** Releases the backing (idempotent). */
+  close(): Promise<void>;
+}
+
+/** Total bytes of `views`. */
+function totalLength(views: readonly Uint8Array[]): number {
+  let n = 0;
+  for (const v of views) n += v.length;
+  return n;
+}
+
+/** The views left after the first `done` bytes (slow path for partial transfers only). */
+function remainingViews(views: readonly Uint8Array[], done: number): Uint8Array[] {
+  const out: Uint8Array[] = [];
+  let skip = done;
+  for (const v of views) {
+    if (skip >= v.length) {
+      skip -= v.length;
+      continue;
+    }
+    out.push(skip > 0 ? v.subarray(skip) : v);
+    skip = 0;
+  }
+  return out;
+}
+
+function isUnsupported(e: unknown): boolean {
+  return e instanceof SysError && (e.code === 'ENOTSUP' || e.code === 'EOPNOTSUPP' || e.code === 'ENOTTY' || e.code === 'EINVAL' || e.code === 'ENOSYS');
+}
+
+/** Options of {@link FileDisk.open}. */
+export interface FileDiskOptions {
+  /** Open O_RDONLY and refuse writes. */
+  readOnly?: boolean;
+  /** Logical block size to report (default 512). */
+  blockSize?: number;
+}
+
+/** Largest chunk written per call when a write-zeroes range must be written out as zeroes. */
+const ZERO_CHUNK = 1 << 20;
+let zeroChunk: Uint8Array | null = null;
+
+/**
+ * A disk over a regular file or a block device. Reads and writes go straight between the fd and the
+ * caller's views (fs.readv / fs.writev on the libuv threadpool); flush is fdatasync; discard and
+ * write zeroes use fallocate (or BLKDISCARD / BLKZEROOUT on block devices), falling back to writing
+ * zeroes where the file system cannot.
+ */
+export class FileDisk implements BlockDisk {
+  readonly size: number;
+  readonly readOnly: boolean;
+  readonly blockSize: number;
+  readonly isBlockDevice: boolean;
+  private fdValue: number;
+  // Learned at run time: once a mode fails as unsupported it is not tried again.
+  private punchOk = true;
+  private zeroRangeOk = true;
+
+  private constructor(fd: number, size: number, readOnly: boolean, blockSize: number, isBlockDevice: boolean) {
+    this.fdValue = fd;
+    this.size = size;
+    this.readOnly = readOnly;
+    this.blockSize = blockSize;
+    this.isBlockDevice = isBlockDevice;
+  }
+
+  /** Opens `path` (which must exist) read-write, or read-only with `opts.readOnly`. */
+  static open(path: string, opts: FileDiskOptions = {}): FileDisk {
+    const readOnly = opts.readOnly ?? false;
+    const blockSize = opts.blockSize ?? 512;
+    if (blockSize < 512 || (blockSize & (blockSize - 1)) !== 0 || blockSize > 1 << 20) {
+      throw new RangeError(`block size ${blockSize} is not a power of two in [512, 1 MiB]`);
+    }
+    const fd = fs.openSync(path, readOnly ? fs.constants.O_RDONLY : fs.constants.O_RDWR);
+    try {
+      const st = fs.fstatSync(fd);
+      let size: number;
+      if (st.isBlockDevice()) {
+        const b = new Uint8Array(8);
+        ioctl(fd, BLKGETSIZE64, b);
+        const big = new DataView(b.buffer).getBigUint64(0, true);
+        if (big > BigInt(Number.MAX_SAFE_INTEGER)) throw new RangeError(`${path}: device size ${big} exceeds 2^53`);
+        size = Number(big);
+      } else if (st.isFile()) {
+        size = st.size;
+      } else {
+        throw new Error(`${path} is neither a regular file nor a block device`);
+      }
+      return new FileDisk(fd, size, readOnly, blockSize, st.isBlockDevice());
+    } catch (e) {
+      fs.closeSync(fd);
+      throw e;
+    }
+  }
+
+  /** The open fd (-1 once closed). */
+  get fd(): number {
+    return this.fdValue;
+  }
+
+  /** Regular files can punch holes; block devices can discard. */
+  get canUnmap(): boolean {
+    return this.punchOk;
+  }
+
+  private liveFd(): number {
+    if (this.fdValue < 0) throw new Error('disk is closed');
+    return this.fdValue;
+  }
+
+  async readv(views: readonly Uint8Array[], offset: number): Promise<void> {
+    const fd = this.liveFd();
+    const want = totalLength(views);
+    let done = await readvAt(fd, views, offset);
+    while (done < want) {
+      // Short read: the libuv IOV_MAX split, or EOF when the file shrank under us.
+      const rest = remainingViews(views, done);
+      const n = await readvAt(fd, rest, offset + done);
+      if (n === 0) {
+        for (const v of rest) v.fill(0);
+        return;
+      }
+      done += n;
+    }
+  }
+
+  async writev(views: readonly Uint8Array[], offset: number): Promise<void> {
+    if (this.readOnly) throw new Error('disk is read-only');
+    const fd = this.liveFd();
+    const want = totalLength(views);
+    let done = await writevAt(fd, views, offset);
+    while (done < want) {
+      const n = await writevAt(fd, remainingViews(views, done), offset + done);
+      if (n === 0) throw new Error(`writev at ${offset + done} made no progress`);
+      done += n;
+    }
+  }
+
+  flush(): Promise<void> {
+    const fd = this.liveFd();
+    return new Promise((resolve, reject) => fs.fdatasync(fd, (e) => (e ? reject(e) : resolve())));
+  }
+
+  async discard(offset: number, length: number): Promise<void> {
+    if (this.readOnly) throw new Error('disk is read-only');
+    if (length === 0 || !this.punchOk) return;
+    const fd = this.liveFd();
+    try {
+      if (this.isBlockDevice) await ioctlRangeAsync(fd, BLKDISCARD, offset, length);
+      else await fallocateAsync(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
+    } catch (e) {
+      // Discard is a hint: a backing that cannot deallocate simply keeps the data.
+      if (!isUnsupported(e)) throw e;
+      this.punchOk = false;
+    }
+  }
+
+  async writeZeroes(offset: number, length: number, mayUnmap: boolean): Promise<void> {
+    if (this.readOnly) throw new Error('disk is read-only');
+    if (length === 0) return;
+    const fd = this.liveFd();
+    if (this.isBlockDevice) {
+      // BLKZEROOUT falls back to writing zeroes inside the kernel; it never deallocates unless
+      // the device guarantees zeroes for discarded blocks.
+      await ioctlRangeAsync(fd, BLKZEROOUT, offset, length);
+      return;
+    }
+    if (mayUnmap && this.punchOk) {
+      try {
+        await fallocateAsync(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
+        return;
+      } catch (e) {
+        if (!isUnsupported(e)) throw e;
+        this.punchOk = false;
+      }
+    }
+    if (this.zeroRangeOk) {
+      try {
+        await fallocateAsync(fd, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE, offset, length);
+        return;
+      } catch (e) {
+        if (!isUnsupported(e)) throw e;
+        this.zeroRangeOk = false;
+      }
+    }
+    await this.writeZeroBuffers(offset, length);
+  }
+
+  /** Last-resort write zeroes: writes a shared zero buffer over the range. */
+  private async writeZeroBuffers(offset: number, length: number): Promise<void> {
+    zeroChunk ??= new Uint8Array(ZERO_CHUNK);
+    const z = zeroChunk;
+    for (let done = 0; done < length;) {
+      const n = Math.min(ZERO_CHUNK, length - done);
+      await this.writev([n === ZERO_CHUNK ? z : z.subarray(0, n)], offset + done);
+      done += n;
+    }
+  }
+
+  /** @internal Forgets a learned capability (tests exercise the fallbacks). */
+  setFallocateSupport(punch: boolean, zeroRange: boolean): void {
+    this.punchOk = punch;
+    this.zeroRangeOk = zeroRange;
+  }
+
+  close(): Promise<void> {
+    const fd = this.fdValue;
+    if (fd < 0) return Promise.resolve();
+    this.fdValue = -1;
+    return new Promise((resolve, reject) => fs.close(fd, (e) => (e ? reject(e) : resolve())));
+  }
+}
+
+function readvAt(fd: number, views: readonly Uint8Array[], position: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    fs.readv(fd, views as NodeJS.ArrayBufferView[], position, (e, n) => (e ? reject(e) : resolve(n)));
+  });
+}
+
+function writevAt(fd: number, views: readonly Uint8Array[], position: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    fs.writev(fd, views as NodeJS.ArrayBufferView[], position, (e, n) => (e ? reject(e) : resolve(n)));
+  });
+}
+
+/** Options of {@link RamDisk}. */
+export interface RamDiskOptions {
+  /** Size in bytes (default 64 MiB; multiple of 512). */
+  size?: number;
+  /** Refuse writes. */
+  readOnly?: boolean;
+}
+
+/** Allocation unit of a RamDisk: chunks are allocated on first write and freed by discard. */
+export const RAM_DISK_CHUNK = 1 << 20;
+
+/**
+ * An in-memory disk. Memory is allocated lazily in {@link RAM_DISK_CHUNK} chunks on first write
+ * (never-written chunks read as zeroes) and whole chunks are freed again by discard / write zeroes.
+ * Operations complete without blocking.
+ */
+export class RamDisk implements BlockDisk {
+  readonly size: number;
+  readonly readOnly: boolean;
+  readonly blockSize = 512;
+  readonly canUnmap = true;
+  private readonly chunks: (Uint8Array | undefined)[];
+
+  constructor(opts: RamDiskOptions = {}) {
+    const size = opts.size ?? 64 * 1024 * 1024;
+    if (!Number.isSafeInteger(size) || size <= 0 || size % 512 !== 0) throw new RangeError(`RAM disk size ${size} is not a positive multiple of 512`);
+    this.size = size;
+    this.readOnly = opts.readOnly ?? false;
+    this.chunks = new Array<Uint8Array | undefined>(Math.ceil(size / RAM_DISK_CHUNK));
+  }
+
+  /** Bytes currently allocated (diagnostics, tests). */
+  get allocatedBytes(): number {
+    let n = 0;
+    for (const c of this.chunks) if (c !== undefined) n += c.length;
+    return n;
+  }
+
+  private chunk(i: number): Uint8Array {
+    let c = this.chunks[i];
+    if (c === undefined) {
+      c = new Uint8Array(Math.min(RAM_DISK_CHUNK, this.size - i * RAM_DISK_CHUNK));
+      this.chunks[i] = c;
+    }
+    return c;
+  }
+
+  private check(offset: number, length: number): void {
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.size) {
+      throw new RangeError(`range ${offset}+${length} outside RAM disk of ${this.size} bytes`);
+    }
+  }
+
+  /** Copies [offset, offset + len) into `dst` (synchronous core of readv, also used by tests). */
+  readSync(dst: Uint8Array, offset: number): void {
+    this.check(offset, dst.length);
+    let pos = 0;
+    while (pos < dst.length) {
+      const at = offset + pos;
+      const i = Math.floor(at / RAM_DISK_CHUNK);
+      const inChunk = at - i * RAM_DISK_CHUNK;
+      const c = this.chunks[i];
+      const n = Math.min(dst.length - pos, (c?.length ?? RAM_DISK_CHUNK) - inChunk);
+      if (c === undefined) dst.fill(0, pos, pos + n);
+      else dst.set(c.subarray(inChunk, inChunk + n), pos);
+      pos += n;
+    }
+  }
+
+  private writeSync(src: Uint8Array, offset: number): void {
+    let pos = 0;
+    while (pos < src.length) {
+      const at = offset + pos;
+      const i = Math.floor(at / RAM_DISK_CHUNK);
+      const inChunk = at - i * RAM_DISK_CHUNK;
+      const c = this.chunk(i);
+      const n = Math.min(src.length - pos, c.length - inChunk);
+      c.set(src.subarray(pos, pos + n), inChunk);
+      pos += n;
+    }
+  }
+
+  readv(views: readonly Uint8Array[], offset: number): Promise<void> {
+    try {
+      this.check(offset, totalLength(views));
+      let at = offset;
+      for (const v of views) {
+        this.readSync(v, at);
+        at += v.length;
+      }
+      return Promise.resolve();
+    } catch (e) {
+      return Promise.reject(e as Error);
+    }
+  }
+
+  writev(views: readonly Uint8Array[], offset: number): Promise<void> {
+    try {
+      if (this.readOnly) throw new Error('disk is read-only');
+      this.check(offset, totalLength(views));
+      let at = offset;
+      for (const v of views) {
+        this.writeSync(v, at);
+        at += v.length;
+      }
+      return Promise.resolve();
+    } catch (e) {
+      return Promise.reject(e as Error);
+    }
+  }
+
+  flush(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  discard(offset: number, length: number): Promise<void> {
+    return this.writeZeroes(offset, length, true);
+  }
+
+  writeZeroes(offset: number, length: number, _mayUnmap: boolean): Promise<void> {
+    try {
+      if (this.readOnly) throw new Error('disk is read-only');
+      this.check(offset, length);
+      let pos = offset;
+      const end = offset + length;
+      while (pos < end) {
+        const i = Math.floor(pos / RAM_DISK_CHUNK);
+        const start = i * RAM_DISK_CHUNK;
+        const c = this.chunks[i];
+        const chunkEnd = start + (c?.length ?? Math.min(RAM_DISK_CHUNK, this.size - start));
+        const stop = Math.min(end, chunkEnd);
+        if (c !== undefined) {
+          // Whole chunk covered: free it (reads as zeroes); partial: zero in place.
+          if (pos === start && stop === chunkEnd) this.chunks[i] = undefined;
+          else c.fill(0, pos - start, stop - start);
+        }
+        pos = stop;
+      }
+      return Promise.resolve();
+    } catch (e) {
+      return Promise.reject(e as Error);
+    }
+  }
+
+  close(): Promise<void> {
+    this.chunks.fill(undefined);
+    return Promise.resolve();
+  }
+}
