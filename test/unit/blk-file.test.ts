@@ -1,0 +1,134 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { closeSync, fstatSync, openSync, readSync, writeFileSync } from 'node:fs';
+import {
+  FileDisk, RamDisk, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_IN,
+  VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
+} from '../../src/devices/blk/index.js';
+import { makeTempDir } from '../helpers/tmp.js';
+import { BlkRig, dwzSegments, pattern } from './blk-harness.js';
+
+const MIB = 1 << 20;
+
+function image(path: string, size: number, seed: number): void {
+  writeFileSync(path, pattern(size, seed));
+}
+
+function readFile(path: string, off: number, len: number): Uint8Array {
+  const fd = openSync(path, 'r');
+  try {
+    const b = new Uint8Array(len);
+    assert.equal(readSync(fd, b, 0, len, off), len);
+    return b;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+test('FileDisk: OUT lands in the file, IN returns file bytes, FLUSH succeeds (verified with fs)', async (t) => {
+  const dir = makeTempDir(t, 'blkfile');
+  const path = dir.file('disk.img');
+  image(path, 4 * MIB, 5);
+  const disk = FileDisk.open(path);
+  const r = new BlkRig({ disk });
+  t.after(async () => { r.close(); await disk.close(); });
+  assert.equal(disk.size, 4 * MIB);
+  assert.equal(disk.isBlockDevice, false);
+  const data = pattern(8192, 77);
+  const w = r.submit(VIRTIO_BLK_T_OUT, 100, { out: [data.subarray(0, 512), data.subarray(512, 4608), data.subarray(4608)] });
+  const rd = r.submit(VIRTIO_BLK_T_IN, 2000, { inLens: [512, 512, 3072] });
+  const f = r.submit(VIRTIO_BLK_T_FLUSH, 0);
+  const used = await r.run();
+  assert.equal(used.length, 3);
+  assert.equal(r.status(w), VIRTIO_BLK_S_OK);
+  assert.equal(r.status(rd), VIRTIO_BLK_S_OK);
+  assert.equal(r.status(f), VIRTIO_BLK_S_OK);
+  assert.deepEqual(readFile(path, 100 * 512, 8192), data);
+  assert.deepEqual(r.inData(rd), pattern(4 * MIB, 5).subarray(2000 * 512, 2000 * 512 + 4096));
+  // Neighbouring bytes untouched.
+  assert.deepEqual(readFile(path, 100 * 512 - 512, 512), pattern(4 * MIB, 5).subarray(99 * 512, 100 * 512));
+});
+
+test('FileDisk: DISCARD punches a hole; WRITE_ZEROES with and without unmap, and the write-zeroes fallback', async (t) => {
+  const dir = makeTempDir(t, 'blkfile');
+  const path = dir.file('disk.img');
+  image(path, 8 * MIB, 1);
+  const disk = FileDisk.open(path);
+  const r = new BlkRig({ disk });
+  t.after(async () => { r.close(); await disk.close(); });
+  const spm = MIB / 512;
+  const blocksBefore = fstatSync(disk.fd).blocks;
+  const d = r.submit(VIRTIO_BLK_T_DISCARD, 0, { out: [dwzSegments([{ sector: spm, num: 2 * spm }])] });
+  const z1 = r.submit(VIRTIO_BLK_T_WRITE_ZEROES, 0, { out: [dwzSegments([{ sector: 4 * spm + 3, num: 5, flags: 1 }])] });
+  const z2 = r.submit(VIRTIO_BLK_T_WRITE_ZEROES, 0, { out: [dwzSegments([{ sector: 5 * spm + 1, num: 2 }])] });
+  await r.run();
+  for (const x of [d, z1, z2]) assert.equal(r.status(x), VIRTIO_BLK_S_OK);
+  assert.ok(fstatSync(disk.fd).blocks <= blocksBefore - (2 * MIB) / 512, 'discard deallocated the range');
+  assert.equal(fstatSync(disk.fd).size, 8 * MIB);
+  const expect = pattern(8 * MIB, 1);
+  expect.fill(0, MIB, 3 * MIB);
+  expect.fill(0, (4 * spm + 3) * 512, (4 * spm + 8) * 512);
+  expect.fill(0, (5 * spm + 1) * 512, (5 * spm + 3) * 512);
+  assert.equal(Buffer.compare(readFile(path, 0, 8 * MIB), expect), 0);
+  // A file system without fallocate support: zeroes are written out.
+  disk.setFallocateSupport(false, false);
+  assert.equal(disk.canUnmap, false);
+  const z3 = r.submit(VIRTIO_BLK_T_WRITE_ZEROES, 0, { out: [dwzSegments([{ sector: 6 * spm + 4, num: spm - 4, flags: 1 }])] });
+  const d2 = r.submit(VIRTIO_BLK_T_DISCARD, 0, { out: [dwzSegments([{ sector: 0, num: 8 }])] });
+  await r.run();
+  assert.equal(r.status(z3), VIRTIO_BLK_S_OK);
+  assert.equal(r.status(d2), VIRTIO_BLK_S_OK, 'discard is advisory: OK even when nothing is deallocated');
+  expect.fill(0, 6 * MIB + 2048, 7 * MIB);
+  assert.equal(Buffer.compare(readFile(path, 0, 8 * MIB), expect), 0);
+  assert.equal(r.backend.getConfig(56, 1)[0], 0, 'write_zeroes_may_unmap cleared once unmapping is known unsupported');
+});
+
+test('FileDisk: read-only open refuses writes; a file that is not a multiple of 512 exposes whole sectors only', async (t) => {
+  const dir = makeTempDir(t, 'blkfile');
+  const path = dir.file('odd.img');
+  image(path, 4096 + 100, 3);
+  const disk = FileDisk.open(path, { readOnly: true });
+  const r = new BlkRig({ disk });
+  t.after(async () => { r.close(); await disk.close(); });
+  assert.equal(r.backend.executor.capacity, 8);
+  const w = r.submit(VIRTIO_BLK_T_OUT, 0, { out: [new Uint8Array(512)] });
+  const rd = r.submit(VIRTIO_BLK_T_IN, 7, { inLens: [512] });
+  const past = r.submit(VIRTIO_BLK_T_IN, 8, { inLens: [512] });
+  await r.run();
+  assert.equal(r.status(w), VIRTIO_BLK_S_IOERR);
+  assert.equal(r.status(rd), VIRTIO_BLK_S_OK);
+  assert.equal(r.status(past), VIRTIO_BLK_S_IOERR);
+  assert.deepEqual(r.inData(rd), pattern(4196, 3).subarray(3584, 4096));
+  await assert.rejects(disk.writev([new Uint8Array(512)], 0), /read-only/);
+});
+
+test('FileDisk: reads past a file that shrank return zeroes; huge iovec counts are split and finished', async (t) => {
+  const dir = makeTempDir(t, 'blkfile');
+  const path = dir.file('disk.img');
+  image(path, MIB, 9);
+  const disk = FileDisk.open(path);
+  t.after(() => disk.close());
+  // 2000 views of 512 bytes (> IOV_MAX 1024): libuv transfers at most 1024 per call.
+  const many = Array.from({ length: 2000 }, () => new Uint8Array(512));
+  await disk.readv(many, 0);
+  assert.equal(Buffer.compare(Buffer.concat(many), pattern(MIB, 9).subarray(0, 2000 * 512)), 0);
+  const src = Array.from({ length: 1500 }, (_, i) => pattern(512, i));
+  await disk.writev(src, 0);
+  assert.equal(Buffer.compare(readFile(path, 0, 1500 * 512), Buffer.concat(src)), 0);
+  // Shrink the file under the disk: the tail reads as zeroes instead of failing.
+  writeFileSync(path, pattern(1024, 1));
+  const tail = [new Uint8Array(512), new Uint8Array(1024).fill(0xaa)];
+  await disk.readv(tail, 512);
+  assert.deepEqual(tail[0], pattern(1024, 1).subarray(512));
+  assert.ok(tail[1]?.every((x) => x === 0));
+});
+
+test('FileDisk.open rejects directories and bad block sizes; RamDisk validates its size', (t) => {
+  const dir = makeTempDir(t, 'blkfile');
+  assert.throws(() => FileDisk.open(dir.path), /neither a regular file nor a block device|EISDIR/);
+  writeFileSync(dir.file('x'), new Uint8Array(512));
+  assert.throws(() => FileDisk.open(dir.file('x'), { blockSize: 1000 }), RangeError);
+  assert.throws(() => new RamDisk({ size: 1000 }), RangeError);
+  assert.equal(new RamDisk().size, 64 * MIB);
+  assert.equal(new RamDisk().allocatedBytes, 0);
+});
