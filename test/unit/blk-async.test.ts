@@ -5,6 +5,7 @@ import {
   VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 } from '../../src/devices/blk/index.js';
 import { VIRTIO_F_VERSION_1 } from '../../src/vhost-user/features.js';
+import { eventfdRead } from '../../src/sys/index.js';
 import { BlkRig, pattern } from './blk-harness.js';
 
 const MIB = 1 << 20;
@@ -174,4 +175,12 @@ test('EVENT_IDX: interrupts only when used_event is crossed', async (t) => {
   await r.run();
   assert.equal(r.called(), false, 'used idx 2 does not cross used_event 5');
   assert.equal(r.drv.availEvent, 2, 'avail_event follows the consumed index');
+});
+
+test('completions delivered in one event-loop turn share one interrupt', async (t) => {
+  const r = new BlkRig({ disk: new RamDisk({ size: MIB }) });
+  t.after(() => r.close());
+  for (let i = 0; i < 8; i++) r.submit(VIRTIO_BLK_T_IN, i, { inLens: [512] });
+  assert.equal((await r.run()).length, 8);
+  assert.equal(eventfdRead(r.callFd), 1n, 'eight used entries, one eventfd write');
 });

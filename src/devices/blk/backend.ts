@@ -68,7 +68,13 @@ class QueueState {
   throttled = false;
   /** Bumped on device reset: completions of an older generation leave the ring alone. */
   gen = 0;
+  /** Used entries were added since the last interrupt decision. */
+  needSignal = false;
+  /** A flush of the interrupt decision is scheduled (setImmediate). */
+  flushScheduled = false;
   readonly free: BlkSlot[] = [];
+  /** Bound once: the coalesced interrupt + idle notification for this queue. */
+  flush: () => void = () => {};
   constructor(readonly index: number) {}
 }
 
@@ -117,7 +123,11 @@ export class VhostUserBlkBackend implements VhostUserBackend {
       maxWriteZeroesSeg: 1,
       logger: this.logger,
     });
-    for (let i = 0; i < this.nQueues; i++) this.queues.push(new QueueState(i));
+    for (let i = 0; i < this.nQueues; i++) {
+      const qs = new QueueState(i);
+      qs.flush = () => this.flushQueue(qs);
+      this.queues.push(qs);
+    }
     this.updateCacheMode();
   }
 
@@ -291,7 +301,7 @@ export class VhostUserBlkBackend implements VhostUserBackend {
     try {
       if (vring !== null && slot.gen === qs.gen) {
         vring.queue.addUsed(slot.chain.headIndex, used);
-        vring.signalUsedIfNeeded();
+        qs.needSignal = true;
       }
     } catch (e) {
       this.logger.log('error', `vhost-user-blk q${qs.index}: cannot complete head ${slot.chain.headIndex}: ${(e as Error).message}`);
@@ -303,10 +313,11 @@ export class VhostUserBlkBackend implements VhostUserBackend {
       this.inFlightTotal--;
       qs.free.push(slot);
     }
-    if (this.inFlightTotal === 0 && this.idleWaiters.length > 0) {
-      const w = this.idleWaiters;
-      this.idleWaiters = [];
-      for (const f of w) f();
+    // One interrupt decision per event-loop turn: setImmediate runs after every fs callback that
+    // libuv delivers in this poll phase (and after all microtask-completed RAM-disk requests).
+    if (!qs.flushScheduled) {
+      qs.flushScheduled = true;
+      setImmediate(qs.flush);
     }
     if (qs.throttled && qs.inFlight < this.maxInFlight) {
       qs.throttled = false;
@@ -317,6 +328,26 @@ export class VhostUserBlkBackend implements VhostUserBackend {
       }
     }
   };
+
+  /** Signals the guest for the entries completed since the last flush, then wakes quiesce() waiters. */
+  private flushQueue(qs: QueueState): void {
+    qs.flushScheduled = false;
+    if (qs.needSignal) {
+      qs.needSignal = false;
+      const vring = qs.vring;
+      try {
+        if (vring !== null) vring.signalUsedIfNeeded();
+      } catch (e) {
+        this.logger.log('error', `vhost-user-blk q${qs.index}: cannot signal: ${(e as Error).message}`);
+      }
+    }
+    // Resolved only here, so no interrupt can follow a resolved quiesce().
+    if (this.inFlightTotal === 0 && this.idleWaiters.length > 0) {
+      const w = this.idleWaiters;
+      this.idleWaiters = [];
+      for (const f of w) f();
+    }
+  }
 
   quiesce(): Promise<void> {
     if (this.inFlightTotal === 0) return Promise.resolve();
@@ -329,6 +360,7 @@ export class VhostUserBlkBackend implements VhostUserBackend {
     for (const qs of this.queues) {
       qs.gen++;
       qs.throttled = false;
+      qs.needSignal = false;
       qs.vring = null;
     }
     await this.quiesce();
