@@ -174,9 +174,9 @@ export function encodeBlkConfig(cfg: VirtioBlkConfig, out: Uint8Array = new Uint
   return out;
 }
 
-/** Decodes the first {@link VIRTIO_BLK_CONFIG_SIZE} bytes of a config space (front-end side, tests). */
+/** Decodes a config space read of at least 57 bytes (through write_zeroes_may_unmap; front-end side, tests). */
 export function decodeBlkConfig(bytes: Uint8Array): VirtioBlkConfig {
-  if (bytes.length < O.secure_erase_sector_alignment) throw new RangeError(`config space too short: ${bytes.length} bytes`);
+  if (bytes.length <= O.write_zeroes_may_unmap) throw new RangeError(`config space too short: ${bytes.length} bytes`);
   const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.length);
   return {
     capacity: dv.getBigUint64(O.capacity, true),
