@@ -5,8 +5,11 @@ import {
   VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 } from '../../src/devices/blk/index.js';
 import { VIRTIO_F_VERSION_1 } from '../../src/vhost-user/features.js';
-import { eventfdRead } from '../../src/sys/index.js';
-import { BlkRig, pattern } from './blk-harness.js';
+import { POLLIN, eventfdRead } from '../../src/sys/index.js';
+import { GuestMemory, mapGuestRegion } from '../../src/memory/index.js';
+import { SplitQueueDriver, splitRingLayout } from '../../src/queue/index.js';
+import { Vring } from '../../src/backend/index.js';
+import { BlkRig, QSIZE, RAM, RAM_SIZE, pattern } from './blk-harness.js';
 
 const MIB = 1 << 20;
 const bit = (n: number): bigint => 1n << BigInt(n);
@@ -183,4 +186,51 @@ test('completions delivered in one event-loop turn share one interrupt', async (
   for (let i = 0; i < 8; i++) r.submit(VIRTIO_BLK_T_IN, i, { inLens: [512] });
   assert.equal((await r.run()).length, 8);
   assert.equal(eventfdRead(r.callFd), 1n, 'eight used entries, one eventfd write');
+});
+
+test('guest memory replaced during I/O: the old mapping stays until the request completes, then goes', async (t) => {
+  const disk = new GatedDisk({ size: MIB });
+  await RamDisk.prototype.writev.call(disk, [pattern(4096, 4)], 0); // not gated
+  const r = new BlkRig({ disk });
+  t.after(() => r.close());
+  const req = r.submit(VIRTIO_BLK_T_IN, 0, { inLens: [4096] });
+  r.kick();
+  await tick();
+  const oldRegion = r.atomic.memory.regions[0];
+  assert.ok(oldRegion !== undefined);
+  // SET_MEM_TABLE with the same memfd at the same addresses: a new mapping replaces the old one.
+  r.atomic.replace(new GuestMemory([mapGuestRegion({ guestPhysAddr: RAM, memorySize: RAM_SIZE, userAddr: 0x7f00_0000_0000, mmapOffset: 0 }, r.fd)]));
+  r.vrings[0]?.setMemory(r.atomic);
+  assert.ok((oldRegion.backing.windows[0]?.byteLength ?? 0) > 0, 'pinned by the in-flight request');
+  disk.releaseOne();
+  await r.backend.quiesce();
+  assert.equal(oldRegion.backing.windows[0]?.byteLength, 0, 'unmapped once the request released it');
+  assert.equal(r.status(req), VIRTIO_BLK_S_OK);
+  assert.deepEqual(r.inData(req), pattern(4096, 4));
+  assert.deepEqual(r.drv.popUsed(), { id: req.head, len: 4097 });
+});
+
+test('multiple queues are served independently by queue index', async (t) => {
+  const r = new BlkRig({ disk: new RamDisk({ size: MIB }), numQueues: 2 });
+  t.after(() => r.close());
+  const v1 = new Vring(1, QSIZE);
+  const l = splitRingLayout(QSIZE, RAM + 0x8000);
+  const drv1 = new SplitQueueDriver(r.drvMem, QSIZE, l.descGpa, l.availGpa, l.usedGpa);
+  v1.setMemory(r.atomic);
+  v1.queue.setAddresses(l.descGpa, l.availGpa, l.usedGpa);
+  v1.setStarted(true);
+  v1.setEnabled(true);
+  t.after(() => v1.reset());
+  const st = r.alloc(1);
+  const hdr = r.alloc(16);
+  r.drvMem.writeU32(hdr, VIRTIO_BLK_T_FLUSH);
+  const head = drv1.addChain([{ gpa: hdr, len: 16 }], [{ gpa: st, len: 1 }]);
+  const q0 = r.submit(VIRTIO_BLK_T_FLUSH, 0);
+  r.backend.handleEvent(1, POLLIN, [r.vrings[0] as Vring, v1], 0);
+  await r.backend.quiesce();
+  assert.deepEqual(drv1.popUsed(), { id: head, len: 1 });
+  assert.equal(r.drv.popUsed(), null, 'queue 0 not kicked, not processed');
+  r.backend.handleEvent(5, POLLIN, [r.vrings[0] as Vring, v1], 0);
+  assert.ok(r.logger.has('event 5 for no queue'));
+  assert.deepEqual(await r.run(), [{ id: q0.head, len: 1 }]);
 });
