@@ -85,6 +85,7 @@ export class FileDisk implements BlockDisk {
   readonly size: number;
   readonly readOnly: boolean;
   readonly blockSize: number;
+  /** Opened a block device (size from BLKGETSIZE64; discard/zeroes via BLKDISCARD/BLKZEROOUT). */
   readonly isBlockDevice: boolean;
   private fdValue: number;
   // Learned at run time: once a mode fails as unsupported it is not tried again.
