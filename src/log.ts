@@ -11,6 +11,8 @@ export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
 export interface Logger {
   /** Writes one record. */
   log(level: LogLevel, message: string): void;
+  /** Whether records of `level` are kept (lets callers skip building costly messages). */
+  enabled?(level: LogLevel): boolean;
 }
 
 const ORDER: Record<LogLevel, number> = { debug: 0, info: 1, warn: 2, error: 3 };
@@ -22,6 +24,10 @@ export class StderrLogger implements Logger {
   constructor(private readonly prefix = 'vhost-user', minLevel: LogLevel = 'info') {
     const env = process.env['VHOST_USER_LOG'] as LogLevel | undefined;
     this.min = ORDER[env !== undefined && env in ORDER ? env : minLevel];
+  }
+
+  enabled(level: LogLevel): boolean {
+    return ORDER[level] >= this.min;
   }
 
   log(level: LogLevel, message: string): void {

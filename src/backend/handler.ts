@@ -49,6 +49,7 @@ export class VhostUserHandler implements BackendReqHandler {
   private readonly threadOf: number[];
   private acked = 0n;
   private protocol = 0n;
+  private protocolNegotiated = false;
   private status = 0;
   private owned = false;
 
@@ -132,6 +133,7 @@ export class VhostUserHandler implements BackendReqHandler {
       throw new Error(`front-end set protocol features 0x${(features & ~offered).toString(16)} that were not offered`);
     }
     this.protocol = features;
+    this.protocolNegotiated = true;
   }
 
   getQueueNum(): bigint {
@@ -274,7 +276,8 @@ export class VhostUserHandler implements BackendReqHandler {
   }
 
   setVringEnable(index: number, enable: boolean): void {
-    if ((this.acked & bit(VHOST_USER_F_PROTOCOL_FEATURES)) === 0n) {
+    // QEMU sends this before SET_FEATURES once protocol features were negotiated, so either counts.
+    if (!this.protocolNegotiated && (this.acked & bit(VHOST_USER_F_PROTOCOL_FEATURES)) === 0n) {
       throw new Error('SET_VRING_ENABLE without VHOST_USER_F_PROTOCOL_FEATURES negotiated');
     }
     this.enable(this.vring(index), enable);
@@ -335,7 +338,6 @@ export class VhostUserHandler implements BackendReqHandler {
     await this.backend.quiesce?.();
     for (const v of this.vrings) v.reset();
     this.acked = 0n;
-    this.protocol = 0n;
     await this.backend.resetDevice?.();
   }
 

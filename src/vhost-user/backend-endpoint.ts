@@ -128,6 +128,7 @@ export class BackendEndpoint {
       else this.conn.close(err);
       return;
     }
+    if (this.logger.enabled?.('debug')) this.logger.log('debug', `request ${describeRequest(req)}`);
     let outcome: MaybePromise<Outcome>;
     try {
       outcome = this.dispatch(req);
@@ -351,6 +352,14 @@ function none(v: MaybePromise<void>): MaybePromise<Outcome> {
 function errorCode(e: Error): bigint {
   const errno = (e as { errno?: unknown }).errno;
   return typeof errno === 'number' && errno !== 0 ? BigInt(Math.abs(errno)) : 1n;
+}
+
+/** One-line summary of a request for debug logs (fds and byte arrays abbreviated). */
+function describeRequest(req: FrontendRequest): string {
+  const fields = Object.entries(req)
+    .filter(([k]) => k !== 'request')
+    .map(([k, v]) => `${k}=${typeof v === 'bigint' ? `0x${v.toString(16)}` : v instanceof Uint8Array ? `[${v.length} bytes]` : JSON.stringify(v, (_k, x: unknown) => (typeof x === 'bigint' ? `0x${x.toString(16)}` : x))}`);
+  return `${requestName(req.request)} ${fields.join(' ')}`.trimEnd();
 }
 
 function closeQuietly(fd: number): void {

@@ -1,0 +1,77 @@
+#!/usr/bin/env node
+/**
+ * `vhost-user-blk`: a virtio-blk back-end over a file or block device, or a RAM disk.
+ *
+ *     vhost-user-blk (--socket-path PATH | --fd N) [--blk-file FILE] [--read-only] [--num-queues N]
+ * @module
+ */
+import { runBackendCli, type OptionValues } from './backend-cli.js';
+import { FileDisk, RamDisk, VhostUserBlkBackend, type BlockDisk } from '../devices/blk/index.js';
+import { StderrLogger } from '../log.js';
+
+const PROGRAM = 'vhost-user-blk';
+const MiB = 1024 * 1024;
+
+function intOption(values: OptionValues, name: string, min: number, max: number, dflt: number): number {
+  const v = values[name];
+  if (v === undefined) return dflt;
+  const n = typeof v === 'string' && /^\d+$/.test(v) ? Number(v) : NaN;
+  if (!Number.isSafeInteger(n) || n < min || n > max) throw new Error(`--${name} must be an integer in ${min}..${max}`);
+  return n;
+}
+
+const code = await runBackendCli({
+  program: PROGRAM,
+  type: 'block',
+  capabilities: ['read-only', 'blk-file'],
+  options: {
+    'blk-file': { type: 'string', short: 'b' },
+    'read-only': { type: 'boolean', short: 'r' },
+    'num-queues': { type: 'string' },
+    'queue-size': { type: 'string' },
+    'ram-size-mib': { type: 'string' },
+    serial: { type: 'string' },
+  },
+  usage:
+    '  --blk-file PATH         file or block device to serve (default: a RAM disk)\n' +
+    '  --read-only             offer a read-only disk (VIRTIO_BLK_F_RO) and refuse writes\n' +
+    '  --num-queues N          request queues (default 1)\n' +
+    '  --queue-size N          largest queue size, power of two (default 256)\n' +
+    '  --ram-size-mib N        RAM disk size without --blk-file (default 64)\n' +
+    '  --serial STR            GET_ID serial (default vhost-user-blk)',
+  async create(values) {
+    const numQueues = intOption(values, 'num-queues', 1, 64, 1);
+    const queueSize = intOption(values, 'queue-size', 1, 32768, 256);
+    if ((queueSize & (queueSize - 1)) !== 0) throw new Error('--queue-size must be a power of two');
+    const readOnly = values['read-only'] === true;
+    const file = values['blk-file'] as string | undefined;
+    let disk: BlockDisk;
+    if (file !== undefined) {
+      try {
+        disk = FileDisk.open(file, { readOnly });
+      } catch (e) {
+        throw new Error(`cannot open --blk-file ${file}: ${(e as Error).message}`);
+      }
+    } else {
+      disk = new RamDisk({ size: intOption(values, 'ram-size-mib', 1, 1 << 20, 64) * MiB, readOnly });
+    }
+    const backend = new VhostUserBlkBackend({
+      disk, numQueues, queueSize, readOnly,
+      serial: values.serial as string | undefined,
+      logger: new StderrLogger(PROGRAM),
+    });
+    return {
+      backend,
+      close: () => disk.close(),
+      describe: (socketPath) => {
+        const what = file !== undefined ? file : `a ${disk.size / MiB} MiB RAM disk`;
+        const sock = socketPath ?? '<the socket passed with --fd>';
+        return `${PROGRAM}: serving ${what}${readOnly ? ' read-only' : ''} with ${numQueues} queue(s) on ${sock}\n` +
+          'Connect QEMU (guest RAM must be shared):\n' +
+          '  qemu-system-x86_64 -m 1G -object memory-backend-memfd,id=mem,size=1G,share=on -numa node,memdev=mem \\\n' +
+          `    -chardev socket,id=vublk0,path=${sock} -device vhost-user-blk-pci,chardev=vublk0,num-queues=${numQueues} ...`;
+      },
+    };
+  },
+});
+process.exit(code);
