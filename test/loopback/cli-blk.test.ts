@@ -1,0 +1,53 @@
+// The vhost-user-blk command as users run it: `npx vhost-user-blk --print-capabilities`, usage
+// errors, and the README's "run it" command (RAM disk) probed by vhost-user-probe.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile, spawn } from 'node:child_process';
+import { promisify } from 'node:util';
+import { mkdtempSync, rmSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const run = promisify(execFile);
+const root = fileURLToPath(new URL('../../..', import.meta.url));
+const blk = join(root, 'dist/src/cli/blk.js');
+const probe = join(root, 'dist/src/cli/probe.js');
+
+test('npx vhost-user-blk --print-capabilities prints the back-end conventions JSON', async () => {
+  const { stdout } = await run('npx', ['--no-install', 'vhost-user-blk', '--print-capabilities'], { cwd: root, timeout: 60_000 });
+  assert.deepEqual(JSON.parse(stdout), { type: 'block', features: ['read-only', 'blk-file'] });
+  assert.equal(stdout, '{"type":"block","features":["read-only","blk-file"]}\n');
+});
+
+test('vhost-user-blk refuses bad usage with one line and a non-zero status', async () => {
+  for (const args of [[], ['--socket-path', '/tmp/x.sock', '--fd', '3'], ['--socket-path', '/tmp/x.sock', '--num-queues', '0'],
+    ['--socket-path', '/tmp/x.sock', '--blk-file', '/nonexistent/disk.img'], ['--bogus']]) {
+    await assert.rejects(run(process.execPath, [blk, ...args], { timeout: 10_000 }), (e: { code?: number; stderr?: string }) => {
+      assert.equal(e.code, 1, `exit status for ${args.join(' ')}`);
+      assert.match(e.stderr ?? '', /^vhost-user-blk: [^\n]+\n$/, `one line for ${args.join(' ')}: ${e.stderr}`);
+      return true;
+    });
+  }
+});
+
+test('README command: the RAM-disk daemon serves a probe, prints the QEMU command line, exits 0 on SIGTERM', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'vu-cli-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const sock = join(dir, 'blk.sock');
+  const child = spawn(process.execPath, [blk, '--socket-path', sock], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+  const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+  for (let i = 0; i < 200 && !out.includes('vhost-user-blk-pci'); i++) await new Promise((r) => setTimeout(r, 25));
+  assert.match(out, /64 MiB RAM disk/);
+  assert.match(out, /memory-backend-memfd,.*share=on/);
+  assert.match(out, new RegExp(`-chardev socket,id=\\w+,path=${sock.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')} -device vhost-user-blk-pci`));
+  const { stdout } = await run(process.execPath, [probe, '--socket-path', sock, '--device-type', 'blk', '--config-size', '8'], { timeout: 10_000 });
+  const report = JSON.parse(stdout) as { features: { names: string[] }; config: string };
+  assert.ok(report.features.names.includes('VIRTIO_BLK_F_FLUSH'));
+  assert.equal(Buffer.from(report.config, 'hex').readBigUInt64LE(0), BigInt((64 << 20) / 512), 'capacity of the RAM disk');
+  child.kill('SIGTERM');
+  assert.equal(await exited, 0);
+  assert.equal(existsSync(sock), false, 'socket unlinked');
+});
