@@ -25,7 +25,10 @@ import type { Logger } from '../log.js';
 /** Memory slots offered with CONFIGURE_MEM_SLOTS (QEMU asks for at least its DIMM count). */
 export const MAX_MEM_SLOTS = 32;
 
-/** Protocol features the daemon itself implements; the device's offer is intersected with these. */
+/**
+ * Protocol features the daemon itself implements; the device's offer is intersected with these.
+ * (INBAND_NOTIFICATIONS is left out: in-band calls through the back-end channel are not sent yet.)
+ */
 export const DAEMON_PROTOCOL_FEATURES: bigint = [
   ProtocolFeature.MQ,
   ProtocolFeature.LOG_SHMFD,
@@ -34,7 +37,6 @@ export const DAEMON_PROTOCOL_FEATURES: bigint = [
   ProtocolFeature.CONFIG,
   ProtocolFeature.BACKEND_SEND_FD,
   ProtocolFeature.RESET_DEVICE,
-  ProtocolFeature.INBAND_NOTIFICATIONS,
   ProtocolFeature.CONFIGURE_MEM_SLOTS,
   ProtocolFeature.STATUS,
 ].reduce((m, f) => m | protocolFeatureMask(f), 0n);
