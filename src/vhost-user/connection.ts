@@ -19,9 +19,6 @@ export interface ConnectionHandler {
   onClose(error: Error | null): void;
 }
 
-/** Largest payload any vhost-user message carries; anything larger is rejected from the header. */
-export const MAX_PAYLOAD_SIZE = 4096;
-
 interface Outgoing {
   bytes: Uint8Array;
   fds: readonly number[];
@@ -164,14 +161,11 @@ export class Connection {
         if (this.headerGot < HEADER_SIZE) continue;
         let h: Header;
         try {
+          // Checks the version bits and bounds the payload size (MAX_PAYLOAD_SIZE) before any read.
           h = decodeHeader(this.headerBuf);
         } catch (e) {
           // Without a valid header the byte stream cannot be re-synchronised.
           this.close(e as Error);
-          return;
-        }
-        if (h.size > MAX_PAYLOAD_SIZE) {
-          this.close(new Error(`vhost-user message (request ${h.request}) announces a ${h.size}-byte payload, more than ${MAX_PAYLOAD_SIZE}`));
           return;
         }
         this.header = h;
