@@ -316,11 +316,11 @@ export class VhostUserHandler implements BackendReqHandler {
     this.backend.setBackendReqFd(channel);
   }
 
-  setStatus(status: number): Promise<void> | void {
-    const was = this.status;
+  setStatus(status: number): void {
+    // Not a device reset: QEMU writes 0 when it merely stops the device (VM stop, migration), just
+    // before GET_VRING_BASE, whose answer must still be the real ring position. Resets come as
+    // RESET_DEVICE, RESET_OWNER or a disconnect.
     this.status = status;
-    // Writing 0 resets the device (VIRTIO 1.2 §2.1).
-    if (status === 0 && was !== 0) return this.reset();
   }
 
   getStatus(): number {

@@ -30,7 +30,8 @@ class ReverseDevice implements VhostUserBackend {
   maxQueueSize() { return 256; }
   features() { return bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_RING_F_EVENT_IDX) | bit(VHOST_USER_F_PROTOCOL_FEATURES); }
   protocolFeatures() {
-    return protocolFeatureMask(ProtocolFeature.MQ) | protocolFeatureMask(ProtocolFeature.REPLY_ACK) | protocolFeatureMask(ProtocolFeature.CONFIG);
+    return protocolFeatureMask(ProtocolFeature.MQ) | protocolFeatureMask(ProtocolFeature.REPLY_ACK) | protocolFeatureMask(ProtocolFeature.CONFIG) |
+      protocolFeatureMask(ProtocolFeature.STATUS);
   }
   setEventIdx(on: boolean) { this.eventIdx = on; }
   updateMemory(_m: GuestMemoryAtomic) { this.memoryUpdates++; }
@@ -131,7 +132,11 @@ for (const eventIdx of [false, true]) {
     }
     assert.equal(Buffer.from(mem.memory.translate(0x60000 + 42 * 16, 6)).toString(), '24-qer');
 
-    // GET_VRING_BASE stops the ring and returns the next available index.
+    // QEMU's stop sequence (VM stop, migration): status 0, then GET_VRING_BASE, which stops the
+    // ring and must return the real next available index, not a reset one.
+    await fe.setStatus(0x0f);
+    await fe.setStatus(0);
+    assert.equal(await fe.getStatus(), 0);
     assert.equal(await fe.getVringBase(0), 101);
     put(mem, 0x44000, 'zz');
     q0.driver.addChain([{ gpa: 0x44000, len: 2 }], [{ gpa: 0x45000, len: 2 }]);
