@@ -5,6 +5,7 @@
  *   --export type=vhost-user-blk,id=exp0,node-name=file0,addr.type=unix,addr.path=SOCK,
  *            writable=on|off,num-queues=N[,logical-block-size=B]
  */
+import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { open } from 'node:fs/promises';
 import type { TestContext } from 'node:test';
@@ -108,4 +109,14 @@ export async function readRange(path: string, offset: number, length: number): P
 /** Hex SHA-256 of `length` bytes of a file at `offset` (what the guest's blk tests print). */
 export async function sha256Range(path: string, offset: number, length: number): Promise<string> {
   return createHash('sha256').update(await readRange(path, offset, length)).digest('hex');
+}
+
+/**
+ * Asserts that every one of `length` bytes of a file at `offset` is `byte`: the guard bands a
+ * test checks around what it wrote. The message names `what` and the first differing byte.
+ */
+export async function expectFilled(path: string, offset: number, length: number, byte: number, what: string): Promise<void> {
+  const buf = await readRange(path, offset, length);
+  const i = buf.findIndex((b) => b !== byte);
+  assert.equal(i, -1, `${what}: byte at ${offset + i} is 0x${(buf[i] ?? 0).toString(16)}, expected 0x${byte.toString(16)}`);
 }

@@ -9,9 +9,8 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as sys from '../../src/sys/index.js';
-import { GuestMemory, mapGuestRegion, type GuestRegion } from '../../src/memory/index.js';
-import { SplitQueueDriver, splitRingLayout, type UsedElement } from '../../src/queue/index.js';
 import { Frontend } from '../../src/vhost-user/frontend.js';
+import { FrontendMemory, setupQueue, type FrontendQueue } from '../../src/vhost-user/frontend-driver.js';
 import { negotiate } from '../../src/vhost-user/negotiate.js';
 import { ProtocolFeature, hasProtocolFeature } from '../../src/vhost-user/constants.js';
 import {
@@ -22,7 +21,6 @@ import { startTestpmdVhost } from '../helpers/dpdk.js';
 import { makeTempDir } from '../helpers/tmp.js';
 
 const MEM_SIZE = 16 * 1024 * 1024;
-const USER_ADDR = 0x7f10_0000_0000;
 const QUEUE_SIZE = 256;
 const RX = 0;
 const TX = 1;
@@ -42,41 +40,6 @@ const DRIVER = 2;
 const DRIVER_OK = 4;
 const FEATURES_OK = 8;
 
-/** Level-triggered waits on a call eventfd (a call made before the wait is not lost). */
-class CallWaiter {
-  private watcher: sys.FdWatcher | null = null;
-  private wake: (() => void) | null = null;
-  constructor(private readonly fd: number) {}
-
-  next(timeoutMs: number, what: string): Promise<void> {
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => { this.watcher?.stop(); reject(new Error(`no call for ${what} in ${timeoutMs} ms`)); }, timeoutMs);
-      this.wake = () => { clearTimeout(timer); resolve(); };
-      this.watcher ??= sys.watchFd(this.fd, sys.POLLIN, () => {
-        sys.eventfdRead(this.fd);
-        this.watcher?.stop();
-        const w = this.wake;
-        this.wake = null;
-        w?.();
-      });
-      this.watcher.start(sys.POLLIN);
-    });
-  }
-
-  close(): void {
-    this.watcher?.close();
-    this.watcher = null;
-  }
-}
-
-async function waitUsed(driver: SplitQueueDriver, call: CallWaiter, what: string): Promise<UsedElement> {
-  for (;;) {
-    const u = driver.popUsed();
-    if (u !== null) return u;
-    await call.next(5000, what);
-  }
-}
-
 /** A 60-byte Ethernet frame: locally administered MACs, IEEE local experimental ethertype, counter payload. */
 function makeFrame(): Buffer {
   const f = Buffer.alloc(FRAME_SIZE);
@@ -95,11 +58,8 @@ test('Frontend vs DPDK vhost PMD: running net device, a frame out on tx comes ba
   const fdsBefore = sys.openFdCount();
 
   const fe = await Frontend.connect(pmd.socketPath, { timeoutMs: 5000 });
-  const memfd = sys.memfdCreate('guest-ram');
-  const kicks = [sys.eventfd(), sys.eventfd()] as const;
-  const callFds = [sys.eventfd(), sys.eventfd()] as const;
-  const calls = callFds.map((fd) => new CallWaiter(fd));
-  let region: GuestRegion | null = null;
+  const guest = new FrontendMemory(MEM_SIZE);
+  const queues: FrontendQueue[] = [];
   try {
     // --- negotiation ------------------------------------------------------------------------
     const n = await negotiate(fe);
@@ -119,30 +79,13 @@ test('Frontend vs DPDK vhost PMD: running net device, a frame out on tx comes ba
     const withStatus = hasProtocolFeature(pf, ProtocolFeature.STATUS);
 
     // --- memory and the two vrings ----------------------------------------------------------
-    sys.ftruncate(memfd, MEM_SIZE);
-    const desc = { guestPhysAddr: 0n, memorySize: BigInt(MEM_SIZE), userAddr: BigInt(USER_ADDR), mmapOffset: 0n };
-    await fe.setMemTable([{ ...desc, fd: memfd }]);
-    region = mapGuestRegion(desc, memfd);
-    const mem = new GuestMemory([region]);
+    await fe.setMemTable(guest.regions());
+    const mem = guest.memory;
     const eventIdx = hasFeature(n.features, VIRTIO_RING_F_EVENT_IDX);
-    const drivers: SplitQueueDriver[] = [];
-    for (const [q, gpa] of [[RX, RX_RING_GPA], [TX, TX_RING_GPA]] as const) {
-      const l = splitRingLayout(QUEUE_SIZE, gpa);
-      drivers.push(new SplitQueueDriver(mem, QUEUE_SIZE, l.descGpa, l.availGpa, l.usedGpa, { eventIdx }));
-      await fe.setVringNum(q, QUEUE_SIZE);
-      await fe.setVringBase(q, 0);
-      await fe.setVringAddr({
-        index: q, flags: 0, logGuestAddr: 0n,
-        descUserAddr: BigInt(USER_ADDR + l.descGpa), usedUserAddr: BigInt(USER_ADDR + l.usedGpa),
-        availUserAddr: BigInt(USER_ADDR + l.availGpa),
-      });
-      await fe.setVringCall(q, callFds[q]);
-      await fe.setVringKick(q, kicks[q]);
-    }
-    const [rx, tx] = drivers as [SplitQueueDriver, SplitQueueDriver];
+    for (const [q, gpa] of [[RX, RX_RING_GPA], [TX, TX_RING_GPA]] as const) queues.push(await setupQueue(fe, guest, q, QUEUE_SIZE, gpa, { eventIdx }));
+    const [rxq, txq] = queues as [FrontendQueue, FrontendQueue];
     // rx buffers go up before the queues are enabled so that nothing testpmd forwards is dropped.
-    if (eventIdx) rx.setUsedEvent(0);
-    for (let i = 0; i < RX_BUFS; i++) rx.addChain([], [{ gpa: RX_BUF_GPA + i * RX_BUF_SIZE, len: RX_BUF_SIZE }]);
+    for (let i = 0; i < RX_BUFS; i++) rxq.driver.addChain([], [{ gpa: RX_BUF_GPA + i * RX_BUF_SIZE, len: RX_BUF_SIZE }]);
     for (const q of [RX, TX]) await fe.setVringEnable(q, true);
     if (withStatus) {
       await fe.setStatus(ACKNOWLEDGE | DRIVER | FEATURES_OK | DRIVER_OK);
@@ -155,7 +98,7 @@ test('Frontend vs DPDK vhost PMD: running net device, a frame out on tx comes ba
     const vhostReadyMs = performance.now() - t0;
     await pmd.waitFor(/Port 0: link state change event|LSC event/, 5000);
     const readyMs = performance.now() - t0;
-    if (rx.kickNeeded()) sys.eventfdWrite(kicks[RX], 1);
+    rxq.kick();
 
     // --- one frame out on tx, expect it back on rx ------------------------------------------
     const frame = makeFrame();
@@ -163,10 +106,9 @@ test('Frontend vs DPDK vhost PMD: running net device, a frame out on tx comes ba
     mem.write(TX_BUF_GPA, hdr);
     mem.write(TX_BUF_GPA + NET_HDR_SIZE, frame);
     const tp = performance.now();
-    if (eventIdx) tx.setUsedEvent(0);
-    const txHead = tx.addChain([{ gpa: TX_BUF_GPA, len: NET_HDR_SIZE + FRAME_SIZE }]);
-    if (tx.kickNeeded()) sys.eventfdWrite(kicks[TX], 1);
-    const rxUsed = await waitUsed(rx, calls[RX] as CallWaiter, 'the echoed frame on rx');
+    const txHead = txq.driver.addChain([{ gpa: TX_BUF_GPA, len: NET_HDR_SIZE + FRAME_SIZE }]);
+    txq.kick();
+    const rxUsed = await rxq.nextUsed(5000);
     const rttMs = performance.now() - tp;
     assert.equal(rxUsed.len, NET_HDR_SIZE + FRAME_SIZE, 'rx used length = header + frame');
     const rxBuf = Buffer.from(mem.translate(rxBufferGpa(rxUsed.id), NET_HDR_SIZE + FRAME_SIZE));
@@ -174,13 +116,8 @@ test('Frontend vs DPDK vhost PMD: running net device, a frame out on tx comes ba
     if (hasFeature(n.features, VIRTIO_NET_FEATURES.VIRTIO_NET_F_MRG_RXBUF as number)) {
       assert.equal(rxBuf.readUInt16LE(10), 1, 'num_buffers = 1 with MRG_RXBUF');
     }
-    // The tx chain is completed too (DPDK may publish it after the rx side, so poll via its call).
-    if (tx.usedIdx === 0) {
-      const txUsed = await waitUsed(tx, calls[TX] as CallWaiter, 'the tx completion');
-      assert.equal(txUsed.id, txHead);
-    } else {
-      assert.equal(tx.popUsed()?.id, txHead);
-    }
+    // The tx chain is completed too (DPDK may publish it after the rx side: wait for its call).
+    assert.equal((await txq.nextUsed(5000)).id, txHead);
 
     assert.equal(await fe.getVringBase(TX), 1, 'tx: one chain consumed');
     assert.equal(await fe.getVringBase(RX), 1, 'rx: one buffer consumed');
@@ -192,10 +129,9 @@ test('Frontend vs DPDK vhost PMD: running net device, a frame out on tx comes ba
       return RX_BUF_GPA + id * RX_BUF_SIZE;
     }
   } finally {
-    for (const c of calls) c.close();
+    for (const q of queues) q.close();
     fe.close();
-    region?.unmap();
-    for (const fd of [memfd, ...kicks, ...callFds]) sys.close(fd);
+    guest.close();
   }
   assert.equal(sys.openFdCount(), fdsBefore, 'fd leak');
 
