@@ -7,27 +7,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { GUEST_TOOLS, ensureGuest, requireTools } from '../helpers/tools.js';
-import { startQemu, vhostUserBlkArgs, vhostUserNetArgs, type QemuHandle, type VtestResult } from '../helpers/qemu.js';
+import { expectCleanExit, expectPass, startQemu, vhostUserBlkArgs, vhostUserNetArgs } from '../helpers/qemu.js';
+import { runGuestBlkReadOnly, runGuestBlkWrite } from '../helpers/guest-blk.js';
 import { startTestpmdVhost } from '../helpers/dpdk.js';
-import { createRawImage, readRange, sha256Range, startStorageDaemon } from '../helpers/qsd.js';
+import { createRawImage, startStorageDaemon, type StorageDaemon } from '../helpers/qsd.js';
 import { makeTempDir } from '../helpers/tmp.js';
-import { raceTimeout } from '../helpers/process.js';
 
 const MiB = 1024 * 1024;
-
-/** Waits for the result and asserts PASS, with the console and QEMU stderr in the message. */
-async function expectPass(vm: QemuHandle, timeoutMs = 60_000): Promise<VtestResult> {
-  const r = await vm.result(timeoutMs);
-  assert.ok(r.pass, `guest test failed: ${r.line}\n${vm.diagnostics()}`);
-  return r;
-}
-
-/** The guest powers itself off after its result; QEMU must then exit 0 on its own. */
-async function expectCleanExit(vm: QemuHandle): Promise<void> {
-  assert.ok(await raceTimeout(vm.exited, 15_000), `QEMU did not exit after the guest powered off\n${vm.diagnostics()}`);
-  const st = await vm.exited;
-  assert.deepEqual(st, { code: 0, signal: null }, vm.diagnostics());
-}
 
 test('guest boots under TCG and reports PASS for vtest=boot', async (t) => {
   if (!requireTools(t, ...GUEST_TOOLS)) return;
@@ -59,29 +45,12 @@ test('an unknown guest test reports FAIL (the harness can fail)', async (t) => {
 test('vhost-user-blk via qemu-storage-daemon: guest O_DIRECT write/read matches the image bytes', async (t) => {
   if (!requireTools(t, ...GUEST_TOOLS, 'qemu-storage-daemon')) return;
   const tmp = makeTempDir(t, 'blkrw');
-  const image = tmp.file('disk.img');
-  const size = 64 * MiB;
-  await createRawImage(image, size, 0xa5);
-  const qsd = await startStorageDaemon({ image, socketPath: tmp.socketPath('blk'), numQueues: 2, t });
-  const offset = 3 * MiB;
-  const length = MiB;
-  const vm = await startQemu({
-    test: 'blk-rw',
-    params: { offset, size: length, bs: 65536 },
-    args: vhostUserBlkArgs(qsd.socketPath, { numQueues: 2 }),
-    t,
+  let qsd: StorageDaemon | undefined;
+  const r = await runGuestBlkWrite(t, tmp.file('disk.img'), { size: 64 * MiB, offset: 3 * MiB, length: MiB, numQueues: 2 }, async (image) => {
+    qsd = await startStorageDaemon({ image, socketPath: tmp.socketPath('blk'), numQueues: 2, t });
+    return qsd.socketPath;
   });
-  const r = await expectPass(vm);
-  assert.equal(r.details.disk_bytes, String(size));
-  assert.equal(r.details.ro, '0');
-  assert.match(r.details.sha256 ?? '', /^[0-9a-f]{64}$/);
-  // The guest's pattern must be in the image at exactly that offset...
-  assert.equal(await sha256Range(image, offset, length), r.details.sha256);
-  // ...and nothing around it may have been touched.
-  const before = await readRange(image, offset - 65536, 65536);
-  const after = await readRange(image, offset + length, 65536);
-  assert.ok(before.every((b) => b === 0xa5) && after.every((b) => b === 0xa5), 'bytes outside the written range changed');
-  await expectCleanExit(vm);
+  assert.ok(qsd !== undefined);
   assert.equal(qsd.proc.exitStatusNow, undefined, `qemu-storage-daemon died\n${qsd.proc.diagnostics()}`);
   t.diagnostic(`blk-rw: QEMU spawn -> VTEST-RESULT ${r.elapsedMs.toFixed(0)} ms`);
 });
@@ -89,18 +58,8 @@ test('vhost-user-blk via qemu-storage-daemon: guest O_DIRECT write/read matches 
 test('read-only vhost-user-blk: guest reads the image, its writes fail, the image is unchanged', async (t) => {
   if (!requireTools(t, ...GUEST_TOOLS, 'qemu-storage-daemon')) return;
   const tmp = makeTempDir(t, 'blkro');
-  const image = tmp.file('disk.img');
-  const size = 16 * MiB;
-  await createRawImage(image, size, 0x3c);
-  const whole = await sha256Range(image, 0, size);
-  const qsd = await startStorageDaemon({ image, socketPath: tmp.socketPath('blk'), readOnly: true, t });
-  const vm = await startQemu({ test: 'blk-ro', params: { size: 65536 }, args: vhostUserBlkArgs(qsd.socketPath), t });
-  const r = await expectPass(vm);
-  assert.equal(r.details.ro, '1');
-  assert.match(r.details.write ?? '', /^failed/);
-  assert.equal(r.details.sha256, await sha256Range(image, 0, 65536));
-  await expectCleanExit(vm);
-  assert.equal(await sha256Range(image, 0, size), whole, 'read-only image was modified');
+  await runGuestBlkReadOnly(t, tmp.file('disk.img'), async (image) =>
+    (await startStorageDaemon({ image, socketPath: tmp.socketPath('blk'), readOnly: true, t })).socketPath);
 });
 
 test('virtio-rng: rng-read.sh reads entropy from the virtio device', async (t) => {

@@ -162,13 +162,19 @@ function spawnTestpmd(vdev: string, role: 'vhost' | 'virtio-user', o: TestpmdCom
 
 /** Waits until testpmd started forwarding on exactly one port; fails fast if the vdev failed. */
 async function waitForwarding(pmd: Testpmd, timeoutMs: number): Promise<void> {
+  const m = await pmd.waitFor(/packet forwarding - ports=(\d+)/, timeoutMs);
+  if (m[1] !== '1') throw new Error(`testpmd probed ${m[1]} ports (vdev failed)\n${pmd.proc.diagnostics()}`);
+}
+
+/** Awaits `ready`; if it fails, stops testpmd before passing the error on. */
+async function readyOrStop(pmd: Testpmd, ready: Promise<unknown>): Promise<Testpmd> {
   try {
-    const m = await pmd.waitFor(/packet forwarding - ports=(\d+)/, timeoutMs);
-    if (m[1] !== '1') throw new Error(`testpmd probed ${m[1]} ports (vdev failed)\n${pmd.proc.diagnostics()}`);
+    await ready;
   } catch (err) {
     await pmd.stop();
     throw err;
   }
+  return pmd;
 }
 
 /**
@@ -183,15 +189,10 @@ export async function startTestpmdVhost(opts: TestpmdVhostOptions): Promise<Test
     ...(opts.devargs ?? [])].join(',');
   const pmd = spawnTestpmd(vdev, 'vhost', opts, 'io', 0);
   const timeout = opts.timeoutMs ?? 15_000;
-  await waitForwarding(pmd, timeout);
-  if (client) return pmd;
-  try {
-    await waitForUnixListener(opts.socketPath, timeout, pmd.proc);
-  } catch (err) {
-    await pmd.stop();
-    throw err;
-  }
-  return pmd;
+  return readyOrStop(pmd, (async () => {
+    await waitForwarding(pmd, timeout);
+    if (!client) await waitForUnixListener(opts.socketPath, timeout, pmd.proc);
+  })());
 }
 
 /**
@@ -207,12 +208,5 @@ export async function startTestpmdVirtioUser(opts: TestpmdVirtioUserOptions): Pr
     ...(opts.queueSize ? [`queue_size=${opts.queueSize}`] : []), ...(opts.devargs ?? [])].join(',');
   const pmd = spawnTestpmd(vdev, 'virtio-user', opts, 'txonly', 1);
   const timeout = opts.timeoutMs ?? 15_000;
-  try {
-    if (server) await waitForUnixListener(opts.socketPath, timeout, pmd.proc);
-    else await waitForwarding(pmd, timeout);
-  } catch (err) {
-    await pmd.stop();
-    throw err;
-  }
-  return pmd;
+  return readyOrStop(pmd, server ? waitForUnixListener(opts.socketPath, timeout, pmd.proc) : waitForwarding(pmd, timeout));
 }

@@ -5,8 +5,9 @@
  *
  * Guest RAM is a shared memfd (`memory-backend-memfd,share=on`): vhost-user backends must mmap it.
  */
+import assert from 'node:assert/strict';
 import type { TestContext } from 'node:test';
-import { ManagedProcess, type ExitStatus } from './process.js';
+import { ManagedProcess, raceTimeout, type ExitStatus } from './process.js';
 import { ensureGuest, type GuestImages } from './tools.js';
 
 /** Options for {@link startQemu}. */
@@ -149,6 +150,22 @@ export async function startQemu(opts: QemuOptions): Promise<QemuHandle> {
   };
   opts.t?.after(async () => { await handle.stop(); });
   return handle;
+}
+
+/**
+ * Waits for the guest's VTEST-RESULT (default 90 s: TCG boot plus the test) and asserts PASS; a
+ * failure message carries the console and QEMU's stderr.
+ */
+export async function expectPass(vm: QemuHandle, timeoutMs = 90_000): Promise<VtestResult> {
+  const r = await vm.result(timeoutMs);
+  assert.ok(r.pass, `guest test failed: ${r.line}\n${vm.diagnostics()}`);
+  return r;
+}
+
+/** The guest powers itself off after its result: asserts that QEMU then exits 0 on its own (within 15 s). */
+export async function expectCleanExit(vm: QemuHandle): Promise<void> {
+  assert.ok(await raceTimeout(vm.exited, 15_000), `QEMU did not exit after the guest powered off\n${vm.diagnostics()}`);
+  assert.deepEqual(await vm.exited, { code: 0, signal: null }, vm.diagnostics());
 }
 
 /** Options for {@link vhostUserBlkArgs}. */
