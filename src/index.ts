@@ -26,4 +26,4 @@ export {
 } from './vhost-user/backend-channel.js';
 export { FrontendMemory, FrontendQueue, setupQueue } from './vhost-user/frontend-driver.js';
 export * from './backend/index.js';
-export { StderrLogger, silentLogger, defaultLogger, type Logger, type LogLevel } from './log.js';
+export { StderrLogger, RateLimitedLogger, silentLogger, defaultLogger, type Logger, type LogLevel } from './log.js';

@@ -41,3 +41,46 @@ export const silentLogger: Logger = { log() {} };
 
 /** The logger used when none is given. */
 export const defaultLogger: Logger = new StderrLogger();
+
+/**
+ * Passes at most `burst` warn/error records per `windowMs` to `inner`, then drops the rest of that
+ * window and reports how many were dropped when the next window starts. A guest that floods the
+ * device with bad requests must not be able to flood the host's logs too. debug/info records are
+ * passed through unchanged.
+ */
+export class RateLimitedLogger implements Logger {
+  private windowStart = 0;
+  private count = 0;
+  private dropped = 0;
+
+  constructor(
+    private readonly inner: Logger,
+    private readonly burst = 50,
+    private readonly windowMs = 10_000,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  enabled(level: LogLevel): boolean {
+    return this.inner.enabled?.(level) ?? true;
+  }
+
+  log(level: LogLevel, message: string): void {
+    if (level === 'debug' || level === 'info') {
+      this.inner.log(level, message);
+      return;
+    }
+    const t = this.now();
+    if (t - this.windowStart >= this.windowMs) {
+      if (this.dropped > 0) this.inner.log('warn', `${this.dropped} similar log records suppressed in the last ${Math.round((t - this.windowStart) / 1000)} s`);
+      this.windowStart = t;
+      this.count = 0;
+      this.dropped = 0;
+    }
+    if (this.count < this.burst) {
+      this.count++;
+      this.inner.log(level, message);
+    } else {
+      this.dropped++;
+    }
+  }
+}

@@ -7,7 +7,7 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { VhostUserDaemon, type VhostUserBackend } from '../backend/index.js';
 import { UnixListener } from '../vhost-user/listener.js';
-import { StderrLogger } from '../log.js';
+import { RateLimitedLogger, StderrLogger, type Logger } from '../log.js';
 
 /** Option values as parsed by node:util parseArgs. */
 export type OptionValues = Record<string, string | boolean | undefined>;
@@ -28,7 +28,7 @@ export interface BackendCliSpec {
    * Builds the device from the parsed options; throw to refuse to start (exit status 1).
    * `describe(socketPath)` is printed on stdout once the daemon listens (e.g. a QEMU command line).
    */
-  create(values: OptionValues): Promise<{ backend: VhostUserBackend; describe(socketPath: string | null): string; close?(): Promise<void> }>;
+  create(values: OptionValues, logger: Logger): Promise<{ backend: VhostUserBackend; describe(socketPath: string | null): string; close?(): Promise<void> }>;
 }
 
 const COMMON_OPTIONS = {
@@ -67,8 +67,11 @@ export async function runBackendCli(spec: BackendCliSpec, argv: string[] = proce
   if ((socketPath === undefined) === (fdArg === undefined)) return fail('exactly one of --socket-path and --fd is required');
   let listener: UnixListener;
   let device: Awaited<ReturnType<BackendCliSpec['create']>>;
+  // Rejected guest input is logged per request; the rate limit keeps a hostile guest from
+  // turning that into a log flood.
+  const logger = new RateLimitedLogger(new StderrLogger(spec.program));
   try {
-    device = await spec.create(values);
+    device = await spec.create(values, logger);
   } catch (e) {
     return fail((e as Error).message);
   }
@@ -84,7 +87,6 @@ export async function runBackendCli(spec: BackendCliSpec, argv: string[] = proce
     await device.close?.();
     return fail(`cannot listen: ${(e as Error).message}`);
   }
-  const logger = new StderrLogger(spec.program);
   const daemon = new VhostUserDaemon(spec.program, device.backend, { logger });
   daemon.start(listener);
   process.stdout.write(`${device.describe(socketPath ?? null)}\n`);

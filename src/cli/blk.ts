@@ -7,7 +7,6 @@
  */
 import { runBackendCli, type OptionValues } from './backend-cli.js';
 import { FileDisk, RamDisk, VhostUserBlkBackend, type BlockDisk } from '../devices/blk/index.js';
-import { StderrLogger } from '../log.js';
 
 const PROGRAM = 'vhost-user-blk';
 const MiB = 1024 * 1024;
@@ -39,7 +38,7 @@ const code = await runBackendCli({
     '  --queue-size N          largest queue size, power of two (default 256)\n' +
     '  --ram-size-mib N        RAM disk size without --blk-file (default 64)\n' +
     '  --serial STR            GET_ID serial (default vhost-user-blk)',
-  async create(values) {
+  async create(values, logger) {
     const numQueues = intOption(values, 'num-queues', 1, 64, 1);
     const queueSize = intOption(values, 'queue-size', 1, 32768, 256);
     if ((queueSize & (queueSize - 1)) !== 0) throw new Error('--queue-size must be a power of two');
@@ -58,7 +57,7 @@ const code = await runBackendCli({
     const backend = new VhostUserBlkBackend({
       disk, numQueues, queueSize, readOnly,
       serial: values.serial as string | undefined,
-      logger: new StderrLogger(PROGRAM),
+      logger,
     });
     return {
       backend,
