@@ -9,3 +9,9 @@ test('examples/custom-device runs and prints the device output', () => {
   const out = execFileSync(process.execPath, [script], { env: { ...process.env, VHOST_USER_LOG: 'warn' }, timeout: 20_000 }).toString();
   assert.equal(out.trim(), 'HELLO FROM THE GUEST');
 });
+
+test('examples/blk-ram-disk writes and reads a sector through the blk daemon', () => {
+  const script = fileURLToPath(new URL('../../examples/blk-ram-disk.js', import.meta.url));
+  const out = execFileSync(process.execPath, [script], { env: { ...process.env, VHOST_USER_LOG: 'warn' }, timeout: 20_000 }).toString();
+  assert.equal(out, 'capacity: 32768 sectors\nwrite ok, read ok: hello, virtio-blk\n');
+});
