@@ -25,11 +25,12 @@ typedef struct mapping {
   napi_ref windows; /* strong ref to the JS array of windows, until unmap */
   bool mapped;
   bool orphaned; /* JS handle collected while still mapped: teardown frees it */
+  bool borrowed; /* wrapMemory: another thread owns the mapping; never munmap it */
 } mapping;
 
 static void unmap_region(mapping *m) {
   if (m->mapped) {
-    munmap(m->addr, m->len);
+    if (!m->borrowed) munmap(m->addr, m->len);
     m->mapped = false;
   }
 }
@@ -51,28 +52,18 @@ static void mapping_finalize(napi_env env, void *data, void *hint) {
   free(m);
 }
 
-static napi_value js_mmap(napi_env env, napi_callback_info info) {
-  GET_ARGS(5);
-  int32_t fd, prot, flags;
-  uint64_t offset, length;
-  if (!arg_i32(env, argv[0], &fd, "fd must be a number") ||
-      !arg_u64(env, argv[1], &offset, "offset must be a non-negative integer") ||
-      !arg_u64(env, argv[2], &length, "length must be a non-negative integer") ||
-      !arg_i32(env, argv[3], &prot, "prot must be a number") ||
-      !arg_i32(env, argv[4], &flags, "flags must be a number"))
-    return NULL;
-  if (length == 0) return throw_errno(env, EINVAL, "mmap", "length is 0");
-  void *addr = mmap(NULL, (size_t)length, prot, flags, fd, (off_t)offset);
-  if (addr == MAP_FAILED) return throw_errno(env, errno, "mmap", NULL);
-
+/* Builds [handle, address, windows] for addr/length; on failure releases
+ * the region (munmap unless borrowed) and returns NULL with an exception. */
+static napi_value make_mapping(napi_env env, uint8_t *addr, uint64_t length, bool borrowed) {
   mapping *m = calloc(1, sizeof *m);
   if (m == NULL) {
-    munmap(addr, (size_t)length);
+    if (!borrowed) munmap(addr, (size_t)length);
     return throw_errno(env, ENOMEM, "mmap", "out of memory");
   }
   m->addr = addr;
   m->len = (size_t)length;
   m->mapped = true;
+  m->borrowed = borrowed;
   list_init(&m->link);
 
   uint32_t nwin = (uint32_t)((length + WINDOW_STRIDE - 1) / WINDOW_STRIDE);
@@ -95,7 +86,7 @@ static napi_value js_mmap(napi_env env, napi_callback_info info) {
         napi_value exc;
         napi_get_and_clear_last_exception(env, &exc);
       }
-      munmap(addr, m->len);
+      unmap_region(m);
       free(m);
       return throw_errno(env, ENOMEM, "mmap", "cannot create external ArrayBuffer window");
     }
@@ -106,7 +97,7 @@ static napi_value js_mmap(napi_env env, napi_callback_info info) {
   napi_value handle, address, result;
   if (napi_create_external(env, m, mapping_finalize, NULL, &handle) != napi_ok) {
     napi_delete_reference(env, m->windows);
-    munmap(addr, m->len);
+    unmap_region(m);
     free(m);
     return NULL;
   }
@@ -117,6 +108,37 @@ static napi_value js_mmap(napi_env env, napi_callback_info info) {
   napi_set_element(env, result, 1, address);
   napi_set_element(env, result, 2, wins);
   return result;
+}
+
+static napi_value js_mmap(napi_env env, napi_callback_info info) {
+  GET_ARGS(5);
+  int32_t fd, prot, flags;
+  uint64_t offset, length;
+  if (!arg_i32(env, argv[0], &fd, "fd must be a number") ||
+      !arg_u64(env, argv[1], &offset, "offset must be a non-negative integer") ||
+      !arg_u64(env, argv[2], &length, "length must be a non-negative integer") ||
+      !arg_i32(env, argv[3], &prot, "prot must be a number") ||
+      !arg_i32(env, argv[4], &flags, "flags must be a number"))
+    return NULL;
+  if (length == 0) return throw_errno(env, EINVAL, "mmap", "length is 0");
+  void *addr = mmap(NULL, (size_t)length, prot, flags, fd, (off_t)offset);
+  if (addr == MAP_FAILED) return throw_errno(env, errno, "mmap", NULL);
+  return make_mapping(env, addr, length, false);
+}
+
+/* wrapMemory(address, length): windows over a mapping that another thread of
+ * this process owns (a worker given guest memory by the main thread). The
+ * caller guarantees the mapping outlives the windows; munmap(handle) and env
+ * teardown only detach them. */
+static napi_value js_wrap_memory(napi_env env, napi_callback_info info) {
+  GET_ARGS(2);
+  uint64_t address, length;
+  if (!arg_u64(env, argv[0], &address, "address must be a non-negative integer") ||
+      !arg_u64(env, argv[1], &length, "length must be a non-negative integer"))
+    return NULL;
+  if (address == 0 || length == 0) return throw_errno(env, EINVAL, "wrapMemory", "address or length is 0");
+  if (address > UINTPTR_MAX - length) return throw_errno(env, EINVAL, "wrapMemory", "range wraps around");
+  return make_mapping(env, (uint8_t *)(uintptr_t)address, length, true);
 }
 
 /* munmap(handle): detach every window, then unmap. Idempotent. */
@@ -156,6 +178,6 @@ void mem_teardown(addon_inst *inst) {
 }
 
 void mem_register(napi_env env, napi_value exports) {
-  static const export_fn fns[] = {{"mmap", js_mmap}, {"munmap", js_munmap}};
+  static const export_fn fns[] = {{"mmap", js_mmap}, {"munmap", js_munmap}, {"wrapMemory", js_wrap_memory}};
   register_fns(env, exports, fns, sizeof fns / sizeof fns[0]);
 }

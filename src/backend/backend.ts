@@ -6,6 +6,7 @@
 import type { GuestMemoryAtomic } from '../memory/index.js';
 import type { BackendChannel } from '../vhost-user/backend-channel.js';
 import type { Vring } from './vring.js';
+import type { VringWorkerModule } from './worker-protocol.js';
 
 /** A virtio device implementation. */
 export interface VhostUserBackend {
@@ -37,6 +38,13 @@ export interface VhostUserBackend {
    * served by thread i. Default: one thread serving every queue.
    */
   queuesPerThread?(): number[];
+  /**
+   * Opt-in: serve thread `threadIndex`'s queues from a worker_thread. The worker imports `url` and
+   * calls its exported `createVringWorker(data, threadId)` (a `VringWorker`), which then
+   * handles those queues' kicks instead of {@link handleEvent}. Null (or no hook): the main thread
+   * serves them. Guest memory must be mmap'ed (it is shared with the worker by address).
+   */
+  workerModule?(threadIndex: number): VringWorkerModule | null;
   /** An eventfd per thread; when it becomes readable the thread's handler stops. */
   exitEvent?(threadIndex: number): number | null;
   /**

@@ -118,6 +118,7 @@ export class VhostUserDaemon {
     this.handler = handler;
     const endpoint = new BackendEndpoint(fd, handler, { logger: this.logger });
     this.endpoint = endpoint;
+    handler.onWorkerFailure = (e) => endpoint.close(e);
     this.sessionEnd = endpoint.closed().then(async (err) => {
       this.logger.log('info', `${this.name}: front-end disconnected (connection ${id})${err ? `: ${err.message}` : ''}`);
       try {

@@ -20,6 +20,7 @@ import { descTableSize, availRingSize, usedRingSize } from '../queue/index.js';
 import type { VhostUserBackend } from './backend.js';
 import { Vring } from './vring.js';
 import { VringEventHandler } from './event-handler.js';
+import { WorkerVringGroup, type VringSyncExtra } from './worker-group.js';
 import type { Logger } from '../log.js';
 
 /** Memory slots offered with CONFIGURE_MEM_SLOTS (QEMU asks for at least its DIMM count). */
@@ -48,6 +49,10 @@ export class VhostUserHandler implements BackendReqHandler {
   readonly vrings: Vring[];
   private readonly memory = new GuestMemoryAtomic();
   private handlers: VringEventHandler[] = [];
+  /** Per thread: the worker serving its vrings, or null when the thread's handler serves them. */
+  private readonly workers: (WorkerVringGroup | null)[];
+  /** Called when a vring worker dies on its own: the daemon ends the connection. */
+  onWorkerFailure: ((e: Error) => void) | null = null;
   private readonly threadOf: number[];
   private acked = 0n;
   private protocol = 0n;
@@ -72,6 +77,11 @@ export class VhostUserHandler implements BackendReqHandler {
     const unassigned = this.threadOf.indexOf(-1);
     if (unassigned >= 0) throw new Error(`queue ${unassigned} is not assigned to any thread`);
     this.handlers = this.makeHandlers(masks.length);
+    this.workers = this.handlers.map((h, t) => {
+      const m = backend.workerModule?.(t) ?? null;
+      if (m === null) return null;
+      return new WorkerVringGroup(t, h.vrings, m, n, maxSize, logger, (e) => this.onWorkerFailure?.(e));
+    });
   }
 
   /** The per-thread event handlers (rust-vmm's `get_epoll_handlers`). */
@@ -90,8 +100,15 @@ export class VhostUserHandler implements BackendReqHandler {
     return v;
   }
 
-  private handlerOf(v: Vring): VringEventHandler {
-    return this.handlers[this.threadOf[v.index]!]!;
+  private handlerOf(v: Vring): VringEventHandler | WorkerVringGroup {
+    const t = this.threadOf[v.index]!;
+    return this.workers[t] ?? this.handlers[t]!;
+  }
+
+  /** Mirrors `v` to its worker, if a worker serves it. */
+  private sync(v: Vring, extra?: VringSyncExtra): void {
+    const h = this.handlerOf(v);
+    if (h instanceof WorkerVringGroup) h.sync(v, extra);
   }
 
   // --- features ------------------------------------------------------------------------------
@@ -118,10 +135,13 @@ export class VhostUserHandler implements BackendReqHandler {
     const eventIdx = (features & bit(VIRTIO_RING_F_EVENT_IDX)) !== 0n;
     for (const v of this.vrings) v.queue.eventIdx = eventIdx;
     this.backend.setEventIdx(eventIdx);
+    for (const w of this.workers) w?.setEventIdx(eventIdx);
     this.backend.ackedFeatures?.(features);
     // Without protocol features there is no SET_VRING_ENABLE: rings are enabled from the start.
     if ((features & bit(VHOST_USER_F_PROTOCOL_FEATURES)) === 0n) {
       for (const v of this.vrings) this.enable(v, true);
+    } else {
+      for (const v of this.vrings) this.sync(v);
     }
   }
 
@@ -199,6 +219,8 @@ export class VhostUserHandler implements BackendReqHandler {
       }
     }
     this.backend.updateMemory(this.memory);
+    for (const w of this.workers) w?.updateMemory(this.memory);
+    for (const v of this.vrings) this.sync(v);
   }
 
   /** Translates the ring's front-end user addresses with the current table (no-op before SET_VRING_ADDR). */
@@ -218,7 +240,9 @@ export class VhostUserHandler implements BackendReqHandler {
   // --- vrings --------------------------------------------------------------------------------
 
   setVringNum(index: number, num: number): void {
-    this.vring(index).queue.setSize(num);
+    const v = this.vring(index);
+    v.queue.setSize(num);
+    this.sync(v);
   }
 
   setVringAddr(addr: VringAddr): void {
@@ -233,24 +257,30 @@ export class VhostUserHandler implements BackendReqHandler {
     // Like libvhost-user: the used index the driver last saw is the device's starting point, which
     // keeps a reconnecting back-end consistent with completions it made before.
     v.queue.syncNextUsedFromRing();
+    this.sync(v, { syncUsed: true });
   }
 
   setVringBase(index: number, base: number): void {
     const b = decodeSplitVringBase(base);
     if (b === null) throw new RangeError(`vring base 0x${base.toString(16)} has reserved bits set (split ring)`);
-    this.vring(index).queue.setVringBase(b);
+    const v = this.vring(index);
+    v.queue.setVringBase(b);
+    this.sync(v, { state: v.queue.getState() });
   }
 
   async getVringBase(index: number): Promise<number> {
     const v = this.vring(index);
     // Stop the ring first, then let in-flight requests finish, so the returned index is final and
     // the device writes nothing to guest memory once the front-end has it.
-    this.handlerOf(v).unwatchKick(v);
+    const h = this.handlerOf(v);
+    h.unwatchKick(v);
     v.setStarted(false);
     await this.backend.quiesce?.();
-    const base = v.queue.vringBase;
+    // A worker's ring position is the worker's: it answers once it stopped the ring.
+    const base = h instanceof WorkerVringGroup ? await h.stopRing(v) : v.queue.vringBase;
     v.setKickFd(null);
     v.setCallFd(null);
+    this.sync(v);
     return base;
   }
 
@@ -270,11 +300,15 @@ export class VhostUserHandler implements BackendReqHandler {
   }
 
   setVringCall(index: number, fd: number | null): void {
-    this.vring(index).setCallFd(fd === null ? null : sys.dup(fd));
+    const v = this.vring(index);
+    v.setCallFd(fd === null ? null : sys.dup(fd));
+    this.sync(v);
   }
 
   setVringErr(index: number, fd: number | null): void {
-    this.vring(index).setErrFd(fd === null ? null : sys.dup(fd));
+    const v = this.vring(index);
+    v.setErrFd(fd === null ? null : sys.dup(fd));
+    this.sync(v);
   }
 
   setVringEnable(index: number, enable: boolean): void {
@@ -288,6 +322,7 @@ export class VhostUserHandler implements BackendReqHandler {
   private enable(v: Vring, on: boolean): void {
     const was = v.enabled;
     v.setEnabled(on);
+    this.sync(v);
     if (on && !was && v.started) {
       const h = this.handlerOf(v);
       setImmediate(() => h.kick(v));
@@ -338,16 +373,25 @@ export class VhostUserHandler implements BackendReqHandler {
       v.setStarted(false);
     }
     await this.backend.quiesce?.();
-    for (const v of this.vrings) v.reset();
+    for (const w of this.workers) await w?.resetRings();
+    for (const v of this.vrings) {
+      v.reset();
+      this.sync(v);
+    }
     this.acked = 0n;
     await this.backend.resetDevice?.();
   }
 
   /** Ends the session: resets the device, stops handlers and releases guest memory. */
   async close(): Promise<void> {
-    await this.reset();
-    for (const h of this.handlers) h.stop();
-    this.memory.close();
+    try {
+      await this.reset();
+    } finally {
+      for (const h of this.handlers) h.stop();
+      // Workers first: the memory they map must outlive them.
+      for (const w of this.workers) await w?.stop();
+      this.memory.close();
+    }
   }
 
   /** Whether SET_OWNER was received (diagnostics). */

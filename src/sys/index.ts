@@ -37,6 +37,7 @@ interface NativeAddon {
   ioctlRangeAsync(fd: number, request: number | bigint, offset: number | bigint, length: number | bigint): Promise<void>;
   mmap(fd: number, offset: number | bigint, length: number, prot: number, flags: number): [NativeHandle, bigint, ArrayBuffer[]];
   munmap(handle: NativeHandle): void;
+  wrapMemory(address: bigint, length: number): [NativeHandle, bigint, ArrayBuffer[]];
   watch(fd: number, events: number, callback: (status: number, events: number) => void): NativeHandle;
   watchStart(handle: NativeHandle, events: number): void;
   watchStop(handle: NativeHandle): void;
@@ -340,6 +341,17 @@ class MappingImpl implements Mapping {
 export function mmap(fd: number, offset: number | bigint, length: number, prot: number = PROT_READ | PROT_WRITE, flags: number = MAP_SHARED): Mapping {
   const [handle, address, windows] = native.mmap(fd, offset, length, prot, flags);
   return new MappingImpl(handle, length, address, windows);
+}
+
+/**
+ * Windows over `length` bytes at host address `address` that another thread of this process
+ * mapped (e.g. guest memory a worker_thread receives from the main thread), with the same
+ * overlapping-window layout as {@link mmap}. The caller guarantees the memory stays mapped while
+ * the windows are in use; unmap() only detaches them (the owner munmaps).
+ */
+export function wrapMemory(address: bigint, length: number): Mapping {
+  const [handle, addr, windows] = native.wrapMemory(address, length);
+  return new MappingImpl(handle, length, addr, windows);
 }
 
 // ---------------------------------------------------------------------------------------------
