@@ -9,6 +9,8 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { threadId as mainThreadId } from 'node:worker_threads';
+import { execFileSync } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import * as sys from '../../src/sys/index.js';
 import { Frontend } from '../../src/vhost-user/frontend.js';
 import { FrontendMemory, setupQueue, type FrontendQueue } from '../../src/vhost-user/frontend-driver.js';
@@ -179,4 +181,13 @@ test('workers: a dying worker ends its connection, not the daemon', async (t) =>
   for (const q of [q0, q1]) q.close();
   mem.close();
   assert.equal(sys.openFdCount(), before, 'fd leak');
+});
+
+test('examples/worker-device serves queue 1 from a worker thread and exits', () => {
+  const script = fileURLToPath(new URL('../../examples/worker-device.js', import.meta.url));
+  const out = execFileSync(process.execPath, [script], { encoding: 'utf8', timeout: 20000, stdio: ['ignore', 'pipe', 'ignore'] });
+  assert.match(out, /^queue 0: HELLO QUEUE 0 @thread 0$/m);
+  const m = /^queue 1: HELLO QUEUE 1 @thread (\d+)$/m.exec(out);
+  assert.ok(m, out);
+  assert.notEqual(Number(m[1]), 0, 'queue 1 served outside the main thread');
 });

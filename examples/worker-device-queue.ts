@@ -1,0 +1,33 @@
+/**
+ * The queue half of examples/worker-device.ts: a vring worker module. It runs inside a
+ * worker_thread, which watches the queue's kick fd on its own libuv loop; the device upper-cases
+ * each request and appends the worker's thread id.
+ */
+import { threadId } from 'node:worker_threads';
+import type { Vring, VringWorker } from '../src/index.js';
+
+/** Called once in the worker with the `data` of VhostUserBackend.workerModule(). */
+export function createVringWorker(data: unknown): VringWorker {
+  const { suffix } = data as { suffix: string };
+  const encoder = new TextEncoder();
+  const decoder = new TextDecoder();
+  return {
+    handleEvent(queueIndex: number, _events: number, vrings: readonly Vring[]): void {
+      const vring = vrings.find((v) => v.index === queueIndex);
+      if (!vring) return;
+      const q = vring.queue;
+      do {
+        q.disableNotification();
+        for (let chain = q.popDescriptorChain(); chain !== null; chain = q.popDescriptorChain()) {
+          const input = new Uint8Array(chain.readableBytes);
+          chain.reader.read(input);
+          const out = encoder.encode(`${decoder.decode(input).toUpperCase()}${suffix}${threadId}`);
+          const n = Math.min(out.length, chain.writableBytes);
+          chain.writer.write(out.subarray(0, n));
+          q.addUsed(chain.headIndex, n);
+        }
+        vring.signalUsedIfNeeded();
+      } while (q.enableNotification());
+    },
+  };
+}
