@@ -111,6 +111,16 @@ export class VhostUserHandler implements BackendReqHandler {
     if (h instanceof WorkerVringGroup) h.sync(v, extra);
   }
 
+  /**
+   * With workers: resolves once every worker applied what was mirrored so far, so a reply (which
+   * the front-end may act on, e.g. by relying on the dirty log) follows the workers' state change.
+   * Without workers: undefined, keeping those requests synchronous.
+   */
+  private workersSynced(): Promise<void> | undefined {
+    const ws = this.workers.filter((w): w is WorkerVringGroup => w !== null);
+    return ws.length === 0 ? undefined : Promise.all(ws.map((w) => w.flush())).then(() => undefined);
+  }
+
   // --- features ------------------------------------------------------------------------------
 
   setOwner(): void {
@@ -126,7 +136,7 @@ export class VhostUserHandler implements BackendReqHandler {
     return this.backend.features();
   }
 
-  setFeatures(features: bigint): void {
+  setFeatures(features: bigint): void | Promise<void> {
     const offered = this.backend.features();
     if ((features & ~offered) !== 0n) {
       throw new Error(`front-end acked features 0x${(features & ~offered).toString(16)} that were not offered`);
@@ -143,6 +153,7 @@ export class VhostUserHandler implements BackendReqHandler {
     } else {
       for (const v of this.vrings) this.sync(v);
     }
+    return this.workersSynced();
   }
 
   getProtocolFeatures(): bigint {
@@ -168,7 +179,7 @@ export class VhostUserHandler implements BackendReqHandler {
 
   // --- memory --------------------------------------------------------------------------------
 
-  setMemTable(regions: readonly MemoryRegionWithFd[]): void {
+  setMemTable(regions: readonly MemoryRegionWithFd[]): void | Promise<void> {
     const mapped: GuestRegion[] = [];
     let next: GuestMemory;
     try {
@@ -179,10 +190,10 @@ export class VhostUserHandler implements BackendReqHandler {
       throw e;
     }
     this.memory.replace(next);
-    this.memoryChanged();
+    return this.memoryChanged();
   }
 
-  addMemReg(region: MemoryRegionWithFd): void {
+  addMemReg(region: MemoryRegionWithFd): void | Promise<void> {
     if (this.memory.memory.regions.length >= MAX_MEM_SLOTS) throw new Error(`all ${MAX_MEM_SLOTS} memory slots are in use`);
     const r = mapGuestRegion(region, region.fd);
     try {
@@ -191,25 +202,25 @@ export class VhostUserHandler implements BackendReqHandler {
       r.unmap();
       throw e;
     }
-    this.memoryChanged();
+    return this.memoryChanged();
   }
 
-  remMemReg(region: AnyMemoryRegion): void {
+  remMemReg(region: AnyMemoryRegion): void | Promise<void> {
     this.memory.withRegionRemoved(
       u64ToNumber(region.guestPhysAddr, 'guest address'),
       u64ToNumber(region.memorySize, 'region size'),
       u64ToNumber(region.userAddr, 'user address'),
     );
-    this.memoryChanged();
+    return this.memoryChanged();
   }
 
-  setLogBase(log: Log, fd: number): void {
+  setLogBase(log: Log, fd: number): void | Promise<void> {
     this.memory.setDirtyLog(mapDirtyLog(fd, log.mmapSize, log.mmapOffset));
-    this.memoryChanged();
+    return this.memoryChanged();
   }
 
   /** Re-points every vring at the new snapshot; the old one is unmapped once nothing pins it. */
-  private memoryChanged(): void {
+  private memoryChanged(): void | Promise<void> {
     for (const v of this.vrings) {
       try {
         this.translateRing(v);
@@ -221,6 +232,7 @@ export class VhostUserHandler implements BackendReqHandler {
     this.backend.updateMemory(this.memory);
     for (const w of this.workers) w?.updateMemory(this.memory);
     for (const v of this.vrings) this.sync(v);
+    return this.workersSynced();
   }
 
   /** Translates the ring's front-end user addresses with the current table (no-op before SET_VRING_ADDR). */
@@ -239,13 +251,14 @@ export class VhostUserHandler implements BackendReqHandler {
 
   // --- vrings --------------------------------------------------------------------------------
 
-  setVringNum(index: number, num: number): void {
+  setVringNum(index: number, num: number): void | Promise<void> {
     const v = this.vring(index);
     v.queue.setSize(num);
     this.sync(v);
+    return this.workersSynced();
   }
 
-  setVringAddr(addr: VringAddr): void {
+  setVringAddr(addr: VringAddr): void | Promise<void> {
     const v = this.vring(addr.index);
     const logging = (addr.flags & (1 << VHOST_VRING_F_LOG)) !== 0;
     if (logging && (this.acked & bit(VHOST_F_LOG_ALL)) === 0n) {
@@ -258,14 +271,16 @@ export class VhostUserHandler implements BackendReqHandler {
     // keeps a reconnecting back-end consistent with completions it made before.
     v.queue.syncNextUsedFromRing();
     this.sync(v, { syncUsed: true });
+    return this.workersSynced();
   }
 
-  setVringBase(index: number, base: number): void {
+  setVringBase(index: number, base: number): void | Promise<void> {
     const b = decodeSplitVringBase(base);
     if (b === null) throw new RangeError(`vring base 0x${base.toString(16)} has reserved bits set (split ring)`);
     const v = this.vring(index);
     v.queue.setVringBase(b);
     this.sync(v, { state: v.queue.getState() });
+    return this.workersSynced();
   }
 
   async getVringBase(index: number): Promise<number> {
@@ -284,7 +299,7 @@ export class VhostUserHandler implements BackendReqHandler {
     return base;
   }
 
-  setVringKick(index: number, fd: number | null): void {
+  setVringKick(index: number, fd: number | null): void | Promise<void> {
     const v = this.vring(index);
     if (fd === null) {
       throw new Error(`vring ${index}: polling mode (no kick fd) is not supported; use in-band kicks or an eventfd`);
@@ -297,26 +312,30 @@ export class VhostUserHandler implements BackendReqHandler {
     v.setStarted(true);
     h.watchKick(v);
     setImmediate(() => h.kick(v));
+    return this.workersSynced();
   }
 
-  setVringCall(index: number, fd: number | null): void {
+  setVringCall(index: number, fd: number | null): void | Promise<void> {
     const v = this.vring(index);
     v.setCallFd(fd === null ? null : sys.dup(fd));
     this.sync(v);
+    return this.workersSynced();
   }
 
-  setVringErr(index: number, fd: number | null): void {
+  setVringErr(index: number, fd: number | null): void | Promise<void> {
     const v = this.vring(index);
     v.setErrFd(fd === null ? null : sys.dup(fd));
     this.sync(v);
+    return this.workersSynced();
   }
 
-  setVringEnable(index: number, enable: boolean): void {
+  setVringEnable(index: number, enable: boolean): void | Promise<void> {
     // QEMU sends this before SET_FEATURES once protocol features were negotiated, so either counts.
     if (!this.protocolNegotiated && (this.acked & bit(VHOST_USER_F_PROTOCOL_FEATURES)) === 0n) {
       throw new Error('SET_VRING_ENABLE without VHOST_USER_F_PROTOCOL_FEATURES negotiated');
     }
     this.enable(this.vring(index), enable);
+    return this.workersSynced();
   }
 
   private enable(v: Vring, on: boolean): void {
@@ -378,6 +397,7 @@ export class VhostUserHandler implements BackendReqHandler {
       v.reset();
       this.sync(v);
     }
+    await this.workersSynced();
     this.acked = 0n;
     await this.backend.resetDevice?.();
   }

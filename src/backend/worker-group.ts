@@ -48,6 +48,8 @@ export class WorkerVringGroup {
   private readonly guards = new Map<number, GuestMemoryGuard>();
   private readonly pending = new Map<number, { resolve: (v: number) => void; reject: (e: Error) => void }>();
   private seq = 0;
+  private acked = 0;
+  private readonly flushWaiters: Array<{ seq: number; resolve: () => void }> = [];
   private gen = 0;
   private nextId = 0;
   private stopped = false;
@@ -112,6 +114,8 @@ export class WorkerVringGroup {
       case 'ready':
         break;
       case 'ack':
+        this.acked = m.seq;
+        while (this.flushWaiters.length > 0 && this.flushWaiters[0]!.seq <= m.seq) this.flushWaiters.shift()!.resolve();
         while (this.retired.length > 0 && this.retired[0]!.seq <= m.seq) {
           for (const fd of this.retired.shift()!.fds) sys.close(fd);
         }
@@ -169,6 +173,12 @@ export class WorkerVringGroup {
     this.post({ type: 'vring', seq, vring });
   }
 
+  /** Resolves once the worker applied every vring and memory update sent so far. */
+  flush(): Promise<void> {
+    if (this.stopped || this.acked >= this.seq) return Promise.resolve();
+    return new Promise((resolve) => this.flushWaiters.push({ seq: this.seq, resolve }));
+  }
+
   /** Sends the current snapshot of `atomic`, pinned until the worker releases it. */
   updateMemory(atomic: GuestMemoryAtomic): void {
     if (this.stopped) return;
@@ -183,7 +193,7 @@ export class WorkerVringGroup {
       const log = l === null || l === undefined ? null : { hostAddress: hostAddress(l.backing), hostLength: l.backing.length, offset: l.offset, size: l.size };
       const gen = ++this.gen;
       this.guards.set(gen, guard);
-      this.post({ type: 'memory', gen, regions, log });
+      this.post({ type: 'memory', seq: ++this.seq, gen, regions, log });
     } catch (e) {
       guard.release();
       throw e;
@@ -252,6 +262,8 @@ export class WorkerVringGroup {
         slot.dup = slot.src = null;
       }
     }
+    // Nothing will be applied any more; the connection is ending.
+    for (const w of this.flushWaiters.splice(0)) w.resolve();
     for (const p of this.pending.values()) p.reject(new Error(`vring worker ${this.threadId} exited`));
     this.pending.clear();
   }

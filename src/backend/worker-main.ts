@@ -161,7 +161,11 @@ async function stopAll(): Promise<void> {
 async function handle(m: ToWorker): Promise<void> {
   switch (m.type) {
     case 'memory':
-      applyMemory(m.gen, m);
+      try {
+        applyMemory(m.gen, m);
+      } finally {
+        send({ type: 'ack', seq: m.seq });
+      }
       return;
     case 'vring':
       try {

@@ -88,7 +88,7 @@ export interface WireVring {
 
 /** @internal Main → worker. */
 export type ToWorker =
-  | { type: 'memory'; gen: number; regions: WireRegion[]; log: WireLog | null }
+  | { type: 'memory'; seq: number; gen: number; regions: WireRegion[]; log: WireLog | null }
   | { type: 'vring'; seq: number; vring: WireVring }
   | { type: 'event-idx'; on: boolean }
   | { type: 'kick'; index: number }

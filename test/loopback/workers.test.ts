@@ -16,8 +16,9 @@ import { Frontend } from '../../src/vhost-user/frontend.js';
 import { FrontendMemory, setupQueue, type FrontendQueue } from '../../src/vhost-user/frontend-driver.js';
 import { VhostUserDaemon, type VhostUserBackend, type Vring, type VringWorkerModule } from '../../src/backend/index.js';
 import type { GuestMemoryAtomic } from '../../src/memory/index.js';
-import { ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES, protocolFeatureMask } from '../../src/vhost-user/constants.js';
-import { VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX } from '../../src/vhost-user/features.js';
+import { ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES, VHOST_VRING_F_LOG, protocolFeatureMask } from '../../src/vhost-user/constants.js';
+import { VHOST_F_LOG_ALL, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX } from '../../src/vhost-user/features.js';
+import { splitRingLayout } from '../../src/queue/driver.js';
 import type { Logger, LogLevel } from '../../src/log.js';
 import { ReverseServer } from './fixtures/worker-reverse.js';
 
@@ -29,8 +30,10 @@ class SplitDevice implements VhostUserBackend {
   resets = 0;
   numQueues() { return 2; }
   maxQueueSize() { return 256; }
-  features() { return bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_RING_F_EVENT_IDX) | bit(VHOST_USER_F_PROTOCOL_FEATURES); }
-  protocolFeatures() { return protocolFeatureMask(ProtocolFeature.MQ) | protocolFeatureMask(ProtocolFeature.REPLY_ACK); }
+  features() { return bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_RING_F_EVENT_IDX) | bit(VHOST_USER_F_PROTOCOL_FEATURES) | bit(VHOST_F_LOG_ALL); }
+  protocolFeatures() {
+    return protocolFeatureMask(ProtocolFeature.MQ) | protocolFeatureMask(ProtocolFeature.REPLY_ACK) | protocolFeatureMask(ProtocolFeature.LOG_SHMFD);
+  }
   setEventIdx() { /* the rings carry it */ }
   updateMemory(_m: GuestMemoryAtomic) { /* the rings follow the memory */ }
   queuesPerThread() { return [0b01, 0b10]; }
@@ -179,6 +182,33 @@ test('workers: a dying worker ends its connection, not the daemon', async (t) =>
   fe.close();
   await daemon.stop();
   for (const q of [q0, q1]) q.close();
+  mem.close();
+  assert.equal(sys.openFdCount(), before, 'fd leak');
+});
+
+test('workers: the worker logs used-ring and buffer writes in the shared dirty log', async (t) => {
+  const before = sys.openFdCount();
+  const { sock, daemon, mem } = setup(t);
+  const { fe, q0, q1 } = await connect(sock, mem, false);
+  const logFd = sys.memfdCreate('dirty-log');
+  sys.ftruncate(logFd, 4096);
+  const logMap = sys.mmap(logFd, 0, 4096);
+  const bits = new Uint8Array(logMap.windows[0]!);
+  const dirty = (gpa: number): boolean => ((bits[Math.floor(gpa / 0x8000)]! >> (Math.floor(gpa / 0x1000) % 8)) & 1) === 1;
+  await fe.setLogBase({ mmapSize: 4096n, mmapOffset: 0n }, logFd);
+  // Migration start: QEMU re-sends SET_VRING_ADDR with VHOST_VRING_F_LOG while the ring runs.
+  const l = splitRingLayout(256, 0x20000);
+  await fe.setVringAddr({ index: 1, flags: 1 << VHOST_VRING_F_LOG, descUserAddr: mem.uva(l.descGpa), usedUserAddr: mem.uva(l.usedGpa), availUserAddr: mem.uva(l.availGpa), logGuestAddr: BigInt(l.usedGpa) });
+  assert.equal(bits.some((b) => b !== 0), false);
+  assert.equal((await request(mem, q1, 0x46000, 'logged')).reply, 'deggol');
+  assert.ok(dirty(0x46800), 'reply buffer page is dirty');
+  assert.ok(dirty(l.usedGpa), 'used ring page is dirty');
+  assert.ok(!dirty(0x30000) && !dirty(0x40000), 'untouched pages are clean');
+  fe.close();
+  await daemon.stop();
+  for (const q of [q0, q1]) q.close();
+  logMap.unmap();
+  sys.close(logFd);
   mem.close();
   assert.equal(sys.openFdCount(), before, 'fd leak');
 });
