@@ -145,7 +145,7 @@ export class VhostUserHandler implements BackendReqHandler {
     const eventIdx = (features & bit(VIRTIO_RING_F_EVENT_IDX)) !== 0n;
     for (const v of this.vrings) v.queue.eventIdx = eventIdx;
     this.backend.setEventIdx(eventIdx);
-    for (const w of this.workers) w?.setEventIdx(eventIdx);
+    for (const w of this.workers) w?.setFeatures(features, eventIdx);
     this.backend.ackedFeatures?.(features);
     // Without protocol features there is no SET_VRING_ENABLE: rings are enabled from the start.
     if ((features & bit(VHOST_USER_F_PROTOCOL_FEATURES)) === 0n) {

@@ -17,6 +17,9 @@ import type { Logger } from '../log.js';
 import type { Vring } from './vring.js';
 import type { FromWorker, ToWorker, VringWorkerModule, WireRegion, WireVring, WorkerInit } from './worker-protocol.js';
 
+/** How long a worker may take to quiesce on reset or shutdown before it is given up on (terminated). */
+const SHUTDOWN_TIMEOUT_MS = 5000;
+
 /** The fds of one vring as last sent to the worker: the source fd and the group's dup of it. */
 interface SentFds {
   kick: { src: number | null; dup: number | null };
@@ -200,9 +203,9 @@ export class WorkerVringGroup {
     }
   }
 
-  /** Forwards SET_FEATURES' event-idx state to the worker's device. */
-  setEventIdx(on: boolean): void {
-    this.post({ type: 'event-idx', on });
+  /** Forwards SET_FEATURES to the worker's device. */
+  setFeatures(features: bigint, eventIdx: boolean): void {
+    this.post({ type: 'features', features, eventIdx });
   }
 
   /** Kick fds are watched in the worker: mirror the vring (its kick fd and started state). */
@@ -233,14 +236,29 @@ export class WorkerVringGroup {
   /** Device reset: the worker stops every ring, quiesces, resets its vrings and its device. */
   async resetRings(): Promise<void> {
     if (this.stopped) return;
-    await this.request((id) => ({ type: 'reset', id }));
+    await this.requestWithin((id) => ({ type: 'reset', id }));
+  }
+
+  /** A request that fails after {@link SHUTDOWN_TIMEOUT_MS} (the worker may be stuck). */
+  private async requestWithin(make: (id: number) => ToWorker): Promise<number> {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`vring worker ${this.threadId}: no answer in ${SHUTDOWN_TIMEOUT_MS} ms`)), SHUTDOWN_TIMEOUT_MS);
+    });
+    try {
+      return await Promise.race([this.request(make), timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   /** Ends the worker: asks it to quiesce and drop guest memory, then terminates it. */
   async stop(): Promise<void> {
     if (!this.stopped) {
+      // A worker stuck in device code must not hold the daemon: it is terminated after a while
+      // (its memory stays pinned until it has exited, so terminating it is always safe).
       try {
-        await this.request((id) => ({ type: 'shutdown', id }));
+        await this.requestWithin((id) => ({ type: 'shutdown', id }));
       } catch (e) {
         this.logger.log('warn', `vring worker ${this.threadId}: shutdown: ${(e as Error).message}`);
       }

@@ -174,8 +174,9 @@ async function handle(m: ToWorker): Promise<void> {
         send({ type: 'ack', seq: m.seq });
       }
       return;
-    case 'event-idx':
-      device?.setEventIdx?.(m.on);
+    case 'features':
+      device?.setEventIdx?.(m.eventIdx);
+      device?.ackedFeatures?.(m.features);
       return;
     case 'kick': {
       const v = byIndex.get(m.index);

@@ -17,6 +17,8 @@ export interface VringWorker {
   handleEvent(deviceEvent: number, evset: number, vrings: readonly Vring[], threadId: number): void | Promise<void>;
   /** Whether VIRTIO_RING_F_EVENT_IDX was negotiated. */
   setEventIdx?(enabled: boolean): void;
+  /** The features the driver acknowledged (SET_FEATURES). */
+  ackedFeatures?(features: bigint): void;
   /** The worker's view of guest memory changed. */
   updateMemory?(mem: GuestMemoryAtomic): void;
   /** Resolve once no request of this worker is in flight (ring stop, reset, shutdown). */
@@ -90,7 +92,7 @@ export interface WireVring {
 export type ToWorker =
   | { type: 'memory'; seq: number; gen: number; regions: WireRegion[]; log: WireLog | null }
   | { type: 'vring'; seq: number; vring: WireVring }
-  | { type: 'event-idx'; on: boolean }
+  | { type: 'features'; features: bigint; eventIdx: boolean }
   | { type: 'kick'; index: number }
   | { type: 'stop-ring'; id: number; index: number }
   | { type: 'reset'; id: number }
