@@ -410,6 +410,8 @@ export class VhostUserHandler implements BackendReqHandler {
       for (const h of this.handlers) h.stop();
       // Workers first: the memory they map must outlive them.
       for (const w of this.workers) await w?.stop();
+      // A reset that failed part-way (a stuck worker) must still release the rings' fds.
+      for (const v of this.vrings) v.reset();
       this.memory.close();
     }
   }

@@ -17,8 +17,8 @@ import type { Logger } from '../log.js';
 import type { Vring } from './vring.js';
 import type { FromWorker, ToWorker, VringWorkerModule, WireRegion, WireVring, WorkerInit } from './worker-protocol.js';
 
-/** How long a worker may take to quiesce on reset or shutdown before it is given up on (terminated). */
-const SHUTDOWN_TIMEOUT_MS = 5000;
+/** Default of {@link VringWorkerModule.quiesceTimeoutMs}. */
+const QUIESCE_TIMEOUT_MS = 5000;
 
 /** The fds of one vring as last sent to the worker: the source fd and the group's dup of it. */
 interface SentFds {
@@ -57,6 +57,7 @@ export class WorkerVringGroup {
   private nextId = 0;
   private stopped = false;
   private exited: Promise<void>;
+  private readonly quiesceTimeoutMs: number;
 
   /**
    * @param threadId index of the thread among the device's queue groups
@@ -73,6 +74,7 @@ export class WorkerVringGroup {
     private readonly onFatal: (e: Error) => void,
   ) {
     const url = module.url instanceof URL ? module.url.href : module.url.startsWith('file:') ? module.url : pathToFileURL(module.url).href;
+    this.quiesceTimeoutMs = module.quiesceTimeoutMs ?? QUIESCE_TIMEOUT_MS;
     const init: WorkerInit = { url, data: module.data, threadId, maxQueueSize, numQueues, indices: vrings.map((v) => v.index) };
     for (const v of vrings) this.sent.set(v.index, { kick: { src: null, dup: null }, call: { src: null, dup: null }, err: { src: null, dup: null } });
     this.worker = new Worker(new URL('./worker-main.js', import.meta.url), { workerData: init });
@@ -239,11 +241,11 @@ export class WorkerVringGroup {
     await this.requestWithin((id) => ({ type: 'reset', id }));
   }
 
-  /** A request that fails after {@link SHUTDOWN_TIMEOUT_MS} (the worker may be stuck). */
+  /** A request that fails after the quiesce timeout (the worker may be stuck). */
   private async requestWithin(make: (id: number) => ToWorker): Promise<number> {
     let timer: NodeJS.Timeout | undefined;
     const timeout = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`vring worker ${this.threadId}: no answer in ${SHUTDOWN_TIMEOUT_MS} ms`)), SHUTDOWN_TIMEOUT_MS);
+      timer = setTimeout(() => reject(new Error(`vring worker ${this.threadId}: no answer in ${this.quiesceTimeoutMs} ms`)), this.quiesceTimeoutMs);
     });
     try {
       return await Promise.race([this.request(make), timeout]);

@@ -36,6 +36,11 @@ export interface VringWorkerModule {
   url: string | URL;
   /** Structured-cloneable data passed to `createVringWorker`. */
   data?: unknown;
+  /**
+   * How long the worker may take to answer a reset or shutdown (quiesce included) before it is
+   * considered stuck and terminated. Default 5000 ms.
+   */
+  quiesceTimeoutMs?: number;
 }
 
 /** @internal `workerData` of a vring worker. */

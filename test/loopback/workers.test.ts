@@ -37,7 +37,7 @@ class SplitDevice implements VhostUserBackend {
   setEventIdx() { /* the rings carry it */ }
   updateMemory(_m: GuestMemoryAtomic) { /* the rings follow the memory */ }
   queuesPerThread() { return [0b01, 0b10]; }
-  workerModule(t: number): VringWorkerModule | null { return t === 1 ? { url: FIXTURE, data: { delayMs: 2 } } : null; }
+  workerModule(t: number): VringWorkerModule | null { return t === 1 ? { url: FIXTURE, data: { delayMs: 2 }, quiesceTimeoutMs: 200 } : null; }
   handleEvent(ev: number, _evset: number, vrings: readonly Vring[]) {
     const v = vrings.find((x) => x.index === ev);
     assert.ok(v && ev === 0, `main thread got event ${ev}`);
@@ -179,6 +179,30 @@ test('workers: a dying worker ends its connection, not the daemon', async (t) =>
 
   ({ fe, q0, q1 } = await connect(sock, mem, false));
   assert.equal((await request(mem, q1, 0x41000, 'alive')).reply, 'evila');
+  fe.close();
+  await daemon.stop();
+  for (const q of [q0, q1]) q.close();
+  mem.close();
+  assert.equal(sys.openFdCount(), before, 'fd leak');
+});
+
+test('workers: a worker stuck in device code is terminated when its connection ends', async (t) => {
+  const before = sys.openFdCount();
+  const { sock, daemon, mem, logger, dev } = setup(t);
+  let { fe, q0, q1 } = await connect(sock, mem, false);
+  mem.memory.write(0x40000, Buffer.from('hang'));
+  q1.driver.addChain([{ gpa: 0x40000, len: 4 }], [{ gpa: 0x40800, len: 16 }]);
+  q1.kick(true);
+  await new Promise((r) => setTimeout(r, 20));
+  fe.close();
+  for (const q of [q0, q1]) q.close();
+  for (let i = 0; i < 300 && !logger.lines.some((l) => /reset failed/.test(l)); i++) await new Promise((r) => setTimeout(r, 10));
+  assert.ok(logger.lines.some((l) => /reset failed: .*no answer in 200 ms/.test(l)), logger.lines.join('\n'));
+  assert.ok(logger.lines.some((l) => /shutdown: .*no answer in 200 ms/.test(l)), logger.lines.join('\n'));
+  assert.equal(dev.resets, 0, 'the device reset did not run past the stuck worker');
+
+  ({ fe, q0, q1 } = await connect(sock, mem, false));
+  assert.equal((await request(mem, q1, 0x41000, 'next')).reply, 'txen');
   fe.close();
   await daemon.stop();
   for (const q of [q0, q1]) q.close();
