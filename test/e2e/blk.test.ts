@@ -15,17 +15,19 @@ import { startOurDaemon, type OurDaemon } from '../helpers/our-daemon.js';
 
 const MiB = 1024 * 1024;
 
-test('QEMU guest writes and reads our vhost-user-blk (2 queues, O_DIRECT); the image holds the bytes', async (t) => {
+test('QEMU guest (2 vCPUs) writes and reads our vhost-user-blk (2 queues, O_DIRECT); the image holds the bytes', async (t) => {
   if (!requireTools(t, ...GUEST_TOOLS)) return;
   const tmp = makeTempDir(t, 'ourblk');
   const sock = tmp.socketPath('blk');
   let daemon: OurDaemon | undefined;
-  const r = await runGuestBlkWrite(t, tmp.file('disk.img'), { size: 64 * MiB, offset: 5 * MiB, length: MiB, numQueues: 2 }, async (image) => {
-    daemon = await startOurDaemon('blk', sock, ['--blk-file', image, '--num-queues', '2'], t);
+  const r = await runGuestBlkWrite(t, tmp.file('disk.img'), { size: 64 * MiB, offset: 5 * MiB, length: MiB, numQueues: 2, smp: 2 }, async (image) => {
+    // Debug logging names every request, which shows QEMU starting both queues below.
+    daemon = await startOurDaemon('blk', sock, ['--blk-file', image, '--num-queues', '2'], t, undefined, { VHOST_USER_LOG: 'debug' });
     return sock;
   });
   assert.ok(daemon !== undefined);
   assert.equal(daemon.proc.exitStatusNow, undefined, `daemon died\n${daemon.proc.diagnostics()}`);
+  for (const q of [0, 1]) assert.match(daemon.proc.stderr, new RegExp(`SET_VRING_KICK index=${q} `), `queue ${q} was not started`);
   // SIGTERM: finish in-flight requests, unlink the socket, exit 0.
   assert.deepEqual(await daemon.stop(), { code: 0, signal: null }, daemon.proc.diagnostics());
   assert.equal(existsSync(sock), false, 'socket left behind');

@@ -25,6 +25,8 @@ export interface GuestBlkWriteOptions {
   readonly length: number;
   /** Request queues of the QEMU device (the back-end must offer as many). */
   readonly numQueues: number;
+  /** Guest vCPUs (Linux uses at most one virtio-blk queue per vCPU; default 1). */
+  readonly smp?: number;
 }
 
 /**
@@ -39,6 +41,7 @@ export async function runGuestBlkWrite(t: TestContext, image: string, o: GuestBl
     test: 'blk-rw',
     params: { offset: o.offset, size: o.length, bs: BAND },
     args: vhostUserBlkArgs(sock, { numQueues: o.numQueues }),
+    smp: o.smp ?? 1,
     t,
   });
   const r = await expectPass(vm);

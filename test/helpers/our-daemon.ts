@@ -20,9 +20,12 @@ export interface OurDaemon {
  * Starts `node dist/src/cli/<cli>.js --socket-path SOCK ...args` and waits for the socket to listen.
  * The process is stopped when the test `t` ends.
  */
-export async function startOurDaemon(cli: string, socketPath: string, args: readonly string[], t?: TestContext, timeoutMs = 10_000): Promise<OurDaemon> {
+export async function startOurDaemon(
+  cli: string, socketPath: string, args: readonly string[], t?: TestContext, timeoutMs = 10_000, env?: NodeJS.ProcessEnv,
+): Promise<OurDaemon> {
   const script = join(repoRoot(), 'dist', 'src', 'cli', `${cli}.js`);
-  const proc = ManagedProcess.spawn(process.execPath, [script, '--socket-path', socketPath, ...args], { label: cli });
+  const proc = ManagedProcess.spawn(process.execPath, [script, '--socket-path', socketPath, ...args],
+    env === undefined ? { label: cli } : { label: cli, env: { ...process.env, ...env } });
   const d: OurDaemon = {
     socketPath,
     proc,
