@@ -109,7 +109,7 @@ async function connect(path: string, timeoutMs: number): Promise<number> {
 }
 
 /** The JSON document printed on success. */
-interface ProbeReport {
+export interface ProbeReport {
   socketPath: string;
   deviceType: string | null;
   features: { hex: string; names: string[] };

@@ -13,6 +13,7 @@ import { requireTools } from '../helpers/tools.js';
 import { createRawImage, startStorageDaemon } from '../helpers/qsd.js';
 import { startTestpmdVhost } from '../helpers/dpdk.js';
 import { makeTempDir } from '../helpers/tmp.js';
+import type { ProbeReport as Report } from '../../src/cli/probe.js';
 
 const PROBE = fileURLToPath(new URL('../../src/cli/probe.js', import.meta.url));
 const EXAMPLE = fileURLToPath(new URL('../../examples/probe-backend.js', import.meta.url));
@@ -44,16 +45,6 @@ function assertOneLine(r: Run, re: RegExp): void {
   assert.doesNotMatch(r.stderr, /\bat .*\.js:\d+/, 'no stack trace');
 }
 
-interface Report {
-  socketPath: string;
-  deviceType: string | null;
-  features: { hex: string; names: string[] };
-  protocolFeatures: { hex: string; names: string[] } | null;
-  negotiatedProtocolFeatures: { hex: string; names: string[] } | null;
-  queueNum?: number;
-  maxMemSlots?: number;
-  config?: string;
-}
 
 test('probe (and examples/probe-backend) vs qemu-storage-daemon: blk features by name, protocol features, queue count, config capacity', async (t) => {
   if (!requireTools(t, 'qemu-storage-daemon')) return;
