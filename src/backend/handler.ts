@@ -55,10 +55,8 @@ export class VhostUserHandler implements BackendReqHandler {
   onWorkerFailure: ((e: Error) => void) | null = null;
   private readonly threadOf: number[];
   private acked = 0n;
-  private protocol = 0n;
   private protocolNegotiated = false;
   private status = 0;
-  private owned = false;
 
   constructor(private readonly backend: VhostUserBackend, private readonly logger: Logger) {
     const n = backend.numQueues();
@@ -124,11 +122,10 @@ export class VhostUserHandler implements BackendReqHandler {
   // --- features ------------------------------------------------------------------------------
 
   setOwner(): void {
-    this.owned = true;
+    // One connection is one session: ownership needs no state beyond the connection itself.
   }
 
   async resetOwner(): Promise<void> {
-    this.owned = false;
     await this.reset();
   }
 
@@ -165,7 +162,6 @@ export class VhostUserHandler implements BackendReqHandler {
     if ((features & ~offered) !== 0n) {
       throw new Error(`front-end set protocol features 0x${(features & ~offered).toString(16)} that were not offered`);
     }
-    this.protocol = features;
     this.protocolNegotiated = true;
   }
 
@@ -414,15 +410,5 @@ export class VhostUserHandler implements BackendReqHandler {
       for (const v of this.vrings) v.reset();
       this.memory.close();
     }
-  }
-
-  /** Whether SET_OWNER was received (diagnostics). */
-  get hasOwner(): boolean {
-    return this.owned;
-  }
-
-  /** Negotiated protocol features (diagnostics). */
-  get protocolFeaturesAcked(): bigint {
-    return this.protocol;
   }
 }
