@@ -47,7 +47,9 @@ import {
   SINGLE_MEM_REGION_PADDING,
   VRING_ADDR_SIZE,
   type AnyMemoryRegion,
+  type FrontendEmptyReq,
   type FrontendRequest,
+  type FrontendRequestOf,
   type Inflight,
   type MemoryRegionWithFd,
 } from './messages.js';
@@ -78,6 +80,17 @@ function readSingleRegion(req: number, payload: Uint8Array, size: number, ctx: C
   return readRegion(F, req, payload, SINGLE_MEM_REGION_PADDING, rs !== 32);
 }
 
+/** Requests without a payload; one list for both directions so they cannot drift apart. */
+const EMPTY_PAYLOAD_REQUESTS: ReadonlySet<FrontendReq> = new Set<FrontendEmptyReq>([
+  FrontendReq.GET_FEATURES, FrontendReq.SET_OWNER, FrontendReq.RESET_OWNER, FrontendReq.GET_PROTOCOL_FEATURES,
+  FrontendReq.GET_QUEUE_NUM, FrontendReq.POSTCOPY_ADVISE, FrontendReq.POSTCOPY_LISTEN, FrontendReq.POSTCOPY_END,
+  FrontendReq.RESET_DEVICE, FrontendReq.GET_MAX_MEM_SLOTS, FrontendReq.GET_STATUS, FrontendReq.CHECK_DEVICE_STATE,
+]);
+
+function isEmptyPayloadRequest(m: FrontendRequest): m is FrontendRequestOf<FrontendEmptyReq> {
+  return EMPTY_PAYLOAD_REQUESTS.has(m.request);
+}
+
 /**
  * Decodes a front-end request (back-end side). `payload` must hold at least `h.size` bytes (extra
  * bytes are ignored); `fds` are the descriptors received with the message, which stay owned by the
@@ -89,22 +102,12 @@ export function decodeFrontendRequest(h: Header, payload: Uint8Array, fds: reado
   const size = h.size;
   const v = viewOf(payload);
   const o = payload.byteOffset;
+  if (EMPTY_PAYLOAD_REQUESTS.has(req)) {
+    expectSize(F, req, size, 0);
+    expectFds(F, req, fds, 0);
+    return { request: req as FrontendEmptyReq };
+  }
   switch (req) {
-    case FrontendReq.GET_FEATURES:
-    case FrontendReq.SET_OWNER:
-    case FrontendReq.RESET_OWNER:
-    case FrontendReq.GET_PROTOCOL_FEATURES:
-    case FrontendReq.GET_QUEUE_NUM:
-    case FrontendReq.POSTCOPY_ADVISE:
-    case FrontendReq.POSTCOPY_LISTEN:
-    case FrontendReq.POSTCOPY_END:
-    case FrontendReq.RESET_DEVICE:
-    case FrontendReq.GET_MAX_MEM_SLOTS:
-    case FrontendReq.GET_STATUS:
-    case FrontendReq.CHECK_DEVICE_STATE:
-      expectSize(F, req, size, 0);
-      expectFds(F, req, fds, 0);
-      return { request: req };
     case FrontendReq.SET_FEATURES:
     case FrontendReq.SET_PROTOCOL_FEATURES:
       expectSize(F, req, size, 8);
@@ -288,20 +291,8 @@ function out(bytes: Uint8Array, fds: readonly number[] = NO_FDS): EncodedMessage
 export function encodeFrontendRequest(msg: FrontendRequest, ctx: CodecContext, flags = 0): EncodedMessage {
   const req = msg.request;
   flags &= ~VHOST_USER_REPLY_MASK;
+  if (isEmptyPayloadRequest(msg)) return out(allocMessage(req, flags, 0));
   switch (msg.request) {
-    case FrontendReq.GET_FEATURES:
-    case FrontendReq.SET_OWNER:
-    case FrontendReq.RESET_OWNER:
-    case FrontendReq.GET_PROTOCOL_FEATURES:
-    case FrontendReq.GET_QUEUE_NUM:
-    case FrontendReq.POSTCOPY_ADVISE:
-    case FrontendReq.POSTCOPY_LISTEN:
-    case FrontendReq.POSTCOPY_END:
-    case FrontendReq.RESET_DEVICE:
-    case FrontendReq.GET_MAX_MEM_SLOTS:
-    case FrontendReq.GET_STATUS:
-    case FrontendReq.CHECK_DEVICE_STATE:
-      return out(allocMessage(req, flags, 0));
     case FrontendReq.SET_FEATURES:
     case FrontendReq.SET_PROTOCOL_FEATURES:
       return out(encodeU64(req, flags, msg.features));
