@@ -170,36 +170,9 @@ export class BlkRequestExecutor {
   private async run(slot: BlkRequestSlot, type: number, sector: bigint): Promise<number> {
     const chain = slot.chain;
     switch (type) {
-      case VIRTIO_BLK_T_IN: {
-        const w = chain.writer;
-        const len = w.availableBytes - 1;
-        if (len % VIRTIO_BLK_SECTOR_SIZE !== 0) return this.reject(slot, VIRTIO_BLK_S_IOERR, `data length ${len} is not a multiple of 512`);
-        const off = this.offsetOf(sector, len);
-        if (off < 0) return this.reject(slot, VIRTIO_BLK_S_IOERR, `sector ${sector} + ${len} bytes is past the end (${this.capacity} sectors)`);
-        if (len === 0) return VIRTIO_BLK_S_OK;
-        const views = slot.views;
-        views.length = 0;
-        w.segments(len, views);
-        await this.disk.readv(views, off);
-        views.length = 0;
-        return VIRTIO_BLK_S_OK;
-      }
-      case VIRTIO_BLK_T_OUT: {
-        if (this.readOnly) return this.reject(slot, VIRTIO_BLK_S_IOERR, 'write to a read-only device');
-        const r = chain.reader;
-        const len = r.availableBytes;
-        if (len % VIRTIO_BLK_SECTOR_SIZE !== 0) return this.reject(slot, VIRTIO_BLK_S_IOERR, `data length ${len} is not a multiple of 512`);
-        const off = this.offsetOf(sector, len);
-        if (off < 0) return this.reject(slot, VIRTIO_BLK_S_IOERR, `sector ${sector} + ${len} bytes is past the end (${this.capacity} sectors)`);
-        if (len === 0) return VIRTIO_BLK_S_OK;
-        const views = slot.views;
-        views.length = 0;
-        r.segments(len, views);
-        await this.disk.writev(views, off);
-        views.length = 0;
-        if (this.writethrough) await this.disk.flush();
-        return VIRTIO_BLK_S_OK;
-      }
+      case VIRTIO_BLK_T_IN:
+      case VIRTIO_BLK_T_OUT:
+        return this.transfer(slot, type === VIRTIO_BLK_T_OUT, sector);
       case VIRTIO_BLK_T_FLUSH:
         await this.disk.flush();
         return VIRTIO_BLK_S_OK;
@@ -215,6 +188,30 @@ export class BlkRequestExecutor {
       default:
         return this.reject(slot, VIRTIO_BLK_S_UNSUPP, 'unsupported request type');
     }
+  }
+
+  /** IN / OUT: data goes straight between the disk and the guest-memory views of the chain. */
+  private async transfer(slot: BlkRequestSlot, write: boolean, sector: bigint): Promise<number> {
+    if (write && this.readOnly) return this.reject(slot, VIRTIO_BLK_S_IOERR, 'write to a read-only device');
+    const chain = slot.chain;
+    // IN: every writable byte but the trailing status byte is data.
+    const len = write ? chain.reader.availableBytes : chain.writer.availableBytes - 1;
+    if (len % VIRTIO_BLK_SECTOR_SIZE !== 0) return this.reject(slot, VIRTIO_BLK_S_IOERR, `data length ${len} is not a multiple of 512`);
+    const off = this.offsetOf(sector, len);
+    if (off < 0) return this.reject(slot, VIRTIO_BLK_S_IOERR, `sector ${sector} + ${len} bytes is past the end (${this.capacity} sectors)`);
+    if (len === 0) return VIRTIO_BLK_S_OK;
+    const views = slot.views;
+    views.length = 0;
+    if (write) {
+      chain.reader.segments(len, views);
+      await this.disk.writev(views, off);
+    } else {
+      chain.writer.segments(len, views);
+      await this.disk.readv(views, off);
+    }
+    views.length = 0;
+    if (write && this.writethrough) await this.disk.flush();
+    return VIRTIO_BLK_S_OK;
   }
 
   private async discardOrZero(slot: BlkRequestSlot, discard: boolean): Promise<number> {
