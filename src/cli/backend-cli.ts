@@ -31,6 +31,18 @@ export interface BackendCliSpec {
   create(values: OptionValues, logger: Logger): Promise<{ backend: VhostUserBackend; describe(socketPath: string | null): string; close?(): Promise<void> }>;
 }
 
+/**
+ * Reads integer option `--name` within [min, max]; undefined when absent. Throws a one-line error
+ * (the CLI prints it and exits 1) for anything else.
+ */
+export function intOption(values: OptionValues, name: string, min: number, max: number): number | undefined {
+  const v = values[name];
+  if (v === undefined) return undefined;
+  const n = typeof v === 'string' && /^\d+$/.test(v) ? Number(v) : NaN;
+  if (!Number.isSafeInteger(n) || n < min || n > max) throw new Error(`--${name} must be an integer in ${min}..${max}`);
+  return n;
+}
+
 const COMMON_OPTIONS = {
   'socket-path': { type: 'string' },
   fd: { type: 'string' },

@@ -5,19 +5,11 @@
  *     vhost-user-blk (--socket-path PATH | --fd N) [--blk-file FILE] [--read-only] [--num-queues N]
  * @module
  */
-import { runBackendCli, type OptionValues } from './backend-cli.js';
+import { intOption, runBackendCli } from './backend-cli.js';
 import { FileDisk, RamDisk, VhostUserBlkBackend, type BlockDisk } from '../devices/blk/index.js';
 
 const PROGRAM = 'vhost-user-blk';
 const MiB = 1024 * 1024;
-
-function intOption(values: OptionValues, name: string, min: number, max: number, dflt: number): number {
-  const v = values[name];
-  if (v === undefined) return dflt;
-  const n = typeof v === 'string' && /^\d+$/.test(v) ? Number(v) : NaN;
-  if (!Number.isSafeInteger(n) || n < min || n > max) throw new Error(`--${name} must be an integer in ${min}..${max}`);
-  return n;
-}
 
 const code = await runBackendCli({
   program: PROGRAM,
@@ -39,8 +31,8 @@ const code = await runBackendCli({
     '  --ram-size-mib N        RAM disk size without --blk-file (default 64)\n' +
     '  --serial STR            GET_ID serial (default vhost-user-blk)',
   async create(values, logger) {
-    const numQueues = intOption(values, 'num-queues', 1, 64, 1);
-    const queueSize = intOption(values, 'queue-size', 1, 32768, 256);
+    const numQueues = intOption(values, 'num-queues', 1, 64) ?? 1;
+    const queueSize = intOption(values, 'queue-size', 1, 32768) ?? 256;
     if ((queueSize & (queueSize - 1)) !== 0) throw new Error('--queue-size must be a power of two');
     const readOnly = values['read-only'] === true;
     const file = values['blk-file'] as string | undefined;
@@ -52,7 +44,7 @@ const code = await runBackendCli({
         throw new Error(`cannot open --blk-file ${file}: ${(e as Error).message}`);
       }
     } else {
-      disk = new RamDisk({ size: intOption(values, 'ram-size-mib', 1, 1 << 20, 64) * MiB, readOnly });
+      disk = new RamDisk({ size: (intOption(values, 'ram-size-mib', 1, 1 << 20) ?? 64) * MiB, readOnly });
     }
     const backend = new VhostUserBlkBackend({
       disk, numQueues, queueSize, readOnly,

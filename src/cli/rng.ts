@@ -5,18 +5,10 @@
  *     vhost-user-rng (--socket-path PATH | --fd N) [--max-bytes N --period MS]
  * @module
  */
-import { runBackendCli, type OptionValues } from './backend-cli.js';
+import { intOption, runBackendCli } from './backend-cli.js';
 import { VhostUserRngBackend } from '../devices/rng/index.js';
 
 const PROGRAM = 'vhost-user-rng';
-
-function intOption(values: OptionValues, name: string, min: number, max: number): number | undefined {
-  const v = values[name];
-  if (v === undefined) return undefined;
-  const n = typeof v === 'string' && /^\d+$/.test(v) ? Number(v) : NaN;
-  if (!Number.isSafeInteger(n) || n < min || n > max) throw new Error(`--${name} must be an integer in ${min}..${max}`);
-  return n;
-}
 
 const code = await runBackendCli({
   program: PROGRAM,
