@@ -12,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Frontend } from '../src/vhost-user/frontend.js';
-import { FrontendMemory, setupQueue, type FrontendQueue } from '../src/vhost-user/frontend-driver.js';
+import { FrontendMemory, setupQueue, type FrontendQueue } from '../src/driver/frontend-driver.js';
 import { negotiate } from '../src/vhost-user/negotiate.js';
 import { VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from '../src/devices/blk/index.js';
 

@@ -10,7 +10,8 @@
  */
 import { Frontend } from '../src/vhost-user/frontend.js';
 import { negotiate } from '../src/vhost-user/negotiate.js';
-import { decodeProtocolFeatures, formatFeatures } from '../src/vhost-user/features.js';
+import { formatFeatures } from '../src/virtio/features.js';
+import { decodeProtocolFeatures } from '../src/vhost-user/constants.js';
 import { ProtocolFeature, hasProtocolFeature } from '../src/vhost-user/constants.js';
 
 const [socketPath, deviceType] = process.argv.slice(2);

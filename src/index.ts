@@ -11,7 +11,7 @@ export * as sys from './sys/index.js';
 export * from './memory/index.js';
 export * from './queue/index.js';
 export * from './vhost-user/constants.js';
-export * from './vhost-user/features.js';
+export * from './virtio/index.js';
 export * from './vhost-user/messages.js';
 export * from './vhost-user/codec.js';
 export { VhostUserProtocolError, type ProtocolErrorKind } from './vhost-user/errors.js';
@@ -24,6 +24,6 @@ export type { BackendReqHandler, MaybePromise } from './vhost-user/backend-handl
 export {
   BackendChannel, BackendChannelEndpoint, BackendRequestFailedError, type BackendChannelHandler,
 } from './vhost-user/backend-channel.js';
-export { FrontendMemory, FrontendQueue, setupQueue } from './vhost-user/frontend-driver.js';
+export { FrontendMemory, FrontendQueue, setupQueue } from './driver/frontend-driver.js';
 export * from './backend/index.js';
 export { StderrLogger, RateLimitedLogger, silentLogger, defaultLogger, type Logger, type LogLevel } from './log.js';

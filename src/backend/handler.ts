@@ -14,7 +14,7 @@ import {
   decodeSplitVringBase,
   protocolFeatureMask,
 } from '../vhost-user/constants.js';
-import { VHOST_F_LOG_ALL, VIRTIO_RING_F_EVENT_IDX } from '../vhost-user/features.js';
+import { VHOST_F_LOG_ALL, VIRTIO_RING_F_EVENT_IDX } from '../virtio/features.js';
 import type { AnyMemoryRegion, Log, MemoryRegionWithFd, VringAddr } from '../vhost-user/messages.js';
 import { descTableSize, availRingSize, usedRingSize } from '../queue/index.js';
 import type { VhostUserBackend } from './backend.js';

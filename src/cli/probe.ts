@@ -14,7 +14,8 @@ import { parseArgs } from 'node:util';
 import * as sys from '../sys/index.js';
 import { Frontend } from '../vhost-user/frontend.js';
 import { DEFAULT_PROTOCOL_FEATURES, negotiate } from '../vhost-user/negotiate.js';
-import { DEVICE_FEATURES, decodeProtocolFeatures, formatFeatures } from '../vhost-user/features.js';
+import { DEVICE_FEATURES, formatFeatures } from '../virtio/features.js';
+import { decodeProtocolFeatures } from '../vhost-user/constants.js';
 import { ProtocolFeature, VHOST_USER_MAX_CONFIG_SIZE, hasProtocolFeature, protocolFeatureMask } from '../vhost-user/constants.js';
 
 const PROG = 'vhost-user-probe';

@@ -5,6 +5,7 @@
  * constants keep their full spec names so they can be grepped against the spec text.
  * @module
  */
+import { VHOST_USER_F_PROTOCOL_FEATURES, setBits } from '../virtio/features.js';
 
 /** Requests sent by the front-end on the main socket (spec "Front-end message types"). */
 export enum FrontendReq {
@@ -126,7 +127,7 @@ export const VHOST_USER_VRING_IDX_MASK = 0xff;
 export const VHOST_USER_VRING_NOFD_MASK = 0x1 << 8;
 
 /** Virtio feature bit (in GET_FEATURES) announcing protocol-feature negotiation support. */
-export const VHOST_USER_F_PROTOCOL_FEATURES = 30;
+export { VHOST_USER_F_PROTOCOL_FEATURES };
 
 /** Maximum number of regions in one SET_MEM_TABLE message (QEMU VHOST_MEMORY_BASELINE_NREGIONS). */
 export const VHOST_USER_MAX_RAM_SLOTS = 8;
@@ -263,4 +264,15 @@ export function requestName(request: FrontendReq | BackendReq | number, channel:
   const n = (channel === 'frontend' ? FRONTEND_NAMES : BACKEND_NAMES).get(request);
   if (n === undefined) return `unknown(${request})`;
   return channel === 'frontend' ? `VHOST_USER_${n}` : `VHOST_USER_BACKEND_${n}`;
+}
+
+const PROTOCOL_NAMES: ReadonlyMap<number, string> = new Map(
+  Object.entries(ProtocolFeature)
+    .filter((e): e is [string, number] => typeof e[1] === 'number')
+    .map(([k, v]) => [v, `VHOST_USER_PROTOCOL_F_${k}`]),
+);
+
+/** Names of the bits set in a vhost-user protocol feature word; unknown bits render as `bit N`. */
+export function decodeProtocolFeatures(bits: bigint): string[] {
+  return setBits(bits).map((b) => PROTOCOL_NAMES.get(b) ?? `bit ${b}`);
 }

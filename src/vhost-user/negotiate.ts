@@ -7,7 +7,7 @@
 import { ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES, hasProtocolFeature, protocolFeatureMask } from './constants.js';
 import {
   VHOST_F_LOG_ALL, VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_IN_ORDER, VIRTIO_F_NOTIFICATION_DATA, VIRTIO_F_RING_PACKED, featureMask, hasFeature,
-} from './features.js';
+} from '../virtio/features.js';
 import type { Frontend } from './frontend.js';
 
 /**

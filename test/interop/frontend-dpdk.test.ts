@@ -10,12 +10,12 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as sys from '../../src/sys/index.js';
 import { Frontend } from '../../src/vhost-user/frontend.js';
-import { FrontendMemory, setupQueue, type FrontendQueue } from '../../src/vhost-user/frontend-driver.js';
+import { FrontendMemory, setupQueue, type FrontendQueue } from '../../src/driver/frontend-driver.js';
 import { negotiate } from '../../src/vhost-user/negotiate.js';
-import { ProtocolFeature, hasProtocolFeature } from '../../src/vhost-user/constants.js';
+import { ProtocolFeature, decodeProtocolFeatures, hasProtocolFeature } from '../../src/vhost-user/constants.js';
 import {
-  VIRTIO_F_VERSION_1, VIRTIO_NET_FEATURES, VIRTIO_RING_F_EVENT_IDX, decodeFeatures, decodeProtocolFeatures, hasFeature,
-} from '../../src/vhost-user/features.js';
+  VIRTIO_F_VERSION_1, VIRTIO_NET_FEATURES, VIRTIO_RING_F_EVENT_IDX, decodeFeatures, hasFeature,
+} from '../../src/virtio/features.js';
 import { requireTools } from '../helpers/tools.js';
 import { startTestpmdVhost } from '../helpers/dpdk.js';
 import { makeTempDir } from '../helpers/tmp.js';

@@ -11,12 +11,12 @@ import { statSync } from 'node:fs';
 import * as sys from '../../src/sys/index.js';
 import type { GuestMemory } from '../../src/memory/index.js';
 import { Frontend } from '../../src/vhost-user/frontend.js';
-import { FrontendMemory, setupQueue, type FrontendQueue } from '../../src/vhost-user/frontend-driver.js';
+import { FrontendMemory, setupQueue, type FrontendQueue } from '../../src/driver/frontend-driver.js';
 import { negotiate } from '../../src/vhost-user/negotiate.js';
 import { ProtocolFeature, hasProtocolFeature } from '../../src/vhost-user/constants.js';
 import {
   VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_BLK_FEATURES, decodeFeatures, hasFeature,
-} from '../../src/vhost-user/features.js';
+} from '../../src/virtio/features.js';
 import {
   VIRTIO_BLK_OUTHDR_SIZE, VIRTIO_BLK_SECTOR_SIZE, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, decodeBlkConfig,
 } from '../../src/devices/blk/index.js';

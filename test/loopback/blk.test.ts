@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { Frontend } from '../../src/vhost-user/frontend.js';
-import { FrontendMemory, setupQueue, type FrontendQueue } from '../../src/vhost-user/frontend-driver.js';
+import { FrontendMemory, setupQueue, type FrontendQueue } from '../../src/driver/frontend-driver.js';
 import { negotiate } from '../../src/vhost-user/negotiate.js';
 import { VhostUserDaemon } from '../../src/backend/index.js';
 import {

@@ -8,11 +8,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as sys from '../../src/sys/index.js';
 import { Frontend } from '../../src/vhost-user/frontend.js';
-import { FrontendMemory, setupQueue } from '../../src/vhost-user/frontend-driver.js';
+import { FrontendMemory, setupQueue } from '../../src/driver/frontend-driver.js';
 import { VhostUserDaemon, type VhostUserBackend, type Vring } from '../../src/backend/index.js';
 import type { GuestMemoryAtomic } from '../../src/memory/index.js';
 import { ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES, protocolFeatureMask } from '../../src/vhost-user/constants.js';
-import { VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX } from '../../src/vhost-user/features.js';
+import { VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX } from '../../src/virtio/features.js';
 import { silentLogger } from '../../src/log.js';
 
 const bit = (n: number): bigint => 1n << BigInt(n);

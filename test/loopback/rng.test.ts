@@ -5,7 +5,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Frontend } from '../../src/vhost-user/frontend.js';
-import { FrontendMemory, setupQueue } from '../../src/vhost-user/frontend-driver.js';
+import { FrontendMemory, setupQueue } from '../../src/driver/frontend-driver.js';
 import { negotiate } from '../../src/vhost-user/negotiate.js';
 import { VhostUserDaemon } from '../../src/backend/index.js';
 import { VhostUserRngBackend } from '../../src/devices/rng/index.js';

@@ -4,7 +4,7 @@ import {
   RamDisk, VIRTIO_BLK_F_CONFIG_WCE, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_FLUSH,
   VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 } from '../../src/devices/blk/index.js';
-import { VIRTIO_F_VERSION_1 } from '../../src/vhost-user/features.js';
+import { VIRTIO_F_VERSION_1 } from '../../src/virtio/features.js';
 import { POLLIN, eventfdRead } from '../../src/sys/index.js';
 import { GuestMemory, mapGuestRegion } from '../../src/memory/index.js';
 import { SplitQueueDriver, splitRingLayout } from '../../src/queue/index.js';

@@ -6,7 +6,7 @@ import {
   VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
   VIRTIO_BLK_T_WRITE_ZEROES, decodeBlkConfig, encodeBlkSerial, type BlockDisk,
 } from '../../src/devices/blk/index.js';
-import { VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VHOST_USER_F_PROTOCOL_FEATURES } from '../../src/vhost-user/features.js';
+import { VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VHOST_USER_F_PROTOCOL_FEATURES } from '../../src/virtio/features.js';
 import { ProtocolFeature } from '../../src/vhost-user/constants.js';
 import { VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../../src/queue/index.js';
 import { BlkRig, RAM, RAM_SIZE, dwzSegments, pattern } from './blk-harness.js';

@@ -24,7 +24,8 @@ import {
   encodePackedVringBase,
   requestName,
 } from '../../src/vhost-user/constants.js';
-import { decodeFeatures, decodeProtocolFeatures, formatFeatures, VIRTIO_F_VERSION_1 } from '../../src/vhost-user/features.js';
+import { decodeFeatures, formatFeatures, VIRTIO_F_VERSION_1 } from '../../src/virtio/features.js';
+import { decodeProtocolFeatures } from '../../src/vhost-user/constants.js';
 
 const CTX: CodecContext = { protocolFeatures: 0n };
 

@@ -13,7 +13,7 @@ import { QueueError } from '../../queue/index.js';
 import { ProtocolFeature } from '../../vhost-user/constants.js';
 import {
   VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
-} from '../../vhost-user/features.js';
+} from '../../virtio/features.js';
 import { defaultLogger, type Logger } from '../../log.js';
 import {
   VIRTIO_BLK_CONFIG_OFFSETS, VIRTIO_BLK_CONFIG_SIZE, VIRTIO_BLK_F_BLK_SIZE, VIRTIO_BLK_F_CONFIG_WCE,

@@ -3,7 +3,7 @@
  * `struct virtio_blk_config` of linux/virtio_blk.h, little-endian, packed).
  * @module
  */
-import { VIRTIO_BLK_FEATURES } from '../../vhost-user/features.js';
+import { VIRTIO_BLK_FEATURES } from '../../virtio/features.js';
 
 function blkBit(name: string): number {
   const v = VIRTIO_BLK_FEATURES[name];

@@ -8,7 +8,7 @@ import { randomFillSync } from 'node:crypto';
 import type { VhostUserBackend, Vring } from '../../backend/index.js';
 import { QueueError } from '../../queue/index.js';
 import { ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES, protocolFeatureMask } from '../../vhost-user/constants.js';
-import { VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC } from '../../vhost-user/features.js';
+import { VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC } from '../../virtio/features.js';
 import { defaultLogger, type Logger } from '../../log.js';
 
 /** Options of {@link VhostUserRngBackend}. */

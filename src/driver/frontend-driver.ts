@@ -7,8 +7,8 @@
 import * as sys from '../sys/index.js';
 import { GuestMemory, GuestRegion } from '../memory/index.js';
 import { SplitQueueDriver, splitRingLayout, type UsedElement } from '../queue/index.js';
-import type { Frontend } from './frontend.js';
-import type { MemoryRegionWithFd } from './messages.js';
+import type { Frontend } from '../vhost-user/frontend.js';
+import type { MemoryRegionWithFd } from '../vhost-user/messages.js';
 
 /** Guest RAM as a memfd: the back-end maps it via SET_MEM_TABLE, the driver through `memory`. */
 export class FrontendMemory {

@@ -1,11 +1,15 @@
 /**
- * Virtio feature bits (transport and device-specific, from the VIRTIO spec chapters) and vhost-user
- * protocol feature names, with helpers to render a feature word for logs and `--print-capabilities`.
+ * Virtio feature bits (transport and device-specific, from the VIRTIO spec chapters), with helpers
+ * to render a feature word for logs and `--print-capabilities`. Independent of any transport: the
+ * queue layer, vhost-user and the kernel drivers all import from here.
  * @module
  */
-import { ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES } from './constants.js';
 
-export { VHOST_USER_F_PROTOCOL_FEATURES };
+/**
+ * vhost-user: the back-end supports GET/SET_PROTOCOL_FEATURES. A bit of the virtio feature word,
+ * so it is named here; the vhost-user spec defines it.
+ */
+export const VHOST_USER_F_PROTOCOL_FEATURES = 30;
 
 // Transport / ring feature bits (VIRTIO "Reserved Feature Bits", linux/virtio_config.h).
 
@@ -204,13 +208,8 @@ const DEVICE_NAMES: ReadonlyMap<string, ReadonlyMap<number, string>> = new Map(
   Object.entries(DEVICE_FEATURES).map(([k, t]) => [k, invert(t)]),
 );
 
-const PROTOCOL_NAMES: ReadonlyMap<number, string> = new Map(
-  Object.entries(ProtocolFeature)
-    .filter((e): e is [string, number] => typeof e[1] === 'number')
-    .map(([k, v]) => [v, `VHOST_USER_PROTOCOL_F_${k}`]),
-);
-
-function setBits(bits: bigint): number[] {
+/** @internal Bit numbers set in `bits`, lowest first. */
+export function setBits(bits: bigint): number[] {
   if (bits < 0n) throw new RangeError('feature bits must be non-negative');
   const out: number[] = [];
   for (let i = 0; bits >> BigInt(i) !== 0n; i++) if (((bits >> BigInt(i)) & 1n) === 1n) out.push(i);
@@ -226,11 +225,6 @@ export function decodeFeatures(bits: bigint, deviceType?: string): string[] {
   const dev = deviceType === undefined ? undefined : DEVICE_NAMES.get(deviceType);
   if (deviceType !== undefined && dev === undefined) throw new RangeError(`unknown device type '${deviceType}'`);
   return setBits(bits).map((b) => TRANSPORT_FEATURES.get(b) ?? dev?.get(b) ?? `bit ${b}`);
-}
-
-/** Names of the bits set in a vhost-user protocol feature word; unknown bits render as `bit N`. */
-export function decodeProtocolFeatures(bits: bigint): string[] {
-  return setBits(bits).map((b) => PROTOCOL_NAMES.get(b) ?? `bit ${b}`);
 }
 
 /** A feature word as `0x…` hex plus its decoded names. */
