@@ -4,9 +4,10 @@
  * daemonizing, a prompt and clean exit on SIGTERM (and SIGINT).
  * @module
  */
+import { unlinkSync } from 'node:fs';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { VhostUserDaemon, type VhostUserBackend } from '../backend/index.js';
-import { UnixListener } from '../vhost-user/listener.js';
+import { DEFAULT_SOCKET_MODE, UnixListener, checkSocketPath } from '../vhost-user/listener.js';
 import { RateLimitedLogger, StderrLogger, type Logger } from '../log.js';
 
 /** Option values as parsed by node:util parseArgs. */
@@ -43,9 +44,16 @@ export function intOption(values: OptionValues, name: string, min: number, max: 
   return n;
 }
 
+/** After SIGTERM/SIGINT the daemon exits within this bound even if requests are still running. */
+export const SHUTDOWN_TIMEOUT_MS = 4000;
+/** Exit status when shutdown had to give up waiting (or a second signal came). */
+const EXIT_FORCED = 3;
+
 const COMMON_OPTIONS = {
   'socket-path': { type: 'string' },
   fd: { type: 'string' },
+  'socket-mode': { type: 'string' },
+  'socket-group': { type: 'string' },
   'print-capabilities': { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
 } as const;
@@ -68,7 +76,9 @@ export async function runBackendCli(spec: BackendCliSpec, argv: string[] = proce
   }
   if (values.help) {
     process.stdout.write(`usage: ${spec.program} (--socket-path PATH | --fd N) [options]\n\n` +
-      `  --socket-path PATH      listen on this Unix socket (a stale socket file is replaced)\n` +
+      `  --socket-path PATH      listen on this Unix socket (only a stale socket file is replaced)\n` +
+      `  --socket-mode MODE      permissions of the socket file, octal (default 0600; 0660 with --socket-group)\n` +
+      `  --socket-group GROUP    group owning the socket file (name or gid)\n` +
       `  --fd N                  serve the inherited listening socket N\n` +
       `  --print-capabilities    print the back-end capabilities as JSON and exit\n` +
       `${spec.usage}\n`);
@@ -77,6 +87,19 @@ export async function runBackendCli(spec: BackendCliSpec, argv: string[] = proce
   const socketPath = values['socket-path'] as string | undefined;
   const fdArg = values.fd as string | undefined;
   if ((socketPath === undefined) === (fdArg === undefined)) return fail('exactly one of --socket-path and --fd is required');
+  const group = values['socket-group'] as string | undefined;
+  const modeArg = values['socket-mode'] as string | undefined;
+  if (fdArg !== undefined && (group !== undefined || modeArg !== undefined)) return fail('--socket-mode and --socket-group apply to --socket-path only');
+  if (modeArg !== undefined && !/^0?[0-7]{1,3}$/.test(modeArg)) return fail(`--socket-mode ${modeArg} is not an octal permission mode (e.g. 0600)`);
+  const mode = modeArg !== undefined ? parseInt(modeArg, 8) : group !== undefined ? 0o660 : DEFAULT_SOCKET_MODE;
+  if (socketPath !== undefined) {
+    // Before the device opens (and locks) its image: a bad path must not cost anything.
+    try {
+      checkSocketPath(socketPath);
+    } catch (e) {
+      return fail((e as Error).message);
+    }
+  }
   let listener: UnixListener;
   let device: Awaited<ReturnType<BackendCliSpec['create']>>;
   // Rejected guest input is logged per request; the rate limit keeps a hostile guest from
@@ -93,7 +116,7 @@ export async function runBackendCli(spec: BackendCliSpec, argv: string[] = proce
       if (!Number.isInteger(fd) || fd < 0) return fail(`--fd ${fdArg} is not a file descriptor number`);
       listener = UnixListener.fromFd(fd);
     } else {
-      listener = UnixListener.listen(socketPath!);
+      listener = UnixListener.listen(socketPath!, { mode, ...(group !== undefined ? { group } : {}) });
     }
   } catch (e) {
     await device.close?.();
@@ -101,16 +124,30 @@ export async function runBackendCli(spec: BackendCliSpec, argv: string[] = proce
   }
   const daemon = new VhostUserDaemon(spec.program, device.backend, { logger });
   daemon.start(listener);
-  process.stdout.write(`${device.describe(socketPath ?? null)}\n`);
   let signalled: string | null = null;
   const onSignal = (sig: NodeJS.Signals): void => {
-    if (signalled !== null) return;
+    if (signalled !== null) {
+      // A second signal: the operator does not want to wait.
+      logger.log('warn', `${sig} again: exiting now`);
+      process.exit(EXIT_FORCED);
+    }
     signalled = sig;
     logger.log('info', `${sig}: finishing in-flight requests and exiting`);
+    // Shutdown is bounded whatever the queues do (a guest flooding them, a stuck disk). Exiting
+    // early loses nothing acknowledged: a request is acknowledged only after its I/O completed.
+    setTimeout(() => {
+      logger.log('warn', `in-flight requests did not finish within ${SHUTDOWN_TIMEOUT_MS} ms of ${sig}: exiting anyway`);
+      if (socketPath !== undefined) {
+        try { unlinkSync(socketPath); } catch { /* already gone */ }
+      }
+      process.exit(EXIT_FORCED);
+    }, SHUTDOWN_TIMEOUT_MS).unref();
     void daemon.stop();
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
+  // Only now: whoever waits for the banner may signal us right away.
+  process.stdout.write(`${device.describe(socketPath ?? null)}\n`);
   try {
     await daemon.wait();
   } catch (e) {

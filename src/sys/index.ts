@@ -33,6 +33,7 @@ interface NativeAddon {
   ftruncate(fd: number, length: number): void;
   ioctl(fd: number, request: number | bigint, arg: Uint8Array | number | bigint | undefined): number;
   openFdCount(): number;
+  lockFile(fd: number, exclusive: boolean): void;
   fallocateAsync(fd: number, mode: number, offset: number | bigint, length: number | bigint): Promise<void>;
   ioctlRangeAsync(fd: number, request: number | bigint, offset: number | bigint, length: number | bigint): Promise<void>;
   mmap(fd: number, offset: number | bigint, length: number, prot: number, flags: number): [NativeHandle, bigint, ArrayBuffer[]];
@@ -274,6 +275,15 @@ export function fallocateAsync(fd: number, mode: number, offset: number | bigint
  */
 export function ioctlRangeAsync(fd: number, request: number | bigint, offset: number | bigint, length: number | bigint): Promise<void> {
   return native.ioctlRangeAsync(fd, request, offset, length);
+}
+
+/**
+ * Takes a whole-file open-file-description lock (fcntl F_OFD_SETLK) without waiting: exclusive
+ * (write) or shared (read). Throws SysError EAGAIN while another open file holds a conflicting
+ * lock. The same lock family as QEMU's image locking; released when the fd's open file closes.
+ */
+export function lockFile(fd: number, exclusive: boolean): void {
+  native.lockFile(fd, exclusive);
 }
 
 /** Number of open fds in this process (entries of /proc/self/fd), for leak checks. */

@@ -7,7 +7,7 @@
 import * as fs from 'node:fs';
 import {
   BLKDISCARD, BLKGETSIZE64, BLKZEROOUT, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE,
-  SysError, fallocateAsync, ioctl, ioctlRangeAsync,
+  SysError, fallocateAsync, ioctl, ioctlRangeAsync, lockFile,
 } from '../../sys/index.js';
 
 /**
@@ -121,6 +121,16 @@ export class FileDisk implements BlockDisk {
         size = st.size;
       } else {
         throw new Error(`${path} is neither a regular file nor a block device`);
+      }
+      // Two writers on one image corrupt it: hold a lock as long as the disk is open (shared for a
+      // read-only disk so several readers may coexist, but never beside a writer).
+      try {
+        lockFile(fd, !readOnly);
+      } catch (e) {
+        if (e instanceof SysError && e.code === 'EAGAIN') {
+          throw new Error(`${path} is locked by another process (${readOnly ? 'a writer holds it' : 'another reader or writer holds it'})`);
+        }
+        throw e;
       }
       return new FileDisk(fd, size, readOnly, blockSize, st.isBlockDevice());
     } catch (e) {
