@@ -5,6 +5,8 @@
  */
 import { BackendEndpoint } from '../vhost-user/backend-endpoint.js';
 import { UnixListener, connectUnixWithRetry } from '../vhost-user/listener.js';
+import type { ConnectionOptions } from '../vhost-user/connection.js';
+import * as sys from '../sys/index.js';
 import { defaultLogger, type Logger } from '../log.js';
 import type { VhostUserBackend } from './backend.js';
 import { VhostUserHandler } from './handler.js';
@@ -14,7 +16,26 @@ import type { VringEventHandler } from './event-handler.js';
 export interface VhostUserDaemonOptions {
   /** Where the daemon logs (rejected requests name the request and the reason). */
   logger?: Logger;
+  /**
+   * A front-end that has not sent one complete message within this many ms of being served is
+   * disconnected, so a silent or half-open peer cannot block the front-ends behind it
+   * (default {@link DEFAULT_HANDSHAKE_TIMEOUT_MS}; null: wait forever).
+   */
+  handshakeTimeoutMs?: number | null;
+  /**
+   * What happens to a front-end that connects while another one is served: `queue` (default)
+   * accepts it, logs it and serves it once the current one left (at most
+   * {@link MAX_WAITING_FRONTENDS} wait; more are refused); `refuse` closes it at once.
+   */
+  whenBusy?: 'queue' | 'refuse';
+  /** Limits of each front-end connection (reply back-pressure, message timeout). */
+  connection?: ConnectionOptions;
 }
+
+/** Default handshake timeout of an accepted front-end. */
+export const DEFAULT_HANDSHAKE_TIMEOUT_MS = 5000;
+/** Front-ends that may wait while another is served (`whenBusy: 'queue'`). */
+export const MAX_WAITING_FRONTENDS = 8;
 
 /** Serves one virtio device over vhost-user. */
 export class VhostUserDaemon {
@@ -27,6 +48,11 @@ export class VhostUserDaemon {
   private resolveDone!: () => void;
   private rejectDone!: (e: Error) => void;
   private sessionEnd: Promise<void> = Promise.resolve();
+  private readonly waiting: number[] = [];
+  private serving = false;
+  private readonly handshakeTimeoutMs: number | null;
+  private readonly whenBusy: 'queue' | 'refuse';
+  private readonly connectionOptions: ConnectionOptions;
   /** Number of front-end connections served so far. */
   connections = 0;
 
@@ -36,6 +62,9 @@ export class VhostUserDaemon {
    */
   constructor(readonly name: string, readonly backend: VhostUserBackend, options: VhostUserDaemonOptions = {}) {
     this.logger = options.logger ?? defaultLogger;
+    this.handshakeTimeoutMs = options.handshakeTimeoutMs === undefined ? DEFAULT_HANDSHAKE_TIMEOUT_MS : options.handshakeTimeoutMs;
+    this.whenBusy = options.whenBusy ?? 'queue';
+    this.connectionOptions = options.connection ?? {};
     this.done = new Promise((res, rej) => {
       this.resolveDone = res;
       this.rejectDone = rej;
@@ -101,22 +130,58 @@ export class VhostUserDaemon {
           if (this.stopping) break;
           throw e;
         }
-        if (this.stopping) break;
-        await this.serveConnection(fd);
+        if (this.stopping) {
+          closeQuietly(fd);
+          break;
+        }
+        this.admit(fd);
       }
     } catch (e) {
       this.logger.log('error', `${this.name}: accept loop failed: ${(e as Error).message}`);
       this.rejectDone(e as Error);
+    } finally {
+      for (const fd of this.waiting.splice(0)) closeQuietly(fd);
     }
   }
 
-  private serveConnection(fd: number): Promise<void> {
+  /** Serves `fd` now, or queues / refuses it while another front-end is served. */
+  private admit(fd: number): void {
+    if (!this.serving) {
+      void this.serveQueued(fd);
+      return;
+    }
+    if (this.whenBusy === 'refuse' || this.waiting.length >= MAX_WAITING_FRONTENDS) {
+      this.logger.log('warn', `${this.name}: front-end refused: another front-end is being served` +
+        (this.whenBusy === 'queue' ? ` and ${this.waiting.length} are waiting` : ''));
+      closeQuietly(fd);
+      return;
+    }
+    this.waiting.push(fd);
+    this.logger.log('info', `${this.name}: front-end waiting (${this.waiting.length} in line): another front-end is being served`);
+  }
+
+  /** Serves `fd`, then each waiting front-end in turn. */
+  private async serveQueued(first: number): Promise<void> {
+    this.serving = true;
+    try {
+      for (let fd: number | undefined = first; fd !== undefined && !this.stopping; fd = this.waiting.shift()) {
+        await this.serveConnection(fd, this.handshakeTimeoutMs);
+      }
+    } finally {
+      this.serving = false;
+    }
+  }
+
+  private serveConnection(fd: number, handshakeTimeoutMs: number | null = null): Promise<void> {
     this.connections++;
     const id = this.connections;
     this.logger.log('info', `${this.name}: front-end connected (connection ${id})`);
     const handler = new VhostUserHandler(this.backend, this.logger);
     this.handler = handler;
-    const endpoint = new BackendEndpoint(fd, handler, { logger: this.logger });
+    const endpoint = new BackendEndpoint(fd, handler, {
+      logger: this.logger,
+      connection: { handshakeTimeoutMs, ...this.connectionOptions },
+    });
     this.endpoint = endpoint;
     handler.onWorkerFailure = (e) => endpoint.close(e);
     this.sessionEnd = endpoint.closed().then(async (err) => {
@@ -131,4 +196,8 @@ export class VhostUserDaemon {
     });
     return this.sessionEnd;
   }
+}
+
+function closeQuietly(fd: number): void {
+  try { sys.close(fd); } catch { /* already closed */ }
 }

@@ -4,7 +4,7 @@
  * @module
  */
 import * as sys from '../sys/index.js';
-import { Connection, type RawMessage } from './connection.js';
+import { Connection, type ConnectionOptions, type RawMessage } from './connection.js';
 import {
   decodeFrontendRequest,
   encodeFrontendReply,
@@ -27,6 +27,8 @@ export interface BackendEndpointOptions {
   logger?: Logger;
   /** Reply timeout of the back-end channel (SET_BACKEND_REQ_FD), in ms. Default 5000. */
   backendChannelTimeoutMs?: number;
+  /** Back-pressure and timeouts of the front-end socket. */
+  connection?: ConnectionOptions;
 }
 
 /** Raised for a request the handler does not implement. */
@@ -60,7 +62,7 @@ export class BackendEndpoint {
     this.conn = new Connection(fd, {
       onMessage: (msg) => this.onMessage(msg),
       onClose: (e) => this.onClose(e),
-    });
+    }, options.connection);
   }
 
   /** Back-end as client: connects to a front-end listening on `path` (retrying until `timeoutMs`). */

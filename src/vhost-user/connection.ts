@@ -19,6 +19,40 @@ export interface ConnectionHandler {
   onClose(error: Error | null): void;
 }
 
+/** Limits of a {@link Connection}. */
+export interface ConnectionOptions {
+  /**
+   * Stop reading while more than this many reply bytes wait to be written (default
+   * {@link DEFAULT_MAX_QUEUED_BYTES}): a peer that sends requests but never reads the replies
+   * cannot grow our memory; reading resumes once the queue drained to half the bound.
+   */
+  maxQueuedBytes?: number;
+  /**
+   * Close the connection when no complete message arrived within this many ms of its start
+   * (default: no limit). A front-end that connects and stays silent then cannot hold a daemon
+   * that serves one front-end at a time.
+   */
+  handshakeTimeoutMs?: number | null;
+  /**
+   * Close the connection when a message started (part of a header or payload arrived) is not
+   * complete within this many ms (default {@link DEFAULT_MESSAGE_TIMEOUT_MS}; null: no limit).
+   */
+  messageTimeoutMs?: number | null;
+}
+
+/** Default bound of unsent reply bytes before a connection stops reading. */
+export const DEFAULT_MAX_QUEUED_BYTES = 256 * 1024;
+/** Default time a started message has to complete. */
+export const DEFAULT_MESSAGE_TIMEOUT_MS = 5000;
+
+/** Why a connection was closed by one of its timeouts. */
+export class ConnectionTimeoutError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConnectionTimeoutError';
+  }
+}
+
 interface Outgoing {
   bytes: Uint8Array;
   fds: readonly number[];
@@ -40,14 +74,42 @@ export class Connection {
   private payloadGot = 0;
   private fds: number[] = [];
   private readonly outQueue: Outgoing[] = [];
+  private queuedBytes = 0;
+  private readonly maxQueuedBytes: number;
+  private readonly messageTimeoutMs: number | null;
+  /** Reading is paused because the peer does not read our replies. */
+  private backPressure = false;
   private paused = false;
   private closed = false;
   private events = sys.POLLIN;
+  private messagesReceived = 0;
+  /** Armed while a message (or, before the first one, the handshake) is incomplete. */
+  private timer: NodeJS.Timeout | null = null;
 
-  constructor(fd: number, handler: ConnectionHandler) {
+  constructor(fd: number, handler: ConnectionHandler, options: ConnectionOptions = {}) {
     this.fd = fd;
     this.handler = handler;
+    this.maxQueuedBytes = options.maxQueuedBytes ?? DEFAULT_MAX_QUEUED_BYTES;
+    if (!(this.maxQueuedBytes > 0)) throw new RangeError('maxQueuedBytes must be positive');
+    this.messageTimeoutMs = options.messageTimeoutMs === undefined ? DEFAULT_MESSAGE_TIMEOUT_MS : options.messageTimeoutMs;
     this.watcher = sys.watchFd(fd, sys.POLLIN, (status, events) => this.onPoll(status, events));
+    const handshake = options.handshakeTimeoutMs ?? null;
+    if (handshake !== null) this.arm(handshake, `no complete message within the ${handshake} ms handshake timeout`);
+  }
+
+  /** Bytes of replies waiting for the peer to read them. */
+  get pendingOutputBytes(): number {
+    return this.queuedBytes;
+  }
+
+  /** Complete messages received so far. */
+  get messageCount(): number {
+    return this.messagesReceived;
+  }
+
+  /** Whether reading is paused because too many replies are unsent. */
+  get readingPausedByBackPressure(): boolean {
+    return this.backPressure;
   }
 
   /** Whether close() ran or the peer went away. */
@@ -60,6 +122,8 @@ export class Connection {
     if (this.closed) throw new Error('vhost-user connection is closed');
     if (this.outQueue.length > 0) {
       this.outQueue.push({ bytes: msg.bytes, fds: msg.fds });
+      this.queuedBytes += msg.bytes.length;
+      this.checkBackPressure();
       return;
     }
     this.writeSome(msg.bytes, msg.fds);
@@ -76,9 +140,12 @@ export class Connection {
     this.closed = true;
     this.watcher?.close();
     this.watcher = null;
+    this.disarm();
     for (const fd of this.fds) safeClose(fd);
     this.fds = [];
     this.outQueue.length = 0;
+    this.queuedBytes = 0;
+    this.payload = new Uint8Array(0);
     safeClose(this.fd);
     this.handler.onClose(error);
   }
@@ -94,15 +161,27 @@ export class Connection {
     }
     if (n === bytes.length) return true;
     // The fds went with the first byte written; the rest must not carry them again.
-    this.outQueue.unshift(n === null ? { bytes, fds } : { bytes: bytes.subarray(n), fds: [] });
+    const rest = n === null ? { bytes, fds } : { bytes: bytes.subarray(n), fds: [] };
+    this.outQueue.unshift(rest);
+    this.queuedBytes += rest.bytes.length;
+    this.checkBackPressure();
     this.updateWatcher();
     return false;
+  }
+
+  /** Pauses reading above the bound, resumes below half of it (hysteresis avoids flapping). */
+  private checkBackPressure(): void {
+    const on = this.backPressure ? this.queuedBytes > this.maxQueuedBytes / 2 : this.queuedBytes > this.maxQueuedBytes;
+    if (on === this.backPressure) return;
+    this.backPressure = on;
+    this.updateWatcher();
+    if (!on && !this.paused) setImmediate(() => this.readAvailable());
   }
 
   /** Polls for input unless a request is being processed, and for output while data is queued. */
   private updateWatcher(): void {
     if (this.watcher === null) return;
-    const ev = (this.paused ? 0 : sys.POLLIN) | (this.outQueue.length > 0 ? sys.POLLOUT : 0);
+    const ev = (this.paused || this.backPressure ? 0 : sys.POLLIN) | (this.outQueue.length > 0 ? sys.POLLOUT : 0);
     if (ev === this.events) return;
     this.events = ev;
     if (ev === 0) this.watcher.stop();
@@ -122,14 +201,44 @@ export class Connection {
   private flush(): void {
     while (this.outQueue.length > 0 && !this.closed) {
       const head = this.outQueue.shift()!;
+      this.queuedBytes -= head.bytes.length;
       // On a short write writeSome puts the remainder back at the head of the queue.
       if (!this.writeSome(head.bytes, head.fds)) return;
     }
+    this.checkBackPressure();
     this.updateWatcher();
   }
 
+  private arm(ms: number, reason: string): void {
+    this.disarm();
+    this.timer = setTimeout(() => this.close(new ConnectionTimeoutError(`vhost-user peer: ${reason}`)), ms);
+    // A timeout guards against a peer; it must not keep the process alive by itself.
+    this.timer.unref();
+  }
+
+  private disarm(): void {
+    if (this.timer !== null) {
+      clearTimeout(this.timer);
+      this.timer = null;
+    }
+  }
+
+  /**
+   * After a read: a message left incomplete gets one deadline from the moment it started (more
+   * bytes trickling in do not extend it). Before the first message the handshake deadline rules.
+   */
+  private updateTimer(): void {
+    if (this.closed || this.timer !== null || this.messageTimeoutMs === null) return;
+    if (this.headerGot > 0 || this.header !== null) this.arm(this.messageTimeoutMs, `message incomplete after ${this.messageTimeoutMs} ms`);
+  }
+
   private readAvailable(): void {
-    while (!this.closed && !this.paused) {
+    this.readMessages();
+    this.updateTimer();
+  }
+
+  private readMessages(): void {
+    while (!this.closed && !this.paused && !this.backPressure) {
       let r: { bytes: number; fds: number[] } | null;
       const target = this.header === null
         ? this.headerBuf.subarray(this.headerGot)
@@ -174,6 +283,8 @@ export class Connection {
       }
       if (this.payloadGot < this.payload.length) continue;
       const msg: RawMessage = { header: this.header, payload: this.payload, fds: this.fds };
+      this.messagesReceived++;
+      this.disarm();
       this.header = null;
       this.headerGot = 0;
       this.fds = [];
