@@ -194,6 +194,13 @@ export class BlkRequestExecutor {
   private async transfer(slot: BlkRequestSlot, write: boolean, sector: bigint): Promise<number> {
     if (write && this.readOnly) return this.reject(slot, VIRTIO_BLK_S_IOERR, 'write to a read-only device');
     const chain = slot.chain;
+    // Data in the wrong direction is a broken driver: reporting OK would silently drop an OUT's
+    // data (or return nothing for an IN), so it fails the request (VIRTIO 1.2 §5.2.6.1).
+    if (write ? chain.writer.availableBytes !== 1 : chain.reader.availableBytes !== 0) {
+      return this.reject(slot, VIRTIO_BLK_S_IOERR, write
+        ? `${chain.writer.availableBytes - 1} bytes of device-writable data on a write`
+        : `${chain.reader.availableBytes} bytes of device-readable data on a read`);
+    }
     // IN: every writable byte but the trailing status byte is data.
     const len = write ? chain.reader.availableBytes : chain.writer.availableBytes - 1;
     if (len % VIRTIO_BLK_SECTOR_SIZE !== 0) return this.reject(slot, VIRTIO_BLK_S_IOERR, `data length ${len} is not a multiple of 512`);
@@ -220,6 +227,9 @@ export class BlkRequestExecutor {
     }
     const r = slot.chain.reader;
     const len = r.availableBytes;
+    if (slot.chain.writer.availableBytes !== 1) {
+      return this.reject(slot, VIRTIO_BLK_S_IOERR, `${slot.chain.writer.availableBytes - 1} bytes of device-writable data on a ${discard ? 'discard' : 'write-zeroes'}`);
+    }
     const maxSeg = discard ? this.maxDiscardSeg : this.maxWriteZeroesSeg;
     const maxSectors = discard ? this.maxDiscardSectors : this.maxWriteZeroesSectors;
     if (len === 0 || len % VIRTIO_BLK_DWZ_SEGMENT_SIZE !== 0) {
