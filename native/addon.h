@@ -79,7 +79,7 @@ void register_fns(napi_env env, napi_value exports, const export_fn *fns, size_t
 void sock_register(napi_env env, napi_value exports);
 void mem_register(napi_env env, napi_value exports);
 void watch_register(napi_env env, napi_value exports);
-void lock_register(napi_env env, napi_value exports);
+void fdops_register(napi_env env, napi_value exports);
 
 /* Env teardown hooks of each part. watch_teardown returns the number of
  * handles whose close callback is still pending. */

@@ -95,6 +95,19 @@ export class VhostUserDaemon {
     this.resolveDone();
   }
 
+  /**
+   * Serves one already-connected front-end socket (e.g. a socketpair end passed by libvirt with
+   * `--fd`); the daemon stops when that front-end disconnects.
+   */
+  serveConnectedFd(fd: number): void {
+    if (this.listener !== null || this.serving) throw new Error('daemon already started');
+    this.serving = true;
+    void this.serveConnection(fd).then(() => {
+      this.serving = false;
+      this.resolveDone();
+    });
+  }
+
   /** The per-thread event handlers of the current connection (rust-vmm's `get_epoll_handlers`). */
   getEpollHandlers(): readonly VringEventHandler[] {
     return this.handler?.eventHandlers ?? [];

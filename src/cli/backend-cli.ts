@@ -4,7 +4,8 @@
  * daemonizing, a prompt and clean exit on SIGTERM (and SIGINT).
  * @module
  */
-import { unlinkSync } from 'node:fs';
+import { fstatSync, readFileSync, unlinkSync } from 'node:fs';
+import * as sys from '../sys/index.js';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { VhostUserDaemon, type VhostUserBackend } from '../backend/index.js';
 import { DEFAULT_SOCKET_MODE, UnixListener, checkSocketPath } from '../vhost-user/listener.js';
@@ -40,7 +41,7 @@ export function intOption(values: OptionValues, name: string, min: number, max: 
   const v = values[name];
   if (v === undefined) return undefined;
   const n = typeof v === 'string' && /^\d+$/.test(v) ? Number(v) : NaN;
-  if (!Number.isSafeInteger(n) || n < min || n > max) throw new Error(`--${name} must be an integer in ${min}..${max}`);
+  if (!Number.isSafeInteger(n) || n < min || n > max) throw new UsageError(`--${name} must be an integer in ${min}..${max}`);
   return n;
 }
 
@@ -49,29 +50,105 @@ export const SHUTDOWN_TIMEOUT_MS = 4000;
 /** Exit status when shutdown had to give up waiting (or a second signal came). */
 const EXIT_FORCED = 3;
 
+/** Reads where the daemon meets its front-end from the options (usage errors throw UsageError). */
+function parseEndpoint(values: OptionValues): Endpoint {
+  const socketPath = values['socket-path'] as string | undefined;
+  const fdArg = values.fd as string | undefined;
+  if ((socketPath === undefined) === (fdArg === undefined)) throw new UsageError('exactly one of --socket-path and --fd is required');
+  const group = values['socket-group'] as string | undefined;
+  const modeArg = values['socket-mode'] as string | undefined;
+  if (fdArg !== undefined) {
+    if (group !== undefined || modeArg !== undefined) throw new UsageError('--socket-mode and --socket-group apply to --socket-path only');
+    return inheritedSocket(fdArg);
+  }
+  if (modeArg !== undefined && !/^0?[0-7]{1,3}$/.test(modeArg)) throw new UsageError(`--socket-mode ${modeArg} is not an octal permission mode (e.g. 0600)`);
+  const mode = modeArg !== undefined ? parseInt(modeArg, 8) : group !== undefined ? 0o660 : DEFAULT_SOCKET_MODE;
+  // Before the device opens (and locks) its image: a bad path must not cost anything.
+  try {
+    checkSocketPath(socketPath!);
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+  return { kind: 'path', path: socketPath!, mode, group };
+}
+
 const COMMON_OPTIONS = {
   'socket-path': { type: 'string' },
   fd: { type: 'string' },
   'socket-mode': { type: 'string' },
   'socket-group': { type: 'string' },
   'print-capabilities': { type: 'boolean' },
+  version: { type: 'boolean', short: 'V' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
+/** Exit status of a usage error (bad or missing option), as the back-end conventions ask. */
+export const EXIT_USAGE = 2;
+/** Exit status of a runtime failure (cannot open the image, cannot listen...). */
+export const EXIT_FAILURE = 1;
+
+/** A bad command line: the CLI prints it on one line and exits with {@link EXIT_USAGE}. */
+export class UsageError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'UsageError';
+  }
+}
+
+/** The package version, for `--version`. */
+function packageVersion(): string {
+  try {
+    const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version?: unknown };
+    return typeof pkg.version === 'string' ? pkg.version : 'unknown';
+  } catch {
+    return 'unknown';
+  }
+}
+
+/** How the daemon reaches its front-end: a socket path, or an inherited fd of either kind. */
+type Endpoint =
+  | { kind: 'path'; path: string; mode: number; group: string | undefined }
+  | { kind: 'listening-fd'; fd: number }
+  | { kind: 'connected-fd'; fd: number };
+
+/** Checks `--fd N` before anything else happens: it must be a Unix stream socket. */
+function inheritedSocket(arg: string): Endpoint {
+  const fd = /^\d+$/.test(arg) ? Number(arg) : NaN;
+  if (!Number.isSafeInteger(fd) || fd > 0x7fffffff) throw new UsageError(`--fd ${arg} is not a file descriptor number`);
+  let st;
+  try {
+    st = fstatSync(fd);
+  } catch {
+    throw new UsageError(`--fd ${fd} is not an open file descriptor`);
+  }
+  if (!st.isSocket()) {
+    const what = st.isFile() ? 'a regular file' : st.isDirectory() ? 'a directory' : st.isFIFO() ? 'a pipe' : st.isCharacterDevice() ? 'a character device' : st.isBlockDevice() ? 'a block device' : 'some other kind of file';
+    throw new UsageError(`--fd ${fd} is not a socket (it is ${what})`);
+  }
+  const info = sys.socketInfo(fd);
+  if (info.domain !== sys.AF_UNIX || info.type !== sys.SOCK_STREAM) throw new UsageError(`--fd ${fd} is not a Unix stream socket`);
+  return info.listening ? { kind: 'listening-fd', fd } : { kind: 'connected-fd', fd };
+}
+
 /** Runs a device daemon CLI to completion; resolves with the process exit status. */
 export async function runBackendCli(spec: BackendCliSpec, argv: string[] = process.argv.slice(2)): Promise<number> {
-  const fail = (msg: string): number => {
+  const fail = (msg: string, status = EXIT_FAILURE): number => {
     process.stderr.write(`${spec.program}: ${msg}\n`);
-    return 1;
+    return status;
   };
+  // The conventions: with --print-capabilities, other options and arguments are ignored.
+  if (argv.includes('--print-capabilities')) {
+    process.stdout.write(`${JSON.stringify({ type: spec.type, features: spec.capabilities })}\n`);
+    return 0;
+  }
   let values: OptionValues;
   try {
     values = parseArgs({ args: argv, options: { ...COMMON_OPTIONS, ...spec.options }, strict: true, allowPositionals: false }).values as OptionValues;
   } catch (e) {
-    return fail(`${(e as Error).message} (see --help)`);
+    return fail(`${(e as Error).message} (see --help)`, EXIT_USAGE);
   }
-  if (values['print-capabilities']) {
-    process.stdout.write(`${JSON.stringify({ type: spec.type, features: spec.capabilities })}\n`);
+  if (values.version) {
+    process.stdout.write(`${spec.program} ${packageVersion()}\n`);
     return 0;
   }
   if (values.help) {
@@ -79,28 +156,20 @@ export async function runBackendCli(spec: BackendCliSpec, argv: string[] = proce
       `  --socket-path PATH      listen on this Unix socket (only a stale socket file is replaced)\n` +
       `  --socket-mode MODE      permissions of the socket file, octal (default 0600; 0660 with --socket-group)\n` +
       `  --socket-group GROUP    group owning the socket file (name or gid)\n` +
-      `  --fd N                  serve the inherited listening socket N\n` +
+      `  --fd N                  serve inherited socket N: a listening socket, or a connected one\n` +
+      `                          (e.g. a socketpair end from libvirt; the daemon exits when it closes)\n` +
       `  --print-capabilities    print the back-end capabilities as JSON and exit\n` +
+      `  --version               print the version and exit\n` +
+      `  -h, --help              print this help and exit\n` +
       `${spec.usage}\n`);
     return 0;
   }
-  const socketPath = values['socket-path'] as string | undefined;
-  const fdArg = values.fd as string | undefined;
-  if ((socketPath === undefined) === (fdArg === undefined)) return fail('exactly one of --socket-path and --fd is required');
-  const group = values['socket-group'] as string | undefined;
-  const modeArg = values['socket-mode'] as string | undefined;
-  if (fdArg !== undefined && (group !== undefined || modeArg !== undefined)) return fail('--socket-mode and --socket-group apply to --socket-path only');
-  if (modeArg !== undefined && !/^0?[0-7]{1,3}$/.test(modeArg)) return fail(`--socket-mode ${modeArg} is not an octal permission mode (e.g. 0600)`);
-  const mode = modeArg !== undefined ? parseInt(modeArg, 8) : group !== undefined ? 0o660 : DEFAULT_SOCKET_MODE;
-  if (socketPath !== undefined) {
-    // Before the device opens (and locks) its image: a bad path must not cost anything.
-    try {
-      checkSocketPath(socketPath);
-    } catch (e) {
-      return fail((e as Error).message);
-    }
+  let endpoint: Endpoint;
+  try {
+    endpoint = parseEndpoint(values);
+  } catch (e) {
+    return fail((e as Error).message, e instanceof UsageError ? EXIT_USAGE : EXIT_FAILURE);
   }
-  let listener: UnixListener;
   let device: Awaited<ReturnType<BackendCliSpec['create']>>;
   // Rejected guest input is logged per request; the rate limit keeps a hostile guest from
   // turning that into a log flood.
@@ -108,22 +177,24 @@ export async function runBackendCli(spec: BackendCliSpec, argv: string[] = proce
   try {
     device = await spec.create(values, logger);
   } catch (e) {
-    return fail((e as Error).message);
+    return fail((e as Error).message, e instanceof UsageError ? EXIT_USAGE : EXIT_FAILURE);
   }
+  const daemon = new VhostUserDaemon(spec.program, device.backend, { logger });
   try {
-    if (fdArg !== undefined) {
-      const fd = Number(fdArg);
-      if (!Number.isInteger(fd) || fd < 0) return fail(`--fd ${fdArg} is not a file descriptor number`);
-      listener = UnixListener.fromFd(fd);
+    if (endpoint.kind === 'path') {
+      daemon.start(UnixListener.listen(endpoint.path, { mode: endpoint.mode, ...(endpoint.group !== undefined ? { group: endpoint.group } : {}) }));
+    } else if (endpoint.kind === 'listening-fd') {
+      daemon.start(UnixListener.fromFd(endpoint.fd));
     } else {
-      listener = UnixListener.listen(socketPath!, { mode, ...(group !== undefined ? { group } : {}) });
+      // One front-end on the other end of the socket: serve it, then exit.
+      sys.setNonBlocking(endpoint.fd, true);
+      daemon.serveConnectedFd(endpoint.fd);
     }
   } catch (e) {
     await device.close?.();
     return fail(`cannot listen: ${(e as Error).message}`);
   }
-  const daemon = new VhostUserDaemon(spec.program, device.backend, { logger });
-  daemon.start(listener);
+  const socketPath = endpoint.kind === 'path' ? endpoint.path : undefined;
   let signalled: string | null = null;
   const onSignal = (sig: NodeJS.Signals): void => {
     if (signalled !== null) {

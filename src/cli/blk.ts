@@ -5,7 +5,7 @@
  *     vhost-user-blk (--socket-path PATH | --fd N) [--blk-file FILE] [--read-only] [--num-queues N]
  * @module
  */
-import { intOption, runBackendCli } from './backend-cli.js';
+import { UsageError, intOption, runBackendCli } from './backend-cli.js';
 import { FileDisk, RamDisk, VhostUserBlkBackend, type BlockDisk } from '../devices/blk/index.js';
 
 const PROGRAM = 'vhost-user-blk';
@@ -33,7 +33,7 @@ const code = await runBackendCli({
   async create(values, logger) {
     const numQueues = intOption(values, 'num-queues', 1, 64) ?? 1;
     const queueSize = intOption(values, 'queue-size', 1, 32768) ?? 256;
-    if ((queueSize & (queueSize - 1)) !== 0) throw new Error('--queue-size must be a power of two');
+    if ((queueSize & (queueSize - 1)) !== 0) throw new UsageError('--queue-size must be a power of two');
     const readOnly = values['read-only'] === true;
     const file = values['blk-file'] as string | undefined;
     let disk: BlockDisk;

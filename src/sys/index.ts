@@ -34,6 +34,7 @@ interface NativeAddon {
   ioctl(fd: number, request: number | bigint, arg: Uint8Array | number | bigint | undefined): number;
   openFdCount(): number;
   lockFile(fd: number, exclusive: boolean): void;
+  socketInfo(fd: number): SocketInfo;
   fallocateAsync(fd: number, mode: number, offset: number | bigint, length: number | bigint): Promise<void>;
   ioctlRangeAsync(fd: number, request: number | bigint, offset: number | bigint, length: number | bigint): Promise<void>;
   mmap(fd: number, offset: number | bigint, length: number, prot: number, flags: number): [NativeHandle, bigint, ArrayBuffer[]];
@@ -284,6 +285,26 @@ export function ioctlRangeAsync(fd: number, request: number | bigint, offset: nu
  */
 export function lockFile(fd: number, exclusive: boolean): void {
   native.lockFile(fd, exclusive);
+}
+
+/** What a socket fd is (getsockopt SO_DOMAIN, SO_TYPE, SO_ACCEPTCONN). */
+export interface SocketInfo {
+  /** Address family: 1 = AF_UNIX. */
+  domain: number;
+  /** Socket type: 1 = SOCK_STREAM. */
+  type: number;
+  /** Whether listen() was called on it. */
+  listening: boolean;
+}
+
+/** AF_UNIX address family. */
+export const AF_UNIX = 1;
+/** Stream socket type. */
+export const SOCK_STREAM = 1;
+
+/** Describes socket `fd`; throws SysError ENOTSOCK when it is not a socket. */
+export function socketInfo(fd: number): SocketInfo {
+  return native.socketInfo(fd);
 }
 
 /** Number of open fds in this process (entries of /proc/self/fd), for leak checks. */

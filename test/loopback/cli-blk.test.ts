@@ -20,11 +20,11 @@ test('npx vhost-user-blk --print-capabilities prints the back-end conventions JS
   assert.equal(stdout, '{"type":"block","features":["read-only","blk-file"]}\n');
 });
 
-test('vhost-user-blk refuses bad usage with one line and a non-zero status', async () => {
-  for (const args of [[], ['--socket-path', '/tmp/x.sock', '--fd', '3'], ['--socket-path', '/tmp/x.sock', '--num-queues', '0'],
-    ['--socket-path', '/tmp/x.sock', '--blk-file', '/nonexistent/disk.img'], ['--bogus']]) {
+test('vhost-user-blk refuses bad usage with one line and status 2; a runtime failure with status 1', async () => {
+  for (const [args, status] of [[[], 2], [['--socket-path', '/tmp/x.sock', '--fd', '3'], 2], [['--socket-path', '/tmp/x.sock', '--num-queues', '0'], 2],
+    [['--socket-path', '/tmp/x.sock', '--blk-file', '/nonexistent/disk.img'], 1], [['--bogus'], 2], [['--fd', 'x'], 2], [['--fd', '987'], 2]] as const) {
     await assert.rejects(run(process.execPath, [blk, ...args], { timeout: 10_000 }), (e: { code?: number; stderr?: string }) => {
-      assert.equal(e.code, 1, `exit status for ${args.join(' ')}`);
+      assert.equal(e.code, status, `exit status for ${args.join(' ')}`);
       assert.match(e.stderr ?? '', /^vhost-user-blk: [^\n]+\n$/, `one line for ${args.join(' ')}: ${e.stderr}`);
       return true;
     });
