@@ -52,24 +52,38 @@ interface NativeAddon {
 declare const nativeHandleBrand: unique symbol;
 type NativeHandle = { readonly [nativeHandleBrand]: true };
 
-const ADDON_NAME = 'vhost_user_native.node';
-
-/** Walks up from this module (src/sys or dist/src/sys) to the package root holding build/. */
-function findAddon(): string {
+/** The package root: the directory holding package.json above src/sys or dist/src/sys. */
+function packageRoot(): string {
   let dir = dirname(fileURLToPath(import.meta.url));
   for (let i = 0; i < 6; i++) {
-    for (const kind of ['Release', 'Debug']) {
-      const p = join(dir, 'build', kind, ADDON_NAME);
-      if (existsSync(p)) return p;
-    }
+    if (existsSync(join(dir, 'package.json')) && existsSync(join(dir, 'binding.gyp'))) return dir;
     const parent = dirname(dir);
     if (parent === dir) break;
     dir = parent;
   }
-  throw new Error(`${ADDON_NAME} not found above ${fileURLToPath(import.meta.url)}; run \`npx node-gyp rebuild\``);
+  throw new Error(`vhost-user: package root not found above ${fileURLToPath(import.meta.url)}`);
 }
 
-const native = createRequire(import.meta.url)(findAddon()) as NativeAddon;
+/**
+ * Loads the addon: a prebuilt binary shipped in prebuilds/ (N-API, one per platform and
+ * architecture), else one compiled into build/ at install time. When neither exists the error says
+ * how to build it.
+ */
+function loadAddon(): NativeAddon {
+  const root = packageRoot();
+  const req = createRequire(import.meta.url);
+  const nodeGypBuild = req('node-gyp-build') as (dir: string) => unknown;
+  try {
+    return nodeGypBuild(root) as NativeAddon;
+  } catch (e) {
+    throw new Error(`vhost-user: no native addon for ${process.platform}-${process.arch} (no prebuilt binary in ` +
+      `${join(root, 'prebuilds')} and none built in ${join(root, 'build')}). Build it with \`npm rebuild vhost-user\` ` +
+      `(needs python3, make, a C compiler and Node's headers; in a clone of the repository: \`npx node-gyp rebuild\`). ` +
+      `Cause: ${(e as Error).message.split('\n')[0]}`);
+  }
+}
+
+const native = loadAddon();
 
 const errnoNames = new Map<number, string>();
 for (const [name, value] of Object.entries(osConstants.errno)) {
