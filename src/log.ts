@@ -7,33 +7,110 @@
 /** Severity of a log record. */
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
 
+/** Every level, lowest first. */
+export const LOG_LEVELS: readonly LogLevel[] = ['debug', 'info', 'warn', 'error'];
+
+/** Structured context of a record (connection id, queue, request name...). */
+export type LogFields = Readonly<Record<string, string | number | boolean | bigint | null | undefined>>;
+
 /** A log sink. */
 export interface Logger {
-  /** Writes one record. */
-  log(level: LogLevel, message: string): void;
+  /** Writes one record; `fields` carry machine-readable context (JSON output keeps them). */
+  log(level: LogLevel, message: string, fields?: LogFields): void;
   /** Whether records of `level` are kept (lets callers skip building costly messages). */
   enabled?(level: LogLevel): boolean;
 }
 
+/**
+ * The part of a pino (or bunyan, or winston-like) logger this package uses: one method per level
+ * taking `(fields, message)`. Pass such a logger anywhere a {@link Logger} is accepted via
+ * {@link toLogger}.
+ */
+export interface PinoLikeLogger {
+  debug(obj: object, msg: string): void;
+  info(obj: object, msg: string): void;
+  warn(obj: object, msg: string): void;
+  error(obj: object, msg: string): void;
+  isLevelEnabled?(level: string): boolean;
+}
+
+/** Accepts a {@link Logger} or a pino-compatible logger and returns a {@link Logger}. */
+export function toLogger(l: Logger | PinoLikeLogger): Logger {
+  if (typeof (l as Logger).log === 'function') return l as Logger;
+  const p = l as PinoLikeLogger;
+  return {
+    log(level, message, fields) {
+      p[level](fields === undefined ? {} : jsonFields(fields), message);
+    },
+    enabled(level) {
+      return p.isLevelEnabled?.(level) ?? true;
+    },
+  };
+}
+
 const ORDER: Record<LogLevel, number> = { debug: 0, info: 1, warn: 2, error: 3 };
 
-/** Logs to stderr, one line per record, at or above `minLevel` (env VHOST_USER_LOG overrides). */
+/** Whether `s` names a log level. */
+export function isLogLevel(s: string): s is LogLevel {
+  return Object.prototype.hasOwnProperty.call(ORDER, s);
+}
+
+/** Options of {@link StderrLogger}. */
+export interface StderrLoggerOptions {
+  /** Lowest level written (default `info`; the VHOST_USER_LOG environment variable overrides). */
+  level?: LogLevel;
+  /** `text`: `TIME NAME LEVEL: message key=value...`; `json`: one JSON object per line. */
+  format?: 'text' | 'json';
+  /** Prefix each text line with an ISO-8601 timestamp (default true; JSON always has `time`). */
+  timestamps?: boolean;
+  /** Where lines go (default process.stderr). */
+  write?: (line: string) => void;
+}
+
+/** Logs to stderr, one line per record, at or above the configured level. */
 export class StderrLogger implements Logger {
   private readonly min: number;
+  private readonly format: 'text' | 'json';
+  private readonly timestamps: boolean;
+  private readonly write: (line: string) => void;
 
-  constructor(private readonly prefix = 'vhost-user', minLevel: LogLevel = 'info') {
-    const env = process.env['VHOST_USER_LOG'] as LogLevel | undefined;
-    this.min = ORDER[env !== undefined && env in ORDER ? env : minLevel];
+  /**
+   * @param name shown in every record (the program or daemon name)
+   * @param options level, format, timestamps; a bare level is accepted for compatibility
+   */
+  constructor(readonly name = 'vhost-user', options: StderrLoggerOptions | LogLevel = {}) {
+    const opts = typeof options === 'string' ? { level: options } : options;
+    const env = process.env['VHOST_USER_LOG'];
+    this.min = ORDER[env !== undefined && isLogLevel(env) ? env : opts.level ?? 'info'];
+    this.format = opts.format ?? 'text';
+    this.timestamps = opts.timestamps ?? true;
+    this.write = opts.write ?? ((line) => { process.stderr.write(line); });
   }
 
   enabled(level: LogLevel): boolean {
     return ORDER[level] >= this.min;
   }
 
-  log(level: LogLevel, message: string): void {
+  log(level: LogLevel, message: string, fields?: LogFields): void {
     if (ORDER[level] < this.min) return;
-    process.stderr.write(`${this.prefix}: ${level}: ${message}\n`);
+    const time = new Date().toISOString();
+    if (this.format === 'json') {
+      this.write(`${JSON.stringify({ time, level, name: this.name, msg: message, ...(fields === undefined ? {} : jsonFields(fields)) })}\n`);
+      return;
+    }
+    let extra = '';
+    if (fields !== undefined) {
+      for (const [k, v] of Object.entries(fields)) if (v !== undefined) extra += ` ${k}=${typeof v === 'string' && /\s/.test(v) ? JSON.stringify(v) : String(v)}`;
+    }
+    this.write(`${this.timestamps ? `${time} ` : ''}${this.name} ${level}: ${message}${extra}\n`);
   }
+}
+
+/** Fields as JSON-safe values (bigints as decimal strings). */
+function jsonFields(fields: LogFields): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(fields)) if (v !== undefined) out[k] = typeof v === 'bigint' ? v.toString() : v;
+  return out;
 }
 
 /** Discards everything (tests that provoke errors on purpose). */
@@ -64,9 +141,9 @@ export class RateLimitedLogger implements Logger {
     return this.inner.enabled?.(level) ?? true;
   }
 
-  log(level: LogLevel, message: string): void {
+  log(level: LogLevel, message: string, fields?: LogFields): void {
     if (level === 'debug' || level === 'info') {
-      this.inner.log(level, message);
+      this.inner.log(level, message, fields);
       return;
     }
     const t = this.now();
@@ -78,7 +155,7 @@ export class RateLimitedLogger implements Logger {
     }
     if (this.count < this.burst) {
       this.count++;
-      this.inner.log(level, message);
+      this.inner.log(level, message, fields);
     } else {
       this.dropped++;
     }

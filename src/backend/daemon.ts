@@ -7,15 +7,18 @@ import { BackendEndpoint } from '../vhost-user/backend-endpoint.js';
 import { UnixListener, connectUnixWithRetry } from '../vhost-user/listener.js';
 import type { ConnectionOptions } from '../vhost-user/connection.js';
 import * as sys from '../sys/index.js';
-import { defaultLogger, type Logger } from '../log.js';
+import { StderrLogger, toLogger, type Logger, type PinoLikeLogger } from '../log.js';
 import type { VhostUserBackend } from './backend.js';
 import { VhostUserHandler } from './handler.js';
 import type { VringEventHandler } from './event-handler.js';
 
 /** Options of a {@link VhostUserDaemon}. */
 export interface VhostUserDaemonOptions {
-  /** Where the daemon logs (rejected requests name the request and the reason). */
-  logger?: Logger;
+  /**
+   * Where the daemon logs (rejected requests name the request and the reason): a {@link Logger}
+   * or a pino-compatible logger. Default: stderr, records named after the daemon.
+   */
+  logger?: Logger | PinoLikeLogger;
   /**
    * A front-end that has not sent one complete message within this many ms of being served is
    * disconnected, so a silent or half-open peer cannot block the front-ends behind it
@@ -61,7 +64,7 @@ export class VhostUserDaemon {
    * @param backend the device
    */
   constructor(readonly name: string, readonly backend: VhostUserBackend, options: VhostUserDaemonOptions = {}) {
-    this.logger = options.logger ?? defaultLogger;
+    this.logger = options.logger === undefined ? new StderrLogger(name) : toLogger(options.logger);
     this.handshakeTimeoutMs = options.handshakeTimeoutMs === undefined ? DEFAULT_HANDSHAKE_TIMEOUT_MS : options.handshakeTimeoutMs;
     this.whenBusy = options.whenBusy ?? 'queue';
     this.connectionOptions = options.connection ?? {};
@@ -150,7 +153,7 @@ export class VhostUserDaemon {
         this.admit(fd);
       }
     } catch (e) {
-      this.logger.log('error', `${this.name}: accept loop failed: ${(e as Error).message}`);
+      this.logger.log('error', `accept loop failed: ${(e as Error).message}`);
       this.rejectDone(e as Error);
     } finally {
       for (const fd of this.waiting.splice(0)) closeQuietly(fd);
@@ -164,13 +167,13 @@ export class VhostUserDaemon {
       return;
     }
     if (this.whenBusy === 'refuse' || this.waiting.length >= MAX_WAITING_FRONTENDS) {
-      this.logger.log('warn', `${this.name}: front-end refused: another front-end is being served` +
+      this.logger.log('warn', `front-end refused: another front-end is being served` +
         (this.whenBusy === 'queue' ? ` and ${this.waiting.length} are waiting` : ''));
       closeQuietly(fd);
       return;
     }
     this.waiting.push(fd);
-    this.logger.log('info', `${this.name}: front-end waiting (${this.waiting.length} in line): another front-end is being served`);
+    this.logger.log('info', `front-end waiting (${this.waiting.length} in line): another front-end is being served`);
   }
 
   /** Serves `fd`, then each waiting front-end in turn. */
@@ -188,7 +191,7 @@ export class VhostUserDaemon {
   private serveConnection(fd: number, handshakeTimeoutMs: number | null = null): Promise<void> {
     this.connections++;
     const id = this.connections;
-    this.logger.log('info', `${this.name}: front-end connected (connection ${id})`);
+    this.logger.log('info', `front-end connected (connection ${id})`, { connection: id });
     const handler = new VhostUserHandler(this.backend, this.logger);
     this.handler = handler;
     const endpoint = new BackendEndpoint(fd, handler, {
@@ -198,11 +201,11 @@ export class VhostUserDaemon {
     this.endpoint = endpoint;
     handler.onWorkerFailure = (e) => endpoint.close(e);
     this.sessionEnd = endpoint.closed().then(async (err) => {
-      this.logger.log('info', `${this.name}: front-end disconnected (connection ${id})${err ? `: ${err.message}` : ''}`);
+      this.logger.log('info', `front-end disconnected (connection ${id})${err ? `: ${err.message}` : ''}`, { connection: id });
       try {
         await handler.close();
       } catch (e) {
-        this.logger.log('error', `${this.name}: device reset failed: ${(e as Error).message}`);
+        this.logger.log('error', `device reset failed: ${(e as Error).message}`, { connection: id });
       }
       if (this.handler === handler) this.handler = null;
       if (this.endpoint === endpoint) this.endpoint = null;

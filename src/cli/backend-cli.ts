@@ -9,7 +9,7 @@ import * as sys from '../sys/index.js';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { VhostUserDaemon, type VhostUserBackend } from '../backend/index.js';
 import { DEFAULT_SOCKET_MODE, UnixListener, checkSocketPath } from '../vhost-user/listener.js';
-import { RateLimitedLogger, StderrLogger, type Logger } from '../log.js';
+import { LOG_LEVELS, RateLimitedLogger, StderrLogger, isLogLevel, type Logger, type StderrLoggerOptions } from '../log.js';
 
 /** Option values as parsed by node:util parseArgs. */
 export type OptionValues = Record<string, string | boolean | undefined>;
@@ -50,6 +50,15 @@ export const SHUTDOWN_TIMEOUT_MS = 4000;
 /** Exit status when shutdown had to give up waiting (or a second signal came). */
 const EXIT_FORCED = 3;
 
+/** --log-level / --log-format. */
+function logOptions(values: OptionValues): StderrLoggerOptions {
+  const level = values['log-level'] as string | undefined;
+  const format = values['log-format'] as string | undefined;
+  if (level !== undefined && !isLogLevel(level)) throw new UsageError(`--log-level ${level}: one of ${LOG_LEVELS.join(', ')}`);
+  if (format !== undefined && format !== 'text' && format !== 'json') throw new UsageError(`--log-format ${format}: text or json`);
+  return { ...(level !== undefined ? { level } : {}), ...(format !== undefined ? { format } : {}) };
+}
+
 /** Reads where the daemon meets its front-end from the options (usage errors throw UsageError). */
 function parseEndpoint(values: OptionValues): Endpoint {
   const socketPath = values['socket-path'] as string | undefined;
@@ -79,6 +88,8 @@ const COMMON_OPTIONS = {
   'socket-group': { type: 'string' },
   'print-capabilities': { type: 'boolean' },
   version: { type: 'boolean', short: 'V' },
+  'log-level': { type: 'string' },
+  'log-format': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -159,6 +170,8 @@ export async function runBackendCli(spec: BackendCliSpec, argv: string[] = proce
       `  --fd N                  serve inherited socket N: a listening socket, or a connected one\n` +
       `                          (e.g. a socketpair end from libvirt; the daemon exits when it closes)\n` +
       `  --print-capabilities    print the back-end capabilities as JSON and exit\n` +
+      `  --log-level LEVEL       debug, info (default), warn or error (env VHOST_USER_LOG overrides)\n` +
+      `  --log-format FORMAT     text (default: timestamped lines) or json (one object per line)\n` +
       `  --version               print the version and exit\n` +
       `  -h, --help              print this help and exit\n` +
       `${spec.usage}\n`);
@@ -173,7 +186,12 @@ export async function runBackendCli(spec: BackendCliSpec, argv: string[] = proce
   let device: Awaited<ReturnType<BackendCliSpec['create']>>;
   // Rejected guest input is logged per request; the rate limit keeps a hostile guest from
   // turning that into a log flood.
-  const logger = new RateLimitedLogger(new StderrLogger(spec.program));
+  let logger: Logger;
+  try {
+    logger = new RateLimitedLogger(new StderrLogger(spec.program, logOptions(values)));
+  } catch (e) {
+    return fail((e as Error).message, EXIT_USAGE);
+  }
   try {
     device = await spec.create(values, logger);
   } catch (e) {

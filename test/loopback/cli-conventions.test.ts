@@ -165,3 +165,30 @@ test('install-descriptors writes descriptors whose binary is this installation\'
   const { stdout } = await run(d.binary, ['--print-capabilities']);
   assert.equal(JSON.parse(stdout).type, 'block');
 });
+
+test('--log-format json: every stderr line is a JSON record; connect and disconnect are logged with the connection', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'vu-log-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const sock = join(dir, 'blk.sock');
+  const child = spawn(process.execPath, [blk, '--socket-path', sock, '--log-format', 'json', '--log-level', 'debug'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  t.after(() => child.kill('SIGKILL'));
+  let err = '';
+  child.stderr.on('data', (d: Buffer) => { err += d.toString(); });
+  const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+  await new Promise<void>((resolve) => {
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => { out += d.toString(); if (out.includes('serving')) resolve(); });
+  });
+  const fe = await Frontend.connect(sock);
+  await fe.getFeatures();
+  fe.close();
+  child.kill('SIGTERM');
+  assert.equal(await exited, 0);
+  const records = err.trim().split('\n').map((l) => JSON.parse(l) as { level: string; name: string; msg: string; connection?: number });
+  assert.ok(records.length >= 3, err);
+  for (const r of records) assert.equal(r.name, 'vhost-user-blk');
+  assert.ok(records.some((r) => r.msg.startsWith('front-end connected') && r.connection === 1));
+  assert.ok(records.some((r) => r.msg.startsWith('front-end disconnected') && r.connection === 1));
+  const bad = await run(process.execPath, [blk, '--socket-path', sock, '--log-level', 'loud']).catch((e: { code: number; stderr: string }) => e);
+  assert.equal((bad as { code: number }).code, 2);
+});
