@@ -214,13 +214,18 @@ export async function runBackendCli(spec: BackendCliSpec, argv: string[] = proce
   }
   const socketPath = endpoint.kind === 'path' ? endpoint.path : undefined;
   let signalled: string | null = null;
+  let signalledAt = 0;
   const onSignal = (sig: NodeJS.Signals): void => {
     if (signalled !== null) {
-      // A second signal: the operator does not want to wait.
+      // A second signal: the operator does not want to wait. (Ctrl-C reaches a whole process
+      // group, e.g. npm, its script and this daemon, which forward it too: copies arriving
+      // together are one request.)
+      if (performance.now() - signalledAt < 1000) return;
       logger.log('warn', `${sig} again: exiting now`);
       process.exit(EXIT_FORCED);
     }
     signalled = sig;
+    signalledAt = performance.now();
     logger.log('info', `${sig}: finishing in-flight requests and exiting`);
     // Shutdown is bounded whatever the queues do (a guest flooding them, a stuck disk). Exiting
     // early loses nothing acknowledged: a request is acknowledged only after its I/O completed.
