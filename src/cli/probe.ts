@@ -10,6 +10,7 @@
  * 2 for bad usage.
  * @module
  */
+import { decodeBlkConfig } from '../devices/blk/config.js';
 import { parseArgs } from 'node:util';
 import * as sys from '../sys/index.js';
 import { Frontend } from '../vhost-user/frontend.js';
@@ -32,6 +33,7 @@ Options:
                            (${Object.keys(DEVICE_FEATURES).join(', ')}); vhost-user does not
                            tell the device type, so without it they print as "bit N"
   -c, --config-size N      also read N bytes (1-${VHOST_USER_MAX_CONFIG_SIZE}) of config space with GET_CONFIG
+                           (with --device-type blk the whole config space is read and decoded)
                            (needs VHOST_USER_PROTOCOL_F_CONFIG)
       --timeout MS         connect and per-request reply timeout (default 5000)
   -h, --help               show this help
@@ -119,6 +121,20 @@ export interface ProbeReport {
   queueNum?: number;
   maxMemSlots?: number;
   config?: string;
+  /** The config space decoded field by field, for device types whose layout is known (blk). */
+  configDecoded?: Record<string, unknown>;
+}
+
+/** Bytes of virtio_blk_config every QEMU 7.x back-end serves (through write_zeroes_may_unmap). */
+const BLK_CONFIG_READ_SIZE = 60;
+
+/** Decodes a config space of `deviceType`, or null when the type's layout is not known here. */
+function decodeConfig(deviceType: string | undefined, bytes: Uint8Array): Record<string, unknown> | null {
+  if ((deviceType === 'blk' || deviceType === 'block') && bytes.length >= BLK_CONFIG_READ_SIZE) {
+    const c = decodeBlkConfig(bytes);
+    return { ...c, capacity: c.capacity.toString(), capacityBytes: (c.capacity * 512n).toString() };
+  }
+  return null;
 }
 
 /** Probes the back-end; resolves with the report and an error line for a partial result. */
@@ -138,14 +154,19 @@ async function probe(o: ProbeOptions): Promise<{ report: ProbeReport; error: str
     if (n.queueNum !== null) report.queueNum = n.queueNum;
     if (n.maxMemSlots !== null) report.maxMemSlots = n.maxMemSlots;
     let error: string | null = null;
-    if (o.configSize !== undefined) {
+    // For a device type whose config layout we know, read it whole unless told otherwise.
+    const configSize = o.configSize ?? ((o.deviceType === 'blk' || o.deviceType === 'block') ? BLK_CONFIG_READ_SIZE : undefined);
+    if (configSize !== undefined) {
       if (n.protocolFeatures === null || !hasProtocolFeature(n.protocolFeatures, ProtocolFeature.CONFIG)) {
         error = 'back-end does not offer VHOST_USER_PROTOCOL_F_CONFIG: config space not read';
       } else {
         try {
-          report.config = Buffer.from(await fe.getConfig(0, o.configSize)).toString('hex');
+          const bytes = await fe.getConfig(0, configSize);
+          report.config = Buffer.from(bytes).toString('hex');
+          const decoded = decodeConfig(o.deviceType, bytes);
+          if (decoded !== null) report.configDecoded = decoded;
         } catch (e) {
-          error = `GET_CONFIG of ${o.configSize} bytes failed: ${(e as Error).message}`;
+          error = `GET_CONFIG of ${configSize} bytes failed: ${(e as Error).message}`;
         }
       }
     }

@@ -83,6 +83,12 @@ test('probe (and examples/probe-backend) vs qemu-storage-daemon: blk features by
   const cfg = Buffer.from(rep.config, 'hex');
   assert.equal(cfg.readBigUInt64LE(0), BigInt(IMAGE_SIZE / 512), 'capacity in 512-byte sectors');
   assert.equal(cfg.readUInt16LE(34), 2, 'num_queues');
+  // The same fields decoded by the probe (QSD as the reference for the layout).
+  const dec = (rep as Report & { configDecoded?: Record<string, unknown> }).configDecoded;
+  assert.ok(dec !== undefined, 'config decoded for --device-type blk');
+  assert.equal(dec.capacity, String(IMAGE_SIZE / 512));
+  assert.equal(dec.numQueues, 2);
+  assert.equal(dec.blkSize, cfg.readUInt32LE(20));
   t.diagnostic(`probe took ${r.ms.toFixed(0)} ms (node start-up included)`);
 
   // Without --device-type the device bits cannot be named: they print as "bit N".
