@@ -6,6 +6,7 @@
 import { BackendEndpoint } from '../vhost-user/backend-endpoint.js';
 import { UnixListener, connectUnixWithRetry } from '../vhost-user/listener.js';
 import { defaultLogger, type Logger } from '../log.js';
+import { onGuestMemoryFault } from '../memory/index.js';
 import type { VhostUserBackend } from './backend.js';
 import { VhostUserHandler } from './handler.js';
 import type { VringEventHandler } from './event-handler.js';
@@ -119,7 +120,16 @@ export class VhostUserDaemon {
     const endpoint = new BackendEndpoint(fd, handler, { logger: this.logger });
     this.endpoint = endpoint;
     handler.onWorkerFailure = (e) => endpoint.close(e);
+    // The front-end shrank a file behind memory it gave us: the guard turned the fatal SIGBUS into
+    // zero pages; this connection is hostile or broken, so it ends here and the next one is served.
+    const stopFaults = onGuestMemoryFault((f) => {
+      if (f.owner !== handler) return;
+      const msg = `front-end truncated the file behind ${f.description} (fault at 0x${f.address.toString(16)}, ${f.pages} page(s) replaced by zeroes)`;
+      this.logger.log('error', `${this.name}: connection ${id}: ${msg}`);
+      endpoint.close(new Error(msg));
+    });
     this.sessionEnd = endpoint.closed().then(async (err) => {
+      stopFaults();
       this.logger.log('info', `${this.name}: front-end disconnected (connection ${id})${err ? `: ${err.message}` : ''}`);
       try {
         await handler.close();

@@ -5,3 +5,4 @@ export { GuestMemory } from './guest-memory.js';
 export { GuestMemoryAtomic, type GuestMemoryGuard } from './atomic.js';
 export { DirtyLog, VHOST_LOG_PAGE } from './dirty-log.js';
 export { mapGuestRegion, mapDirtyLog, MMAP_OFFSET_ALIGN, type MemoryRegionDescription } from './mmap.js';
+export { onGuestMemoryFault, type GuestMemoryFault, type GuestMemoryFaultListener } from './faults.js';
