@@ -271,6 +271,10 @@ static napi_value Init(napi_env env, napi_value exports) {
   napi_set_instance_data(env, inst, inst_finalize, NULL);
   napi_add_async_cleanup_hook(env, on_env_cleanup, inst, &inst->cleanup_handle);
 
+  /* The SIGBUS guard (and its eventfd) exist from load time on, so they are part of every fd
+   * baseline and a failure to install is known before any mapping; errors resurface at mmap. */
+  (void)guard_install();
+
   static const export_fn fns[] = {{"init", js_init}};
   register_fns(env, exports, fns, sizeof fns / sizeof fns[0]);
   sock_register(env, exports);

@@ -51,8 +51,19 @@ function checkFileRange(fd: number, offset: number, size: number, what: string):
  * A RegionBacking over a mapping whose windows are created on first use, tracked for SIGBUS-guard
  * reports until it is unmapped.
  */
-function trackedBacking(mapping: Mapping): { windows: readonly ArrayBuffer[]; windowCount: number; length: number; window(i: number): ArrayBuffer; unmap(): void } {
+interface TrackedBacking {
+  readonly windows: readonly ArrayBuffer[];
+  readonly windowCount: number;
+  readonly length: number;
+  /** Host address of byte 0 (worker threads wrap the same memory by address). */
+  readonly address: bigint;
+  window(i: number): ArrayBuffer;
+  unmap(): void;
+}
+
+function trackedBacking(mapping: Mapping): TrackedBacking {
   return {
+    address: mapping.address,
     get windows(): readonly ArrayBuffer[] {
       return mapping.windows;
     },
