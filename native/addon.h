@@ -88,6 +88,11 @@ void guard_register_fns(napi_env env, napi_value exports);
  * whose faults past the end of the file are recovered. guard_register returns
  * a slot index or -errno. */
 int guard_install(void);
+
+/* window.cc: an ArrayBuffer over [data, data + length) that V8 does not
+ * account as external memory (the mapping is not V8's to free); NULL on
+ * failure. Must be called with a handle scope open (any napi callback). */
+napi_value window_create(napi_env env, void *data, size_t length);
 int guard_register(void *addr, size_t len, size_t page, uint32_t id);
 void guard_unregister(int slot);
 

@@ -272,7 +272,10 @@ static napi_value js_window(napi_env env, napi_callback_info info) {
   if (t != napi_undefined) return ab;
   uint64_t start = (uint64_t)i * WINDOW_STRIDE;
   uint64_t size = m->len - start < WINDOW_SIZE ? m->len - start : WINDOW_SIZE;
-  if (napi_create_external_arraybuffer(env, m->addr + start, (size_t)size, NULL, NULL, &ab) != napi_ok) {
+  /* Not napi_create_external_arraybuffer: V8 would charge the window as external memory and
+   * run a full GC per window (see window.cc). */
+  ab = window_create(env, m->addr + start, (size_t)size);
+  if (ab == NULL) {
     bool pending;
     napi_is_exception_pending(env, &pending);
     if (pending) {
