@@ -18,7 +18,7 @@ export interface GuestMemoryFault {
   readonly owner: unknown;
   /** The poisoned region, or null when the fault is in the dirty log. */
   readonly region: GuestRegion | null;
-  /** The poisoned dirty log, or null when the fault is in a region. */
+  /** The poisoned dirty log, or null when the fault is elsewhere. */
   readonly log: DirtyLog | null;
   /** Human-readable name of the region or log, for error messages. */
   readonly description: string;
@@ -31,9 +31,20 @@ export interface GuestMemoryFault {
 /** Callback of {@link onGuestMemoryFault}. */
 export type GuestMemoryFaultListener = (fault: GuestMemoryFault) => void;
 
+/** What a guarded front-end file mapping holds, for fault reports (see MappedFrontendFile.watchFaults). */
+export interface FaultTarget {
+  /** The region mapped from the file, if any (marked poisoned on a fault). */
+  readonly region?: GuestRegion | null;
+  /** The dirty log mapped from the file, if any (marked poisoned on a fault). */
+  readonly log?: DirtyLog | null;
+  /** Name used in fault reports when it is neither (e.g. 'inflight area'). */
+  readonly description?: string;
+  /** Extra action when the mapping faults (e.g. mark an inflight area unusable). */
+  readonly poison?: () => void;
+}
+
 interface Tracked {
-  readonly region: GuestRegion | null;
-  readonly log: DirtyLog | null;
+  readonly target: FaultTarget;
   readonly owner: unknown;
 }
 
@@ -44,16 +55,19 @@ let unsubscribe: (() => void) | null = null;
 function onFault(f: MemoryFault): void {
   const t = tracked.get(f.mappingId);
   if (t === undefined) return; // not guest memory of ours (e.g. a front-end driver's own mapping)
-  if (t.region !== null) t.region.poisoned = true;
-  if (t.log !== null) t.log.poisoned = true;
-  const description = t.region !== null ? `region ${t.region.toString()}` : 'dirty log';
-  const fault: GuestMemoryFault = { owner: t.owner, region: t.region, log: t.log, description, address: f.address, pages: f.pages };
+  const region = t.target.region ?? null;
+  const log = t.target.log ?? null;
+  if (region !== null) region.poisoned = true;
+  if (log !== null) log.poisoned = true;
+  t.target.poison?.();
+  const description = region !== null ? `region ${region.toString()}` : log !== null ? 'dirty log' : (t.target.description ?? 'front-end memory');
+  const fault: GuestMemoryFault = { owner: t.owner, region, log, description, address: f.address, pages: f.pages };
   for (const l of [...listeners]) l(fault);
 }
 
-/** @internal Starts reporting faults of mapping `id` as faults of `region` or `log`. */
-export function trackMapping(id: number, owner: unknown, region: GuestRegion | null, log: DirtyLog | null): void {
-  tracked.set(id, { region, log, owner });
+/** @internal Starts reporting faults of mapping `id` as faults of `target`. */
+export function trackMapping(id: number, owner: unknown, target: FaultTarget): void {
+  tracked.set(id, { target, owner });
 }
 
 /** @internal Stops reporting faults of mapping `id` (it is being unmapped). */

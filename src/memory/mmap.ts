@@ -1,8 +1,8 @@
 import { fileInfo, mmap, PROT_READ, PROT_WRITE, MAP_SHARED, type Mapping } from '../sys/index.js';
-import { GuestMemoryError, MAX_ADDRESS, u64ToNumber, hex } from './errors.js';
+import { GuestMemoryError, MAX_ADDRESS, checkAddress, u64ToNumber, hex } from './errors.js';
 import { GuestRegion } from './region.js';
 import { DirtyLog } from './dirty-log.js';
-import { trackMapping, untrackMapping } from './faults.js';
+import { trackMapping, untrackMapping, type FaultTarget } from './faults.js';
 
 /**
  * Alignment used for the mmap offset. 64 KiB is a multiple of every common base page size
@@ -51,7 +51,8 @@ function checkFileRange(fd: number, offset: number, size: number, what: string):
  * A RegionBacking over a mapping whose windows are created on first use, tracked for SIGBUS-guard
  * reports until it is unmapped.
  */
-interface TrackedBacking {
+/** A lazily windowed RegionBacking over a front-end file mapping (see mapFrontendFile). */
+export interface TrackedBacking {
   readonly windows: readonly ArrayBuffer[];
   readonly windowCount: number;
   readonly length: number;
@@ -77,10 +78,47 @@ function trackedBacking(mapping: Mapping): TrackedBacking {
   };
 }
 
+/** A checked, SIGBUS-guarded shared mapping of a range of a file the front-end sent. */
+export interface MappedFrontendFile {
+  /** The mapping as a lazily windowed backing; `backing.unmap()` releases it. */
+  readonly backing: TrackedBacking;
+  /** Offset of the requested range's first byte inside the backing (the mmap offset is rounded down). */
+  readonly slack: number;
+  /** False for memfds sealed with F_SEAL_SHRINK: the file cannot shrink, so the mapping cannot fault. */
+  readonly guarded: boolean;
+  /** Reports faults of this mapping through {@link onGuestMemoryFault} as faults of `target`. */
+  watchFaults(owner: unknown, target: FaultTarget): void;
+}
+
 /**
- * Maps a region sent with SET_MEM_TABLE / ADD_MEM_REG: mmap(fd, offset rounded down, size + slack)
- * shared read/write. The fd may be closed by the caller afterwards; the mapping is released by
- * `region.unmap()` (or by GuestMemoryAtomic when no snapshot uses the region any more).
+ * Maps `[offset, offset + size)` of a front-end's fd shared read/write, for every kind of memory a
+ * front-end hands over (regions, the dirty log, the inflight area): the range is validated as
+ * integers, checked against the file size (see checkFileRange), mapped from the offset rounded down
+ * to {@link MMAP_OFFSET_ALIGN}, and guarded against a later truncation unless the memfd is sealed.
+ * `what` names the memory in errors. The caller may close the fd afterwards.
+ */
+export function mapFrontendFile(fd: number, offset: number, size: number, what: string): MappedFrontendFile {
+  checkAddress(offset, `${what} offset`);
+  checkAddress(size, `${what} size`);
+  if (size === 0) throw new GuestMemoryError('invalid', `${what}: zero size`);
+  const aligned = offset - (offset % MMAP_OFFSET_ALIGN);
+  const slack = offset - aligned;
+  if (size > MAX_ADDRESS - offset) throw new GuestMemoryError('overflow', `${what}: size ${hex(size)} at offset ${hex(offset)} overflows 2^53`);
+  checkFileRange(fd, offset, size, what);
+  const mapping = mmap(fd, aligned, size + slack, PROT_READ | PROT_WRITE, MAP_SHARED);
+  return {
+    backing: trackedBacking(mapping),
+    slack,
+    guarded: mapping.guarded,
+    watchFaults(owner: unknown, target: FaultTarget): void {
+      if (mapping.guarded && mapping.mapped) trackMapping(mapping.id, owner, target);
+    },
+  };
+}
+
+/**
+ * Maps a region sent with SET_MEM_TABLE / ADD_MEM_REG (see {@link mapFrontendFile}). The mapping is
+ * released by `region.unmap()` (or by GuestMemoryAtomic when no snapshot uses the region any more).
  * Throws GuestMemoryError for unrepresentable values or a range beyond the end of the file, and
  * SysError if mmap fails (e.g. ENOMEM when the address space cannot hold the region).
  *
@@ -94,43 +132,33 @@ export function mapGuestRegion(desc: MemoryRegionDescription, fd: number, owner?
   const userAddr = num(desc.userAddr, 'user address');
   const mmapOffset = num(desc.mmapOffset, 'mmap offset');
   if (size === 0) throw new GuestMemoryError('invalid', `zero-size region at ${hex(guestPhysAddr)}`);
-  const aligned = mmapOffset - (mmapOffset % MMAP_OFFSET_ALIGN);
-  const slack = mmapOffset - aligned;
-  if (size > MAX_ADDRESS - slack) throw new GuestMemoryError('overflow', `region size ${hex(size)} too large`);
-  checkFileRange(fd, mmapOffset, size, `region at guest address ${hex(guestPhysAddr)}`);
-  const mapping = mmap(fd, aligned, size + slack, PROT_READ | PROT_WRITE, MAP_SHARED);
-  const backing = trackedBacking(mapping);
+  const file = mapFrontendFile(fd, mmapOffset, size, `region at guest address ${hex(guestPhysAddr)}`);
   try {
-    const region = new GuestRegion({ guestPhysAddr, size, userAddr, mmapOffset, backing, backingOffset: slack });
+    const region = new GuestRegion({ guestPhysAddr, size, userAddr, mmapOffset, backing: file.backing, backingOffset: file.slack });
     region.owner = owner;
-    if (mapping.guarded) trackMapping(mapping.id, owner, region, null);
+    file.watchFaults(owner, { region });
     return region;
   } catch (e) {
-    backing.unmap();
+    file.backing.unmap();
     throw e;
   }
 }
 
 /**
- * Maps the dirty log sent with VHOST_USER_SET_LOG_BASE (log description: size, offset) shared
- * read/write. The caller may close the fd afterwards; `log.unmap()` releases the mapping.
+ * Maps the dirty log sent with VHOST_USER_SET_LOG_BASE (log description: size, offset), see
+ * {@link mapFrontendFile}. The caller may close the fd afterwards; `log.unmap()` releases the mapping.
  */
 export function mapDirtyLog(fd: number, logSize: bigint | number, logOffset: bigint | number, owner?: unknown): DirtyLog {
   const size = num(logSize, 'log size');
   const offset = num(logOffset, 'log offset');
   if (size === 0) throw new GuestMemoryError('invalid', 'zero-size dirty log');
-  const aligned = offset - (offset % MMAP_OFFSET_ALIGN);
-  const slack = offset - aligned;
-  if (size > MAX_ADDRESS - slack) throw new GuestMemoryError('overflow', `log size ${hex(size)} too large`);
-  checkFileRange(fd, offset, size, 'dirty log');
-  const mapping = mmap(fd, aligned, size + slack, PROT_READ | PROT_WRITE, MAP_SHARED);
-  const backing = trackedBacking(mapping);
+  const file = mapFrontendFile(fd, offset, size, 'dirty log');
   try {
-    const log = new DirtyLog(backing, slack, size);
-    if (mapping.guarded) trackMapping(mapping.id, owner, null, log);
+    const log = new DirtyLog(file.backing, file.slack, size);
+    file.watchFaults(owner, { log });
     return log;
   } catch (e) {
-    backing.unmap();
+    file.backing.unmap();
     throw e;
   }
 }
