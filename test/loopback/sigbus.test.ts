@@ -10,7 +10,10 @@ import * as sys from '../../src/sys/index.js';
 import { Frontend } from '../../src/vhost-user/frontend.js';
 import { FrontendMemory, setupQueue, type FrontendQueue } from '../../src/driver/frontend-driver.js';
 import { negotiate } from '../../src/vhost-user/negotiate.js';
-import { VhostUserDaemon } from '../../src/backend/index.js';
+import { VhostUserDaemon, type VhostUserBackend, type Vring, type VringWorkerModule } from '../../src/backend/index.js';
+import { ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES, protocolFeatureMask } from '../../src/vhost-user/constants.js';
+import { VIRTIO_F_VERSION_1 } from '../../src/virtio/features.js';
+import { ReverseServer } from './fixtures/worker-reverse.js';
 import { VhostUserRngBackend } from '../../src/devices/rng/index.js';
 import type { Logger, LogLevel } from '../../src/log.js';
 
@@ -162,5 +165,82 @@ test('a sealed memfd (F_SEAL_SHRINK) is mapped without the guard and served norm
     fe.close();
     mem.close();
     sys.close(fd);
+  }
+});
+
+/** Queue 0 on the main thread, queue 1 in a worker thread (the fixture reverses the bytes). */
+class SplitDevice implements VhostUserBackend {
+  readonly main = new ReverseServer({ delayMs: 0 });
+  numQueues() { return 2; }
+  maxQueueSize() { return 256; }
+  features() { return (1n << BigInt(VIRTIO_F_VERSION_1)) | (1n << BigInt(VHOST_USER_F_PROTOCOL_FEATURES)); }
+  protocolFeatures() { return protocolFeatureMask(ProtocolFeature.MQ) | protocolFeatureMask(ProtocolFeature.REPLY_ACK); }
+  setEventIdx() {}
+  updateMemory() {}
+  queuesPerThread() { return [0b01, 0b10]; }
+  workerModule(t: number): VringWorkerModule | null {
+    return t === 1 ? { url: new URL('./fixtures/worker-reverse.js', import.meta.url), data: { delayMs: 0 }, quiesceTimeoutMs: 200 } : null;
+  }
+  handleEvent(ev: number, _evset: number, vrings: readonly Vring[]) {
+    const v = vrings.find((x) => x.index === ev);
+    if (v !== undefined) this.main.handle(v);
+  }
+}
+
+test('a truncation hit by a worker thread: the worker survives the fault, the main thread closes the connection', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'vu-sigbus-w-'));
+  const sock = join(dir, 'split.sock');
+  const logger = new RecordingLogger();
+  const daemon = new VhostUserDaemon('split', new SplitDevice(), { logger });
+  daemon.serve(sock);
+  t.after(async () => {
+    await daemon.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const connect = async (mem: FrontendMemory) => {
+    const fe = await Frontend.connect(sock, { timeoutMs: 5000 });
+    await fe.setFeatures(await fe.getFeatures());
+    await fe.setProtocolFeatures(await fe.getProtocolFeatures());
+    await fe.setOwner();
+    await fe.setMemTable(mem.regions());
+    const q0 = await setupQueue(fe, mem, 0, 256, 0x10000, { enable: true });
+    const q1 = await setupQueue(fe, mem, 1, 256, 0x20000, { enable: true });
+    return { fe, q0, q1 };
+  };
+  const reverse = async (mem: FrontendMemory, q: FrontendQueue, gpa: number, text: string): Promise<string> => {
+    mem.memory.write(gpa, Buffer.from(text));
+    q.driver.addChain([{ gpa, len: text.length }], [{ gpa: gpa + 0x800, len: 0x100 }]);
+    q.kick(true);
+    assert.equal((await q.nextUsed()).len, text.length + 4);
+    return Buffer.from(mem.memory.translate(gpa + 0x800, text.length)).toString();
+  };
+
+  const mem = new FrontendMemory(1 << 20);
+  const { fe, q0, q1 } = await connect(mem);
+  try {
+    assert.equal(await reverse(mem, q1, 0x41000, 'worker'), 'rekrow');
+    const closed = fe.closed();
+    sys.ftruncate(mem.fd, 0x30000); // the rings (below 0x30000) survive, the buffers do not
+    q1.driver.addChain([{ gpa: 0x42000, len: 8 }], [{ gpa: 0x42800, len: 0x100 }]);
+    q1.kick(true);
+    await within(closed, 5000, 'connection close after the worker fault');
+  } finally {
+    q0.close();
+    q1.close();
+    fe.close();
+    mem.close();
+  }
+  assert.ok(logger.lines.some((l) => /front-end truncated the file behind region/.test(l)), logger.lines.join('\n'));
+  // The next front-end is served by a fresh worker.
+  const mem2 = new FrontendMemory(1 << 20);
+  const next = await connect(mem2);
+  try {
+    assert.equal(await reverse(mem2, next.q1, 0x41000, 'again'), 'niaga');
+    assert.equal(await reverse(mem2, next.q0, 0x43000, 'main'), 'niam');
+  } finally {
+    next.q0.close();
+    next.q1.close();
+    next.fe.close();
+    mem2.close();
   }
 });
