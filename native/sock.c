@@ -339,6 +339,12 @@ static napi_value js_ioctl(napi_env env, napi_callback_info info) {
   } else if (t != napi_undefined && t != napi_null) {
     size_t len;
     if (!arg_bytes(env, argv[2], &ptr, &len, "arg must be a Uint8Array, number or bigint")) return NULL;
+    /* The kernel copies _IOC_SIZE bytes for requests that encode it; a shorter buffer would be
+     * overrun. (Legacy requests such as FIONREAD encode no size: the caller's contract.) */
+    if (_IOC_SIZE(req) > len) {
+      napi_throw_range_error(env, NULL, "ioctl buffer is shorter than the request's argument size");
+      return NULL;
+    }
     val = (uint64_t)(uintptr_t)ptr;
   }
   int r = (int)RETRY(ioctl(fd, (unsigned long)req, (unsigned long)val));

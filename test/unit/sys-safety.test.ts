@@ -50,6 +50,7 @@ test('integer and flag arguments: checked ranges and known bits only', () => {
     assert.throws(() => sys.eventfdWrite(0, 2n ** 64n), RangeError);
   assert.throws(() => sys.ftruncate(0, 2 ** 63), TypeError, 'beyond 2^53: not a safe integer');
   assert.throws(() => sys.ioctl(0, 2 ** 32, 0), RangeError);
+  assert.throws(() => sys.ioctl(0, sys.BLKGETSIZE64, new Uint8Array(4)), RangeError, 'buffer shorter than _IOC_SIZE');
   assert.throws(() => sys.listenUnix('/tmp/x', -1), RangeError);
   const [a, b] = sys.socketpair();
   try {
