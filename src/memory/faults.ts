@@ -50,7 +50,8 @@ interface Tracked {
 
 const tracked = new Map<number, Tracked>();
 const listeners = new Set<GuestMemoryFaultListener>();
-let unsubscribe: (() => void) | null = null;
+/** Subscribed to the sys report once for the life of the thread (a daemon subscribes per connection). */
+let subscribed = false;
 
 function onFault(f: MemoryFault): void {
   const t = tracked.get(f.mappingId);
@@ -82,12 +83,8 @@ export function untrackMapping(id: number): void {
  */
 export function onGuestMemoryFault(listener: GuestMemoryFaultListener): () => void {
   listeners.add(listener);
-  unsubscribe ??= onMemoryFault(onFault);
+  subscribed ||= (onMemoryFault(onFault), true);
   return () => {
     listeners.delete(listener);
-    if (listeners.size === 0 && unsubscribe !== null) {
-      unsubscribe();
-      unsubscribe = null;
-    }
   };
 }

@@ -40,6 +40,7 @@ function deliver(): void {
 /**
  * Calls `listener` (on this thread's event loop) for every guarded mapping that faults past the end
  * of its file. The subscription does not keep the event loop alive. Returns the unsubscribe function.
+ * Faults that happen while nobody listens are reported to the next listener.
  */
 export function onMemoryFault(listener: MemoryFaultListener): () => void {
   listeners.add(listener);
@@ -49,11 +50,10 @@ export function onMemoryFault(listener: MemoryFaultListener): () => void {
     watcher = watchFd(faultFd, constant('POLLIN'), deliver);
     watcher.unref();
   }
+  // The watcher stays open once created (it is unref'd, so it never keeps the loop alive):
+  // closing and re-creating a uv_poll handle on the same fd for every daemon connection is churn
+  // libuv handles badly (one poll handle per fd; the old one is still closing).
   return () => {
     listeners.delete(listener);
-    if (listeners.size === 0 && watcher !== null) {
-      watcher.close();
-      watcher = null;
-    }
   };
 }
