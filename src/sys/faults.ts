@@ -40,7 +40,7 @@ function deliver(): void {
 /**
  * Calls `listener` (on this thread's event loop) for every guarded mapping that faults past the end
  * of its file. The subscription does not keep the event loop alive. Returns the unsubscribe function.
- * Faults that happen while nobody listens are reported to the next listener.
+ * Once a thread subscribed, faults reported while it has no listener are dropped.
  */
 export function onMemoryFault(listener: MemoryFaultListener): () => void {
   listeners.add(listener);
