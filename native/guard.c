@@ -24,6 +24,9 @@
  * - Any other SIGBUS goes to the previous disposition: a SA_SIGINFO or plain
  *   handler is called, SIG_DFL/SIG_IGN is restored and the fault re-executed
  *   (or the signal re-raised for a sent one), so real bugs still crash.
+ * - The handler is installed when the addon loads. A SIGBUS handler installed
+ *   before that (e.g. process.on('SIGBUS')) is chained to; one installed
+ *   after it replaces the guard, so do not listen for SIGBUS in a daemon.
  * - Worker threads share the address space and therefore the table; their
  *   faults are handled on their own stack and notified through the same
  *   eventfd, which the subscribing thread (the daemon's main thread) watches.
