@@ -13,6 +13,7 @@
 #include <sys/mman.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
+#include <limits.h>
 
 addon_inst *get_inst(napi_env env) {
   void *data = NULL;
@@ -54,34 +55,86 @@ napi_value throw_errno(napi_env env, int err, const char *syscall, const char *d
   return NULL;
 }
 
-bool arg_i32(napi_env env, napi_value v, int32_t *out, const char *what) {
+/* A JS number that is an integer in [min, max]: TypeError for anything that
+ * is not an integral Number (NaN, 1.5, "3", a BigInt), RangeError when out of
+ * range. napi_get_value_int32 alone would silently wrap 2**32+1 to 1 and turn
+ * NaN into 0, so the double is checked before any conversion. */
+bool arg_int(napi_env env, napi_value v, int64_t min, int64_t max, int64_t *out, const char *what) {
   napi_valuetype t;
-  napi_typeof(env, v, &t);
-  if (t != napi_number) {
-    throw_type(env, what);
+  double d;
+  if (napi_typeof(env, v, &t) != napi_ok || t != napi_number ||
+      napi_get_value_double(env, v, &d) != napi_ok || d != d || d != (double)(int64_t)d ||
+      d < -9007199254740991.0 || d > 9007199254740991.0) {
+    char msg[160];
+    snprintf(msg, sizeof msg, "%s must be an integer", what);
+    throw_type(env, msg);
     return false;
   }
-  napi_get_value_int32(env, v, out);
+  if (d < (double)min || d > (double)max) {
+    char msg[160];
+    snprintf(msg, sizeof msg, "%s must be in [%lld, %lld]", what, (long long)min, (long long)max);
+    napi_throw_range_error(env, NULL, msg);
+    return false;
+  }
+  *out = (int64_t)d;
   return true;
 }
 
-/* Accepts a non-negative safe integer Number or a BigInt. */
+bool arg_i32(napi_env env, napi_value v, int32_t *out, const char *what) {
+  int64_t x;
+  if (!arg_int(env, v, INT32_MIN, INT32_MAX, &x, what)) return false;
+  *out = (int32_t)x;
+  return true;
+}
+
+/* A file descriptor: an integer in [0, INT_MAX]. */
+bool arg_fd(napi_env env, napi_value v, int *out) {
+  int64_t x;
+  if (!arg_int(env, v, 0, INT32_MAX, &x, "fd")) return false;
+  *out = (int)x;
+  return true;
+}
+
+/* Flags: an integer in [0, INT32_MAX] with no bit outside `known`. */
+bool arg_flags(napi_env env, napi_value v, int32_t known, int32_t *out, const char *what) {
+  int64_t x;
+  if (!arg_int(env, v, 0, INT32_MAX, &x, what)) return false;
+  if ((x & ~(int64_t)known) != 0) {
+    char msg[160];
+    snprintf(msg, sizeof msg, "%s has unknown bits 0x%llx", what, (unsigned long long)(x & ~(int64_t)known));
+    napi_throw_range_error(env, NULL, msg);
+    return false;
+  }
+  *out = (int32_t)x;
+  return true;
+}
+
+/* Accepts a non-negative safe integer Number or a BigInt below 2^64:
+ * TypeError for other types or non-integers, RangeError for negatives or
+ * values that do not fit. */
 bool arg_u64(napi_env env, napi_value v, uint64_t *out, const char *what) {
   napi_valuetype t;
   napi_typeof(env, v, &t);
   if (t == napi_bigint) {
-    bool lossless;
-    napi_get_value_bigint_uint64(env, v, out, &lossless);
-    if (!lossless) {
-      throw_type(env, what);
+    int sign = 0;
+    size_t words = 1;
+    uint64_t w = 0;
+    napi_get_value_bigint_words(env, v, &sign, &words, &w);
+    if (sign != 0 || words > 1) {
+      napi_throw_range_error(env, NULL, what);
       return false;
     }
+    *out = w;
     return true;
   }
   if (t == napi_number) {
     double d;
     napi_get_value_double(env, v, &d);
-    if (d >= 0 && d <= 9007199254740991.0 && d == (double)(uint64_t)d) {
+    if (d == d && d == (double)(int64_t)d && d >= -9007199254740991.0 && d <= 9007199254740991.0) {
+      if (d < 0) {
+        napi_throw_range_error(env, NULL, what);
+        return false;
+      }
       *out = (uint64_t)d;
       return true;
     }
@@ -218,6 +271,10 @@ static napi_value Init(napi_env env, napi_value exports) {
   napi_set_instance_data(env, inst, inst_finalize, NULL);
   napi_add_async_cleanup_hook(env, on_env_cleanup, inst, &inst->cleanup_handle);
 
+  /* The SIGBUS guard (and its eventfd) exist from load time on, so they are part of every fd
+   * baseline and a failure to install is known before any mapping; errors resurface at mmap. */
+  (void)guard_install();
+
   static const export_fn fns[] = {{"init", js_init}};
   register_fns(env, exports, fns, sizeof fns / sizeof fns[0]);
   sock_register(env, exports);
@@ -236,6 +293,11 @@ static napi_value Init(napi_env env, napi_value exports) {
   set_const(env, c, "EFD_SEMAPHORE", EFD_SEMAPHORE);
   set_const(env, c, "MFD_CLOEXEC", MFD_CLOEXEC);
   set_const(env, c, "MFD_ALLOW_SEALING", MFD_ALLOW_SEALING);
+  set_const(env, c, "F_SEAL_SEAL", F_SEAL_SEAL);
+  set_const(env, c, "F_SEAL_SHRINK", F_SEAL_SHRINK);
+  set_const(env, c, "F_SEAL_GROW", F_SEAL_GROW);
+  set_const(env, c, "F_SEAL_WRITE", F_SEAL_WRITE);
+  set_const(env, c, "F_SEAL_FUTURE_WRITE", F_SEAL_FUTURE_WRITE);
   set_const(env, c, "POLLIN", UV_READABLE);
   set_const(env, c, "POLLOUT", UV_WRITABLE);
   set_const(env, c, "MAX_FDS_PER_MESSAGE", MAX_FDS_PER_MESSAGE);

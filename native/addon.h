@@ -53,7 +53,10 @@ typedef struct addon_inst {
 napi_value throw_errno(napi_env env, int err, const char *syscall, const char *detail);
 napi_value throw_type(napi_env env, const char *msg);
 addon_inst *get_inst(napi_env env);
+bool arg_int(napi_env env, napi_value v, int64_t min, int64_t max, int64_t *out, const char *what);
 bool arg_i32(napi_env env, napi_value v, int32_t *out, const char *what);
+bool arg_fd(napi_env env, napi_value v, int *out);
+bool arg_flags(napi_env env, napi_value v, int32_t known, int32_t *out, const char *what);
 bool arg_u64(napi_env env, napi_value v, uint64_t *out, const char *what);
 bool arg_bool(napi_env env, napi_value v, bool *out);
 bool arg_is_undefined(napi_env env, napi_value v);
@@ -80,6 +83,19 @@ void sock_register(napi_env env, napi_value exports);
 void mem_register(napi_env env, napi_value exports);
 void watch_register(napi_env env, napi_value exports);
 void fdops_register(napi_env env, napi_value exports);
+void guard_register_fns(napi_env env, napi_value exports);
+
+/* SIGBUS guard (guard.c): process-wide, async-signal-safe table of mappings
+ * whose faults past the end of the file are recovered. guard_register returns
+ * a slot index or -errno. */
+int guard_install(void);
+
+/* window.cc: an ArrayBuffer over [data, data + length) that V8 does not
+ * account as external memory (the mapping is not V8's to free); NULL on
+ * failure. Must be called with a handle scope open (any napi callback). */
+napi_value window_create(napi_env env, void *data, size_t length);
+int guard_register(void *addr, size_t len, size_t page, uint32_t id);
+void guard_unregister(int slot);
 
 /* Env teardown hooks of each part. watch_teardown returns the number of
  * handles whose close callback is still pending. */

@@ -18,10 +18,9 @@
  * (shared) lock without waiting; throws EAGAIN when another holder conflicts. */
 static napi_value js_lock_file(napi_env env, napi_callback_info info) {
   GET_ARGS(2);
-  int32_t fd;
+  int fd;
   bool exclusive;
-  if (!arg_i32(env, argv[0], &fd, "fd must be a number") || !arg_bool(env, argv[1], &exclusive)) return NULL;
-  if (fd < 0) return throw_errno(env, EBADF, "fcntl", "F_OFD_SETLK");
+  if (!arg_fd(env, argv[0], &fd) || !arg_bool(env, argv[1], &exclusive)) return NULL;
   struct flock fl;
   memset(&fl, 0, sizeof fl);
   fl.l_type = exclusive ? F_WRLCK : F_RDLCK;
@@ -40,9 +39,8 @@ static napi_value js_lock_file(napi_env env, napi_callback_info info) {
  * ENOTSOCK for anything that is not a socket. */
 static napi_value js_socket_info(napi_env env, napi_callback_info info) {
   GET_ARGS(1);
-  int32_t fd;
-  if (!arg_i32(env, argv[0], &fd, "fd must be a number")) return NULL;
-  if (fd < 0) return throw_errno(env, EBADF, "getsockopt", NULL);
+  int fd;
+  if (!arg_fd(env, argv[0], &fd)) return NULL;
   int domain = 0, type = 0, listening = 0;
   socklen_t len = sizeof domain;
   if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &len) < 0) return throw_errno(env, errno, "getsockopt", "SO_DOMAIN");

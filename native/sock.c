@@ -60,8 +60,11 @@ static napi_value js_listen_unix(napi_env env, napi_callback_info info) {
   socklen_t salen;
   int32_t backlog = 16;
   if (!get_sockaddr(env, argv[0], &sa, &salen, "bind")) return NULL;
-  if (!arg_is_undefined(env, argv[1]) && !arg_i32(env, argv[1], &backlog, "backlog must be a number"))
-    return NULL;
+  if (!arg_is_undefined(env, argv[1])) {
+    int64_t b;
+    if (!arg_int(env, argv[1], 0, 65535, &b, "backlog")) return NULL;
+    backlog = (int32_t)b;
+  }
   int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return throw_errno(env, errno, "socket", NULL);
   if (bind(fd, (struct sockaddr *)&sa, salen) < 0) {
@@ -97,7 +100,7 @@ static napi_value js_connect_unix(napi_env env, napi_callback_info info) {
 static napi_value js_accept(napi_env env, napi_callback_info info) {
   GET_ARGS(1);
   int32_t lfd;
-  if (!arg_i32(env, argv[0], &lfd, "fd must be a number")) return NULL;
+  if (!arg_fd(env, argv[0], &lfd)) return NULL;
   int fd = (int)RETRY(accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC));
   if (fd < 0) {
     if (errno == EAGAIN || errno == EWOULDBLOCK) return ret_null(env);
@@ -117,7 +120,7 @@ static napi_value js_sendmsg(napi_env env, napi_callback_info info) {
   int32_t fd;
   void *data;
   size_t len;
-  if (!arg_i32(env, argv[0], &fd, "fd must be a number")) return NULL;
+  if (!arg_fd(env, argv[0], &fd)) return NULL;
   if (!arg_bytes(env, argv[1], &data, &len, "data must be a Uint8Array")) return NULL;
   int fds[MAX_FDS_PER_MESSAGE];
   uint32_t nfds = 0;
@@ -130,8 +133,7 @@ static napi_value js_sendmsg(napi_env env, napi_callback_info info) {
     for (uint32_t i = 0; i < nfds; i++) {
       napi_value e;
       napi_get_element(env, argv[2], i, &e);
-      if (!arg_i32(env, e, &fds[i], "fds must contain numbers")) return NULL;
-      if (fds[i] < 0) return throw_errno(env, EBADF, "sendmsg", "negative fd");
+      if (!arg_fd(env, e, &fds[i])) return NULL;
     }
   }
   /* A zero-byte stream send carries no ancillary data: the fds would be lost. */
@@ -164,9 +166,11 @@ static napi_value js_recvmsg(napi_env env, napi_callback_info info) {
   int32_t fd, max_fds;
   void *data, *outp;
   size_t len, outlen;
-  if (!arg_i32(env, argv[0], &fd, "fd must be a number")) return NULL;
+  if (!arg_fd(env, argv[0], &fd)) return NULL;
   if (!arg_bytes(env, argv[1], &data, &len, "buf must be a Uint8Array")) return NULL;
-  if (!arg_i32(env, argv[2], &max_fds, "maxFds must be a number")) return NULL;
+  int64_t mf;
+  if (!arg_int(env, argv[2], 0, MAX_FDS_PER_MESSAGE, &mf, "maxFds")) return NULL;
+  max_fds = (int32_t)mf;
   if (!arg_bytes(env, argv[3], &outp, &outlen, "out must be an Int32Array")) return NULL;
   if (max_fds < 0 || max_fds > MAX_FDS_PER_MESSAGE)
     return throw_errno(env, EINVAL, "recvmsg", "maxFds must be 0..8");
@@ -217,7 +221,7 @@ static napi_value js_recvmsg(napi_env env, napi_callback_info info) {
 static napi_value js_close(napi_env env, napi_callback_info info) {
   GET_ARGS(1);
   int32_t fd;
-  if (!arg_i32(env, argv[0], &fd, "fd must be a number")) return NULL;
+  if (!arg_fd(env, argv[0], &fd)) return NULL;
   if (close(fd) < 0 && errno != EINTR) return throw_errno(env, errno, "close", NULL);
   return ret_undefined(env);
 }
@@ -225,7 +229,7 @@ static napi_value js_close(napi_env env, napi_callback_info info) {
 static napi_value js_dup(napi_env env, napi_callback_info info) {
   GET_ARGS(1);
   int32_t fd;
-  if (!arg_i32(env, argv[0], &fd, "fd must be a number")) return NULL;
+  if (!arg_fd(env, argv[0], &fd)) return NULL;
   int r = fcntl(fd, F_DUPFD_CLOEXEC, 0);
   if (r < 0) return throw_errno(env, errno, "fcntl(F_DUPFD_CLOEXEC)", NULL);
   return ret_i32(env, r);
@@ -235,7 +239,7 @@ static napi_value js_set_nonblocking(napi_env env, napi_callback_info info) {
   GET_ARGS(2);
   int32_t fd;
   bool on;
-  if (!arg_i32(env, argv[0], &fd, "fd must be a number") || !arg_bool(env, argv[1], &on)) return NULL;
+  if (!arg_fd(env, argv[0], &fd) || !arg_bool(env, argv[1], &on)) return NULL;
   int fl = fcntl(fd, F_GETFL);
   if (fl < 0) return throw_errno(env, errno, "fcntl(F_GETFL)", NULL);
   int nfl = on ? (fl | O_NONBLOCK) : (fl & ~O_NONBLOCK);
@@ -245,9 +249,10 @@ static napi_value js_set_nonblocking(napi_env env, napi_callback_info info) {
 
 static napi_value js_eventfd(napi_env env, napi_callback_info info) {
   GET_ARGS(2);
-  int32_t initval, flags;
-  if (!arg_i32(env, argv[0], &initval, "initval must be a number") ||
-      !arg_i32(env, argv[1], &flags, "flags must be a number"))
+  int64_t initval;
+  int32_t flags;
+  if (!arg_int(env, argv[0], 0, UINT32_MAX, &initval, "initval") ||
+      !arg_flags(env, argv[1], EFD_NONBLOCK | EFD_CLOEXEC | EFD_SEMAPHORE, &flags, "eventfd flags"))
     return NULL;
   int fd = eventfd((unsigned)initval, flags);
   if (fd < 0) return throw_errno(env, errno, "eventfd", NULL);
@@ -257,7 +262,7 @@ static napi_value js_eventfd(napi_env env, napi_callback_info info) {
 static napi_value js_eventfd_read(napi_env env, napi_callback_info info) {
   GET_ARGS(1);
   int32_t fd;
-  if (!arg_i32(env, argv[0], &fd, "fd must be a number")) return NULL;
+  if (!arg_fd(env, argv[0], &fd)) return NULL;
   uint64_t v;
   ssize_t n = RETRY(read(fd, &v, sizeof v));
   if (n < 0) {
@@ -274,7 +279,7 @@ static napi_value js_eventfd_write(napi_env env, napi_callback_info info) {
   GET_ARGS(2);
   int32_t fd;
   uint64_t v;
-  if (!arg_i32(env, argv[0], &fd, "fd must be a number") ||
+  if (!arg_fd(env, argv[0], &fd) ||
       !arg_u64(env, argv[1], &v, "value must be a non-negative integer or bigint"))
     return NULL;
   ssize_t n = RETRY(write(fd, &v, sizeof v));
@@ -292,7 +297,7 @@ static napi_value js_memfd_create(napi_env env, napi_callback_info info) {
     return throw_type(env, "name must be a string");
   if (len >= sizeof name) return throw_errno(env, EINVAL, "memfd_create", "name too long");
   napi_get_value_string_utf8(env, argv[0], name, sizeof name, &len);
-  if (!arg_i32(env, argv[1], &flags, "flags must be a number")) return NULL;
+  if (!arg_flags(env, argv[1], MFD_CLOEXEC | MFD_ALLOW_SEALING, &flags, "memfd flags")) return NULL;
   int fd = memfd_create(name, (unsigned)flags);
   if (fd < 0) return throw_errno(env, errno, "memfd_create", NULL);
   return ret_i32(env, fd);
@@ -302,9 +307,13 @@ static napi_value js_ftruncate(napi_env env, napi_callback_info info) {
   GET_ARGS(2);
   int32_t fd;
   uint64_t len;
-  if (!arg_i32(env, argv[0], &fd, "fd must be a number") ||
+  if (!arg_fd(env, argv[0], &fd) ||
       !arg_u64(env, argv[1], &len, "length must be a non-negative integer"))
     return NULL;
+  if (len > (uint64_t)INT64_MAX) {
+    napi_throw_range_error(env, NULL, "length overflows off_t");
+    return NULL;
+  }
   if (RETRY(ftruncate(fd, (off_t)len)) < 0) return throw_errno(env, errno, "ftruncate", NULL);
   return ret_undefined(env);
 }
@@ -316,9 +325,13 @@ static napi_value js_ioctl(napi_env env, napi_callback_info info) {
   int32_t fd;
   uint64_t req, val = 0;
   void *ptr = NULL;
-  if (!arg_i32(env, argv[0], &fd, "fd must be a number") ||
+  if (!arg_fd(env, argv[0], &fd) ||
       !arg_u64(env, argv[1], &req, "request must be a non-negative integer"))
     return NULL;
+  if (req > UINT32_MAX) {
+    napi_throw_range_error(env, NULL, "ioctl request must fit in 32 bits");
+    return NULL;
+  }
   napi_valuetype t;
   napi_typeof(env, argv[2], &t);
   if (t == napi_number || t == napi_bigint) {
@@ -326,6 +339,12 @@ static napi_value js_ioctl(napi_env env, napi_callback_info info) {
   } else if (t != napi_undefined && t != napi_null) {
     size_t len;
     if (!arg_bytes(env, argv[2], &ptr, &len, "arg must be a Uint8Array, number or bigint")) return NULL;
+    /* The kernel copies _IOC_SIZE bytes for requests that encode it; a shorter buffer would be
+     * overrun. (Legacy requests such as FIONREAD encode no size: the caller's contract.) */
+    if (_IOC_SIZE(req) > len) {
+      napi_throw_range_error(env, NULL, "ioctl buffer is shorter than the request's argument size");
+      return NULL;
+    }
     val = (uint64_t)(uintptr_t)ptr;
   }
   int r = (int)RETRY(ioctl(fd, (unsigned long)req, (unsigned long)val));
@@ -410,15 +429,19 @@ static napi_value queue_range_job(napi_env env, range_job *j, const char *name) 
 
 /* Common argument parsing: (fd, first, offset, length); offset + length must
  * fit in off_t so the kernel sees exactly the range we were given. */
-static range_job *range_args(napi_env env, napi_callback_info info, const char *first_what) {
+static range_job *range_args(napi_env env, napi_callback_info info, const char *first_what, uint64_t first_mask) {
   GET_ARGS(4);
   int32_t fd;
   uint64_t first, off, len;
-  if (!arg_i32(env, argv[0], &fd, "fd must be a number") ||
+  if (!arg_fd(env, argv[0], &fd) ||
       !arg_u64(env, argv[1], &first, first_what) ||
       !arg_u64(env, argv[2], &off, "offset must be a non-negative integer") ||
       !arg_u64(env, argv[3], &len, "length must be a non-negative integer"))
     return NULL;
+  if ((first & ~first_mask) != 0) {
+    napi_throw_range_error(env, NULL, first_what);
+    return NULL;
+  }
   if (off > (uint64_t)INT64_MAX || len > (uint64_t)INT64_MAX - off) {
     throw_type(env, "offset + length overflows off_t");
     return NULL;
@@ -438,7 +461,9 @@ static range_job *range_args(napi_env env, napi_callback_info info, const char *
 
 /* fallocateAsync(fd, mode, offset, length) -> Promise<void> */
 static napi_value js_fallocate_async(napi_env env, napi_callback_info info) {
-  range_job *j = range_args(env, info, "mode must be a non-negative integer");
+  range_job *j = range_args(env, info, "mode must be a combination of known FALLOC_FL_* flags",
+                             FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE |
+                                 FALLOC_FL_COLLAPSE_RANGE | FALLOC_FL_INSERT_RANGE | FALLOC_FL_UNSHARE_RANGE);
   if (j == NULL) return NULL;
   j->is_ioctl = false;
   return queue_range_job(env, j, "fallocate");
@@ -447,7 +472,7 @@ static napi_value js_fallocate_async(napi_env env, napi_callback_info info) {
 /* ioctlRangeAsync(fd, request, offset, length) -> Promise<void>: ioctls taking
  * a uint64_t[2] {offset, length} such as BLKDISCARD and BLKZEROOUT. */
 static napi_value js_ioctl_range_async(napi_env env, napi_callback_info info) {
-  range_job *j = range_args(env, info, "request must be a non-negative integer");
+  range_job *j = range_args(env, info, "request must be a 32-bit ioctl number", UINT32_MAX);
   if (j == NULL) return NULL;
   j->is_ioctl = true;
   return queue_range_job(env, j, "ioctl");

@@ -87,29 +87,29 @@ static void watcher_finalize(napi_env env, void *data, void *hint) {
   watcher_release(data);
 }
 
+/* Distinguishes watcher handles from every other external (mappings, other
+ * addons' objects): a foreign object throws TypeError instead of being cast. */
+static const napi_type_tag watcher_tag = {0x7668752d77617463ULL, 0x68657231c0ffee01ULL};
+
 static watcher *get_watcher(napi_env env, napi_value v) {
   void *data = NULL;
-  if (napi_get_value_external(env, v, &data) != napi_ok || data == NULL) {
+  napi_valuetype t;
+  bool tagged = false;
+  if (napi_typeof(env, v, &t) != napi_ok || t != napi_external ||
+      napi_check_object_type_tag(env, v, &watcher_tag, &tagged) != napi_ok || !tagged ||
+      napi_get_value_external(env, v, &data) != napi_ok || data == NULL) {
     throw_type(env, "expected a watcher handle");
     return NULL;
   }
   return data;
 }
 
-static bool check_events(napi_env env, int32_t events) {
-  if (events & ~(UV_READABLE | UV_WRITABLE | UV_DISCONNECT)) {
-    throw_errno(env, EINVAL, "uv_poll_start", "events must be POLLIN and/or POLLOUT");
-    return false;
-  }
-  return true;
-}
-
 /* watch(fd, events, callback) -> handle; started at once unless events == 0. */
 static napi_value js_watch(napi_env env, napi_callback_info info) {
   GET_ARGS(3);
   int32_t fd, events;
-  if (!arg_i32(env, argv[0], &fd, "fd must be a number") ||
-      !arg_i32(env, argv[1], &events, "events must be a number") || !check_events(env, events))
+  if (!arg_fd(env, argv[0], &fd) ||
+      !arg_flags(env, argv[1], UV_READABLE | UV_WRITABLE, &events, "events"))
     return NULL;
   napi_valuetype t;
   napi_typeof(env, argv[2], &t);
@@ -143,6 +143,7 @@ static napi_value js_watch(napi_env env, napi_callback_info info) {
     return NULL;
   }
   w->owners++;
+  napi_type_tag_object(env, handle, &watcher_tag);
   return handle;
 }
 
@@ -150,7 +151,7 @@ static napi_value js_watch_start(napi_env env, napi_callback_info info) {
   GET_ARGS(2);
   int32_t events;
   watcher *w = get_watcher(env, argv[0]);
-  if (w == NULL || !arg_i32(env, argv[1], &events, "events must be a number") || !check_events(env, events))
+  if (w == NULL || !arg_flags(env, argv[1], UV_READABLE | UV_WRITABLE, &events, "events"))
     return NULL;
   if (w->closing) return throw_errno(env, EBADF, "uv_poll_start", "watcher is closed");
   int r = events == 0 ? uv_poll_stop(&w->poll) : uv_poll_start(&w->poll, events, on_poll);

@@ -4,10 +4,13 @@
  * - Back-end side: implement {@link VhostUserBackend} and serve it with {@link VhostUserDaemon}.
  * - Front-end side: {@link Frontend} has a typed method per request; {@link FrontendMemory} and
  *   {@link setupQueue} drive a back-end's virtqueues without a VM.
- * - Lower layers: `sys` (syscalls), guest memory, split virtqueues, the message codec.
+ * - Lower layers: guest memory, split virtqueues, the message codec. The raw syscall layer
+ *   (src/sys: mmap, wrapMemory, ioctl, fd passing) is internal and deliberately not exported: only
+ *   {@link SysError} (thrown by many APIs) and the memory-fault subscription are public.
+ * - Other entry points: `vhost-user/devices/blk`, `vhost-user/devices/rng`, `vhost-user/driver`.
  * @module
  */
-export * as sys from './sys/index.js';
+export { SysError } from './sys/index.js';
 export * from './memory/index.js';
 export * from './queue/index.js';
 export * from './vhost-user/constants.js';

@@ -8,6 +8,7 @@ import { UnixListener, connectUnixWithRetry } from '../vhost-user/listener.js';
 import type { ConnectionOptions } from '../vhost-user/connection.js';
 import * as sys from '../sys/index.js';
 import { StderrLogger, toLogger, type Logger, type PinoLikeLogger } from '../log.js';
+import { onGuestMemoryFault } from '../memory/index.js';
 import type { VhostUserBackend } from './backend.js';
 import { VhostUserHandler } from './handler.js';
 import type { VringEventHandler } from './event-handler.js';
@@ -200,7 +201,16 @@ export class VhostUserDaemon {
     });
     this.endpoint = endpoint;
     handler.onWorkerFailure = (e) => endpoint.close(e);
+    // The front-end shrank a file behind memory it gave us: the guard turned the fatal SIGBUS into
+    // zero pages; this connection is hostile or broken, so it ends here and the next one is served.
+    const stopFaults = onGuestMemoryFault((f) => {
+      if (f.owner !== handler) return;
+      const msg = `front-end truncated the file behind ${f.description} (fault at 0x${f.address.toString(16)}, ${f.pages} page(s) replaced by zeroes)`;
+      this.logger.log('error', msg, { connection: id });
+      endpoint.close(new Error(msg));
+    });
     this.sessionEnd = endpoint.closed().then(async (err) => {
+      stopFaults();
       this.logger.log('info', `front-end disconnected (connection ${id})${err ? `: ${err.message}` : ''}`, { connection: id });
       try {
         await handler.close();

@@ -179,7 +179,7 @@ export class VhostUserHandler implements BackendReqHandler {
     const mapped: GuestRegion[] = [];
     let next: GuestMemory;
     try {
-      for (const r of regions) mapped.push(mapGuestRegion(r, r.fd));
+      for (const r of regions) mapped.push(mapGuestRegion(r, r.fd, this));
       next = new GuestMemory(mapped, this.memory.memory.dirtyLog);
     } catch (e) {
       for (const r of mapped) r.unmap();
@@ -191,7 +191,7 @@ export class VhostUserHandler implements BackendReqHandler {
 
   addMemReg(region: MemoryRegionWithFd): void | Promise<void> {
     if (this.memory.memory.regions.length >= MAX_MEM_SLOTS) throw new Error(`all ${MAX_MEM_SLOTS} memory slots are in use`);
-    const r = mapGuestRegion(region, region.fd);
+    const r = mapGuestRegion(region, region.fd, this);
     try {
       this.memory.withRegionAdded(r);
     } catch (e) {
@@ -211,7 +211,7 @@ export class VhostUserHandler implements BackendReqHandler {
   }
 
   setLogBase(log: Log, fd: number): void | Promise<void> {
-    this.memory.setDirtyLog(mapDirtyLog(fd, log.mmapSize, log.mmapOffset));
+    this.memory.setDirtyLog(mapDirtyLog(fd, log.mmapSize, log.mmapOffset, this));
     return this.memoryChanged();
   }
 

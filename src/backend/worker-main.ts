@@ -53,7 +53,11 @@ function backing(gen: number, hostAddress: bigint, hostLength: number): RegionBa
   liveWindows.set(gen, (liveWindows.get(gen) ?? 0) + 1);
   let done = false;
   return {
-    windows: m.windows,
+    get windows(): readonly ArrayBuffer[] {
+      return m.windows;
+    },
+    windowCount: m.windowCount,
+    window: (i: number): ArrayBuffer => m.window(i),
     length: m.length,
     unmap(): void {
       if (done) return;

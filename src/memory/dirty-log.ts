@@ -18,6 +18,8 @@ export class DirtyLog {
   /** Log size in bytes; covers guest addresses below size * 8 * VHOST_LOG_PAGE. */
   readonly size: number;
   private readonly u8: readonly Uint8Array[];
+  /** Set when the front-end truncated the file behind the log (see onGuestMemoryFault). */
+  poisoned = false;
   private refs = 0;
   private released = false;
 

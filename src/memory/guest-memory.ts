@@ -35,6 +35,12 @@ export class GuestMemory {
     this.dirtyLog = dirtyLog;
   }
 
+  /** True when the front-end truncated the file behind one of the regions or the dirty log. */
+  get poisoned(): boolean {
+    for (const r of this.regions) if (r.poisoned) return true;
+    return this.dirtyLog?.poisoned ?? false;
+  }
+
   /** Sum of region sizes in bytes. */
   get totalSize(): number {
     let s = 0;

@@ -4,4 +4,7 @@ export { GuestRegion, WINDOW_STRIDE, arrayBufferBacking, type RegionBacking, typ
 export { GuestMemory } from './guest-memory.js';
 export { GuestMemoryAtomic, type GuestMemoryGuard } from './atomic.js';
 export { DirtyLog, VHOST_LOG_PAGE } from './dirty-log.js';
-export { mapGuestRegion, mapDirtyLog, MMAP_OFFSET_ALIGN, type MemoryRegionDescription } from './mmap.js';
+export {
+  mapGuestRegion, mapDirtyLog, mapFrontendFile, MMAP_OFFSET_ALIGN, type MemoryRegionDescription, type MappedFrontendFile, type TrackedBacking,
+} from './mmap.js';
+export { onGuestMemoryFault, type GuestMemoryFault, type GuestMemoryFaultListener, type FaultTarget } from './faults.js';

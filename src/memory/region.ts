@@ -1,17 +1,28 @@
 import { GuestMemoryError, MAX_ADDRESS, checkAddress, hex } from './errors.js';
 
+/** Placeholders for windows not created yet (zero length, so every bounds check sends them to the slow path). */
+const EMPTY_U8 = new Uint8Array(0);
+const EMPTY_DV = new DataView(new ArrayBuffer(0));
+
 /** Distance between the starts of consecutive backing windows (2 GiB), as in sys `Mapping`. */
 export const WINDOW_STRIDE = 2 ** 31;
 
 /**
- * Host memory behind a guest region. Structurally compatible with sys `Mapping`: `windows[i]`
+ * Host memory behind a guest region. Structurally compatible with sys `Mapping`: window `i`
  * starts at byte `i * WINDOW_STRIDE` of the backing and every window but the last is at least
  * `WINDOW_STRIDE` bytes long (sys windows are up to 4 GiB), so any range of at most 2 GiB lies inside
  * window `floor(start / WINDOW_STRIDE)` (or the last window).
+ *
+ * A backing that provides `window(i)` and `windowCount` is read lazily: a region only creates views
+ * of the windows it touches, so a huge sparse region costs nothing up front.
  */
 export interface RegionBacking {
   /** Overlapping ArrayBuffer windows over the backing; detached (byteLength 0) once unmapped. */
   readonly windows: readonly ArrayBuffer[];
+  /** Number of windows; required together with `window`. */
+  readonly windowCount?: number;
+  /** Window i, created on demand (preferred over `windows` when present). */
+  window?(index: number): ArrayBuffer;
   /** Total length of the backing in bytes. */
   readonly length: number;
   /** Releases the backing (munmap). Must be idempotent. */
@@ -60,10 +71,17 @@ export class GuestRegion {
   readonly backing: RegionBacking;
   /** Offset of byte 0 of the region inside the backing. */
   readonly backingOffset: number;
-  /** @internal Byte views of each backing window (cached so lookups do not allocate). */
-  readonly u8: readonly Uint8Array[];
-  /** @internal DataViews of each backing window for scalar access. */
-  readonly dv: readonly DataView[];
+  /**
+   * @internal Byte views of each backing window (cached so lookups do not allocate). A window not
+   * used yet holds the shared empty placeholder; {@link windowFor} creates it on first use.
+   */
+  readonly u8: Uint8Array[];
+  /** @internal DataViews of each backing window for scalar access (same lazy rule as `u8`). */
+  readonly dv: DataView[];
+  /** Set when the front-end truncated the file behind this region (see onGuestMemoryFault). */
+  poisoned = false;
+  /** @internal Opaque owner given to mapGuestRegion (the connection handler that mapped it). */
+  owner: unknown = undefined;
   private refs = 0;
   private released = false;
 
@@ -83,15 +101,8 @@ export class GuestRegion {
     if (backingOffset + size > backing.length) {
       throw new GuestMemoryError('out-of-range', `region of ${hex(size)} bytes at backing offset ${hex(backingOffset)} exceeds backing length ${hex(backing.length)}`);
     }
-    const n = backing.windows.length;
+    const n = backing.window !== undefined && backing.windowCount !== undefined ? backing.windowCount : backing.windows.length;
     if (n === 0) throw new GuestMemoryError('invalid', 'backing has no windows');
-    for (let i = 0; i < n; i++) {
-      const w = backing.windows[i] as ArrayBuffer;
-      const needed = i < n - 1 ? WINDOW_STRIDE : backing.length - i * WINDOW_STRIDE;
-      if (w.byteLength < needed) {
-        throw new GuestMemoryError(w.byteLength === 0 ? 'unmapped' : 'invalid', `backing window ${i} is ${w.byteLength} bytes, needs ≥ ${needed}`);
-      }
-    }
     this.guestPhysAddr = guestPhysAddr;
     this.size = size;
     this.end = guestPhysAddr + size;
@@ -99,8 +110,26 @@ export class GuestRegion {
     this.mmapOffset = mmapOffset;
     this.backing = backing;
     this.backingOffset = backingOffset;
-    this.u8 = backing.windows.map((w) => new Uint8Array(w));
-    this.dv = backing.windows.map((w) => new DataView(w));
+    this.u8 = new Array<Uint8Array>(n).fill(EMPTY_U8);
+    this.dv = new Array<DataView>(n).fill(EMPTY_DV);
+    // The windows holding the region's first and last byte are checked now, so a backing that is too
+    // short (or already unmapped) is refused at construction as before; the others on first use.
+    this.materialize(Math.min(Math.floor(backingOffset / WINDOW_STRIDE), n - 1));
+    this.materialize(Math.min(Math.floor((backingOffset + size - 1) / WINDOW_STRIDE), n - 1));
+  }
+
+  /** Creates the views of window `w` (the backing's window is created on demand too). */
+  private materialize(w: number): void {
+    const b = this.backing;
+    const n = this.u8.length;
+    const ab = b.window !== undefined && b.windowCount !== undefined ? b.window(w) : b.windows[w];
+    const needed = w < n - 1 ? WINDOW_STRIDE : b.length - w * WINDOW_STRIDE;
+    if (ab === undefined || ab.byteLength < needed) {
+      const len = ab?.byteLength ?? 0;
+      throw new GuestMemoryError(len === 0 ? 'unmapped' : 'invalid', `backing window ${w} is ${len} bytes, needs ≥ ${needed}`);
+    }
+    this.u8[w] = new Uint8Array(ab);
+    this.dv[w] = new DataView(ab);
   }
 
   /** True when `[gpa, gpa + len)` lies inside this region (len may be 0). */
@@ -118,9 +147,16 @@ export class GuestRegion {
     const n = this.u8.length;
     let w = Math.floor(o / WINDOW_STRIDE);
     if (w >= n) w = n - 1;
-    const u8 = this.u8[w] as Uint8Array;
+    let u8 = this.u8[w] as Uint8Array;
     if (o - w * WINDOW_STRIDE + len > u8.length) {
-      if (u8.length === 0 || this.released) throw new GuestMemoryError('unmapped', `region ${hex(this.guestPhysAddr)} is no longer mapped`);
+      if (this.released) throw new GuestMemoryError('unmapped', `region ${hex(this.guestPhysAddr)} is no longer mapped`);
+      if (u8 === EMPTY_U8) {
+        // First use of this window: the only allocation, once per window.
+        this.materialize(w);
+        u8 = this.u8[w] as Uint8Array;
+        if (o - w * WINDOW_STRIDE + len <= u8.length) return w;
+      }
+      if (u8.length === 0) throw new GuestMemoryError('unmapped', `region ${hex(this.guestPhysAddr)} is no longer mapped`);
       return -1;
     }
     return w;

@@ -1,138 +1,25 @@
 /**
  * Typed wrapper over the vhost_user_native addon: AF_UNIX sockets with fd passing, eventfd, memfd,
- * mmap windows and fd watchers on the calling thread's libuv loop.
+ * mmap windows, a SIGBUS guard for shared mappings and fd watchers on the calling thread's loop.
  *
- * This is the only module that loads the addon. The C side is a thin syscall layer; errors are built
- * here (see {@link SysError}) through a factory registered with the addon at load time.
+ * The C side is a thin syscall layer that validates every argument itself (fds are integers in
+ * [0, INT_MAX], lengths and offsets checked integers, flags known; handles are type-tagged).
+ * This module is internal: the package entry point does not re-export it (raw mmap, wrapMemory and
+ * ioctl must not be reachable by package users).
  *
  * @module
  */
-import { existsSync } from 'node:fs';
-import { createRequire } from 'node:module';
-import { constants as osConstants } from 'node:os';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { getSystemErrorMap } from 'node:util';
+import { constant, native } from './native.js';
+import { closeWatcherOf } from './watch.js';
 
-/** Raw addon surface; kept private so the wrappers below are the only callers. */
-interface NativeAddon {
-  init(makeError: (errno: number, syscall: string, detail: string | undefined) => Error): void;
-  socketpair(): [number, number];
-  listenUnix(path: string, backlog: number | undefined): number;
-  connectUnix(path: string): number;
-  accept(fd: number): number | null;
-  sendmsg(fd: number, data: Uint8Array, fds: readonly number[] | undefined): number | null;
-  recvmsg(fd: number, buf: Uint8Array, maxFds: number, out: Int32Array): number | null;
-  close(fd: number): void;
-  dup(fd: number): number;
-  setNonBlocking(fd: number, on: boolean): void;
-  eventfd(initval: number, flags: number): number;
-  eventfdRead(fd: number): bigint | null;
-  eventfdWrite(fd: number, value: bigint | number): void;
-  memfdCreate(name: string, flags: number): number;
-  ftruncate(fd: number, length: number): void;
-  ioctl(fd: number, request: number | bigint, arg: Uint8Array | number | bigint | undefined): number;
-  openFdCount(): number;
-  lockFile(fd: number, exclusive: boolean): void;
-  socketInfo(fd: number): SocketInfo;
-  fallocateAsync(fd: number, mode: number, offset: number | bigint, length: number | bigint): Promise<void>;
-  ioctlRangeAsync(fd: number, request: number | bigint, offset: number | bigint, length: number | bigint): Promise<void>;
-  mmap(fd: number, offset: number | bigint, length: number, prot: number, flags: number): [NativeHandle, bigint, ArrayBuffer[]];
-  munmap(handle: NativeHandle): void;
-  wrapMemory(address: bigint, length: number): [NativeHandle, bigint, ArrayBuffer[]];
-  watch(fd: number, events: number, callback: (status: number, events: number) => void): NativeHandle;
-  watchStart(handle: NativeHandle, events: number): void;
-  watchStop(handle: NativeHandle): void;
-  watchClose(handle: NativeHandle): void;
-  watchRef(handle: NativeHandle, on: boolean): void;
-  constants: Record<string, number>;
-}
-
-/** Opaque napi_external owned by the addon. */
-declare const nativeHandleBrand: unique symbol;
-type NativeHandle = { readonly [nativeHandleBrand]: true };
-
-/** The package root: the directory holding package.json above src/sys or dist/src/sys. */
-function packageRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (let i = 0; i < 6; i++) {
-    if (existsSync(join(dir, 'package.json')) && existsSync(join(dir, 'binding.gyp'))) return dir;
-    const parent = dirname(dir);
-    if (parent === dir) break;
-    dir = parent;
-  }
-  throw new Error(`vhost-user: package root not found above ${fileURLToPath(import.meta.url)}`);
-}
-
-/**
- * Loads the addon: a prebuilt binary shipped in prebuilds/ (N-API, one per platform and
- * architecture), else one compiled into build/ at install time. When neither exists the error says
- * how to build it.
- */
-function loadAddon(): NativeAddon {
-  const root = packageRoot();
-  const req = createRequire(import.meta.url);
-  const nodeGypBuild = req('node-gyp-build') as (dir: string) => unknown;
-  try {
-    return nodeGypBuild(root) as NativeAddon;
-  } catch (e) {
-    throw new Error(`vhost-user: no native addon for ${process.platform}-${process.arch} (no prebuilt binary in ` +
-      `${join(root, 'prebuilds')} and none built in ${join(root, 'build')}). Build it with \`npm rebuild vhost-user\` ` +
-      `(needs python3, make, a C compiler and Node's headers; in a clone of the repository: \`npx node-gyp rebuild\`). ` +
-      `Cause: ${(e as Error).message.split('\n')[0]}`);
-  }
-}
-
-const native = loadAddon();
-
-const errnoNames = new Map<number, string>();
-for (const [name, value] of Object.entries(osConstants.errno)) {
-  if (!errnoNames.has(value)) errnoNames.set(value, name);
-}
-const uvErrors = getSystemErrorMap();
-
-/** Error thrown by every wrapper: code = errno name ('EAGAIN', 'EBADF', ...), message names the syscall. */
-export class SysError extends Error {
-  /** errno name, e.g. 'EAGAIN'. */
-  readonly code: string;
-  /** Positive errno number. */
-  readonly errno: number;
-  /** The failing syscall (or libuv call), e.g. 'recvmsg'. */
-  readonly syscall: string;
-
-  /**
-   * @param errno positive errno value
-   * @param syscall name of the failing call
-   * @param detail optional extra context appended to the message
-   */
-  constructor(errno: number, syscall: string, detail?: string) {
-    const uv = uvErrors.get(-errno);
-    const code = uv?.[0] ?? errnoNames.get(errno) ?? `E${errno}`;
-    super(`${syscall} failed: ${code} (${uv?.[1] ?? `errno ${errno}`})${detail !== undefined ? `: ${detail}` : ''}`);
-    this.name = 'SysError';
-    this.code = code;
-    this.errno = errno;
-    this.syscall = syscall;
-  }
-}
-
-native.init((errno, syscall, detail) => new SysError(errno, syscall, detail));
-
-const C = native.constants;
-function constant(name: string): number {
-  const v = C[name];
-  if (v === undefined) throw new Error(`addon lacks constant ${name}`);
-  return v;
-}
-
-/** mmap protection: readable. */
-export const PROT_READ: number = constant('PROT_READ');
-/** mmap protection: writable. */
-export const PROT_WRITE: number = constant('PROT_WRITE');
-/** mmap flag: shared mapping (writes reach the file / other mappings). */
-export const MAP_SHARED: number = constant('MAP_SHARED');
-/** mmap flag: private copy-on-write mapping. */
-export const MAP_PRIVATE: number = constant('MAP_PRIVATE');
+export { SysError } from './native.js';
+export { watchFd, type FdWatcher } from './watch.js';
+export {
+  PROT_READ, PROT_WRITE, MAP_SHARED, MAP_PRIVATE, F_SEAL_SEAL, F_SEAL_SHRINK, F_SEAL_GROW, F_SEAL_WRITE,
+  F_SEAL_FUTURE_WRITE, WINDOW_STRIDE, WINDOW_SIZE, mmap, wrapMemory, fileInfo, addSeals, getSeals,
+  type Mapping, type FileInfo, type FileKind,
+} from './mapping.js';
+export { onMemoryFault, type MemoryFault, type MemoryFaultListener } from './faults.js';
 /** eventfd flag: non-blocking. */
 export const EFD_NONBLOCK: number = constant('EFD_NONBLOCK');
 /** eventfd flag: close-on-exec. */
@@ -223,7 +110,7 @@ export function recvmsg(fd: number, buf: Uint8Array, maxFds: number = MAX_FDS_PE
  * outlives its fd number would misfire once the number is reused.
  */
 export function close(fd: number): void {
-  watchers.get(fd)?.close();
+  closeWatcherOf(fd);
   native.close(fd);
 }
 
@@ -324,151 +211,4 @@ export function socketInfo(fd: number): SocketInfo {
 /** Number of open fds in this process (entries of /proc/self/fd), for leak checks. */
 export function openFdCount(): number {
   return native.openFdCount();
-}
-
-// ---------------------------------------------------------------------------------------------
-// Shared memory
-
-/** Start offset step between consecutive windows of a {@link Mapping}. */
-export const WINDOW_STRIDE = 2 ** 31;
-/** Largest window length (V8's ArrayBuffer limit). */
-export const WINDOW_SIZE = 2 ** 32;
-
-/**
- * A mmap'ed region. ArrayBuffer windows are limited to 4 GiB by V8, so the region is exposed as
- * overlapping windows: windows[i] starts at byte i * WINDOW_STRIDE (2 GiB) of the mapping and spans
- * min(WINDOW_SIZE (4 GiB), length - i * WINDOW_STRIDE) bytes. Any range of at most 2 GiB therefore
- * lies entirely inside window floor(start / WINDOW_STRIDE).
- */
-export interface Mapping {
-  /** Length in bytes. */
-  readonly length: number;
-  /** Host virtual address of byte 0. */
-  readonly address: bigint;
-  /** External ArrayBuffers over the mapping (detached, byteLength 0, after unmap). */
-  readonly windows: readonly ArrayBuffer[];
-  /** False once unmapped. */
-  readonly mapped: boolean;
-  /** munmap; detaches every window so any stale view throws TypeError instead of crashing. Idempotent. */
-  unmap(): void;
-}
-
-class MappingImpl implements Mapping {
-  readonly length: number;
-  readonly address: bigint;
-  readonly windows: readonly ArrayBuffer[];
-  #handle: NativeHandle | null;
-
-  constructor(handle: NativeHandle, length: number, address: bigint, windows: ArrayBuffer[]) {
-    this.#handle = handle;
-    this.length = length;
-    this.address = address;
-    // Frozen: the addon detaches exactly these buffers on unmap.
-    this.windows = Object.freeze(windows);
-  }
-
-  get mapped(): boolean {
-    return this.#handle !== null;
-  }
-
-  unmap(): void {
-    const h = this.#handle;
-    if (h === null) return;
-    this.#handle = null;
-    native.munmap(h);
-  }
-}
-
-/**
- * Maps `length` bytes of fd at `offset` (default PROT_READ | PROT_WRITE, MAP_SHARED). The mapping is
- * released only by unmap() (or when the thread's environment is torn down), never by GC.
- */
-export function mmap(fd: number, offset: number | bigint, length: number, prot: number = PROT_READ | PROT_WRITE, flags: number = MAP_SHARED): Mapping {
-  const [handle, address, windows] = native.mmap(fd, offset, length, prot, flags);
-  return new MappingImpl(handle, length, address, windows);
-}
-
-/**
- * Windows over `length` bytes at host address `address` that another thread of this process
- * mapped (e.g. guest memory a worker_thread receives from the main thread), with the same
- * overlapping-window layout as {@link mmap}. The caller guarantees the memory stays mapped while
- * the windows are in use; unmap() only detaches them (the owner munmaps).
- */
-export function wrapMemory(address: bigint, length: number): Mapping {
-  const [handle, addr, windows] = native.wrapMemory(address, length);
-  return new MappingImpl(handle, length, addr, windows);
-}
-
-// ---------------------------------------------------------------------------------------------
-// fd watchers
-
-/** A uv_poll watcher on the calling thread's libuv loop. */
-export interface FdWatcher {
-  /** (Re)starts watching for POLLIN and/or POLLOUT. */
-  start(events: number): void;
-  /** Stops watching; start() may be called again. */
-  stop(): void;
-  /** Stops and frees; idempotent; the callback never runs after close(). Safe inside the callback. */
-  close(): void;
-  /** Makes the watcher keep the loop alive (default). */
-  ref(): void;
-  /** Lets the loop exit while the watcher is active. */
-  unref(): void;
-}
-
-/** Open watchers of this thread by fd: libuv allows one poll handle per fd per loop. */
-const watchers = new Map<number, WatcherImpl>();
-
-class WatcherImpl implements FdWatcher {
-  readonly #fd: number;
-  #handle: NativeHandle | null;
-
-  constructor(fd: number, handle: NativeHandle) {
-    this.#fd = fd;
-    this.#handle = handle;
-  }
-
-  #live(syscall: string): NativeHandle {
-    if (this.#handle === null) throw new SysError(osConstants.errno.EBADF, syscall, 'watcher is closed');
-    return this.#handle;
-  }
-
-  start(events: number): void {
-    native.watchStart(this.#live('uv_poll_start'), events);
-  }
-
-  stop(): void {
-    if (this.#handle !== null) native.watchStop(this.#handle);
-  }
-
-  close(): void {
-    const h = this.#handle;
-    if (h === null) return;
-    this.#handle = null;
-    watchers.delete(this.#fd);
-    native.watchClose(h);
-  }
-
-  ref(): void {
-    if (this.#handle !== null) native.watchRef(this.#handle, true);
-  }
-
-  unref(): void {
-    if (this.#handle !== null) native.watchRef(this.#handle, false);
-  }
-}
-
-/**
- * Watches fd on the calling thread's own libuv loop (works in worker_threads). The callback is
- * invoked directly from libuv as callback(status, events); status < 0 is a negated errno from
- * libuv (e.g. -EBADF). An exception thrown by the callback is raised as an uncaught exception of
- * the thread (process 'uncaughtException', or 'error' on the Worker), never swallowed.
- * One watcher per fd per thread (EEXIST otherwise); close the watcher before the fd, or use
- * {@link close} which does both.
- */
-export function watchFd(fd: number, events: number, callback: (status: number, events: number) => void): FdWatcher {
-  if (watchers.has(fd)) throw new SysError(osConstants.errno.EEXIST, 'uv_poll_init', `fd ${fd} is already watched in this thread`);
-  const w = new WatcherImpl(fd, native.watch(fd, events, callback));
-  watchers.set(fd, w);
-  return w;
 }

@@ -66,7 +66,7 @@ test('an overlong path naming a live socket: refused before anything is unlinked
   const long = dir + '/.'.repeat(Math.ceil((UNIX_PATH_MAX + 60 - dir.length) / 2)) + '/s';
   assert.ok(Buffer.byteLength(long) > UNIX_PATH_MAX);
   const r = startBlk(['--socket-path', long]);
-  assert.equal(await r.exited, 1);
+  assert.equal(await r.exited, 2, 'a usage error');
   assert.match(r.stderr(), /socket path is \d+ bytes/);
   assert.equal(r.stderr().trim().split('\n').length, 1, 'one line');
   assert.ok(lstatSync(sock).isSocket(), 'the live socket is still there');
@@ -133,7 +133,7 @@ test('--socket-mode gives the socket the mode asked for; the default is 0600', a
     assert.equal(await r.exited, 0);
   }
   const bad = startBlk(['--socket-path', join(dir, 'x.sock'), '--socket-mode', '0999']);
-  assert.equal(await bad.exited, 1);
+  assert.equal(await bad.exited, 2, 'a usage error');
   assert.match(bad.stderr(), /not an octal permission mode/);
 });
 

@@ -251,3 +251,36 @@ test('mapDirtyLog over a memfd with an offset', () => {
     close(fd);
   }
 });
+
+test('a 2^40-byte region over a sparse memfd maps at once; windows are created on first touch only', () => {
+  const size = 2 ** 40;
+  const fd = memfdCreate('vhu-huge');
+  try {
+    ftruncate(fd, size);
+    const t0 = performance.now();
+    const r = mapGuestRegion({ guestPhysAddr: 0x1_0000_0000, memorySize: size, userAddr: 0x7f00_0000_0000, mmapOffset: 0 }, fd);
+    const mapMs = performance.now() - t0;
+    const mem = new GuestMemory([r]);
+    try {
+      assert.ok(mapMs < 100, `mapping took ${mapMs.toFixed(1)} ms`);
+      const live = (): number => r.u8.filter((u) => u.length > 0).length;
+      assert.equal(r.u8.length, 512);
+      assert.ok(live() <= 2, `${live()} windows created up front`);
+      // Touch three far-apart places, one of them straddling the 2 GiB window stride.
+      const at = [0x1_0000_0000 + 2 ** 39 + 3, 0x1_0000_0000 + size - 8, 0x1_0000_0000 + 5 * 2 ** 31 - 2];
+      at.forEach((gpa, i) => mem.writeU64(gpa, 0x1122334455667700n + BigInt(i)));
+      at.forEach((gpa, i) => assert.equal(mem.readU64(gpa), 0x1122334455667700n + BigInt(i)));
+      assert.ok(live() <= 6, `${live()} windows after touching 3 places`);
+      // The bytes really are in the file: a second mapping at the same offset sees them.
+      const off = 2 ** 39;
+      const check = mmap(fd, off, 4096);
+      assert.equal(new DataView(check.window(0)).getBigUint64(3, true), 0x1122334455667700n);
+      check.unmap();
+    } finally {
+      r.unmap();
+    }
+    assert.equal(kindOf(() => mem.readU8(0x1_0000_0000 + 2 ** 38)), 'unmapped', 'an untouched window of an unmapped region');
+  } finally {
+    close(fd);
+  }
+});

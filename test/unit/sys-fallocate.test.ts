@@ -82,7 +82,8 @@ test('punching a memfd (shmem) works too', async () => {
 });
 
 test('failures reject with SysError naming the call; bad arguments throw synchronously', async (t) => {
-  await assert.rejects(fallocateAsync(-1, FALLOC_FL_ZERO_RANGE, 0, 4096), (e: unknown) => {
+  // INT_MAX is a valid fd number that is not open.
+  await assert.rejects(fallocateAsync(0x7fffffff, FALLOC_FL_ZERO_RANGE, 0, 4096), (e: unknown) => {
     assert.ok(e instanceof SysError);
     assert.equal(e.code, 'EBADF');
     assert.equal(e.syscall, 'fallocate');
@@ -100,7 +101,9 @@ test('failures reject with SysError naming the call; bad arguments throw synchro
   } finally {
     closeSync(fd);
   }
-  assert.throws(() => fallocateAsync(0, 0, -1, 1), TypeError);
+  assert.throws(() => fallocateAsync(-1, 0, 0, 1), RangeError);
+  assert.throws(() => fallocateAsync(0, 0, -1, 1), RangeError);
+  assert.throws(() => fallocateAsync(0, 0x4000_0000, 0, 1), RangeError);
   assert.throws(() => fallocateAsync(0, 0, 2n ** 63n - 1n, 2n), TypeError);
   assert.throws(() => ioctlRangeAsync(0, BLKDISCARD, 0, 1.5), TypeError);
 });
