@@ -5,6 +5,7 @@
  */
 import type { GuestMemoryAtomic } from '../memory/index.js';
 import type { BackendChannel } from '../vhost-user/backend-channel.js';
+import type { ShmemConfig } from '../vhost-user/messages.js';
 import type { Vring } from './vring.js';
 import type { VringWorkerModule } from './worker-protocol.js';
 
@@ -61,4 +62,17 @@ export interface VhostUserBackend {
   quiesce?(): Promise<void>;
   /** Drop device state (front-end disconnected, RESET_DEVICE, RESET_OWNER). */
   resetDevice?(): void | Promise<void>;
+  /**
+   * VIRTIO shared memory regions of the device (GET_SHMEM_CONFIG; offer ProtocolFeature.SHMEM).
+   * To place a file into a region, call `shmemMap` on the {@link BackendChannel} received in
+   * {@link setBackendReqFd} (BACKEND_REQ must be offered too).
+   */
+  getShmemConfig?(): ShmemConfig | Promise<ShmemConfig>;
+  /**
+   * GET_SHARED_OBJECT (offer ProtocolFeature.SHARED_OBJECT): an fd for the exported object
+   * `uuid`; ownership passes to the daemon, which sends and closes it. Throw when unknown.
+   */
+  getSharedObject?(uuid: Uint8Array): number | Promise<number>;
+  /** GPU_SET_SOCKET: the vhost-user-gpu protocol socket. `fd` is borrowed: dup it to keep it. */
+  setGpuSocket?(fd: number): void | Promise<void>;
 }

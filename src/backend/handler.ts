@@ -15,7 +15,8 @@ import {
   protocolFeatureMask,
 } from '../vhost-user/constants.js';
 import { VHOST_F_LOG_ALL, VIRTIO_RING_F_EVENT_IDX } from '../virtio/features.js';
-import type { AnyMemoryRegion, Log, MemoryRegionWithFd, VringAddr } from '../vhost-user/messages.js';
+import type { AnyMemoryRegion, Log, MemoryRegionWithFd, ShmemConfig, VringAddr } from '../vhost-user/messages.js';
+import { VhostUserError } from '../vhost-user/errors.js';
 import { descTableSize, availRingSize, usedRingSize } from '../queue/index.js';
 import type { VhostUserBackend } from './backend.js';
 import { Vring } from './vring.js';
@@ -40,6 +41,10 @@ export const DAEMON_PROTOCOL_FEATURES: bigint = [
   ProtocolFeature.RESET_DEVICE,
   ProtocolFeature.CONFIGURE_MEM_SLOTS,
   ProtocolFeature.STATUS,
+  // Served through the device's optional hooks (getSharedObject, getShmemConfig); a device offers
+  // them in protocolFeatures() only when it implements the hook.
+  ProtocolFeature.SHARED_OBJECT,
+  ProtocolFeature.SHMEM,
 ].reduce((m, f) => m | protocolFeatureMask(f), 0n);
 
 const bit = (n: number): bigint => 1n << BigInt(n);
@@ -379,6 +384,21 @@ export class VhostUserHandler implements BackendReqHandler {
 
   resetDevice(): Promise<void> {
     return this.reset();
+  }
+
+  getShmemConfig(): ShmemConfig | Promise<ShmemConfig> {
+    if (!this.backend.getShmemConfig) throw new VhostUserError('not-supported', 'VHOST_USER_GET_SHMEM_CONFIG', 'device has no shared memory regions');
+    return this.backend.getShmemConfig();
+  }
+
+  getSharedObject(uuid: Uint8Array): number | Promise<number> {
+    if (!this.backend.getSharedObject) throw new VhostUserError('not-supported', 'VHOST_USER_GET_SHARED_OBJECT', 'device exports no shared objects');
+    return this.backend.getSharedObject(uuid);
+  }
+
+  gpuSetSocket(fd: number): void | Promise<void> {
+    if (!this.backend.setGpuSocket) throw new VhostUserError('not-supported', 'VHOST_USER_GPU_SET_SOCKET', 'device is not a GPU');
+    return this.backend.setGpuSocket(fd);
   }
 
   /** Stops every ring, waits for in-flight I/O, and returns the device to its initial state. */
