@@ -206,7 +206,7 @@ export class BackendEndpoint {
           return;
         }
         this.conn.close(new VhostUserError(err instanceof VhostUserError ? err.code : 'invalid-argument', name,
-          `failed and the front-end cannot be told: ${err.message}`, { cause: err }));
+          `failed and the front-end cannot be told: ${err.message}`, { cause: err, errno: Number(code) }));
     }
   }
 

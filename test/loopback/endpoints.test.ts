@@ -13,12 +13,17 @@ import type { BackendReqHandler } from '../../src/vhost-user/backend-handler.js'
 import type { BackendChannel } from '../../src/vhost-user/backend-channel.js';
 import { UnixListener } from '../../src/vhost-user/listener.js';
 import { encodeFrontendRequest } from '../../src/vhost-user/codec.js';
-import { DeviceStateDirection, DeviceStatePhase, FrontendReq, IotlbType, ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES } from '../../src/vhost-user/constants.js';
+import {
+  DeviceStateDirection, DeviceStatePhase, FrontendReq, IotlbType, PROTOCOL_FEATURES_KNOWN, ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES, protocolFeatureMask,
+} from '../../src/vhost-user/constants.js';
+import { VhostUserError } from '../../src/vhost-user/errors.js';
+import { negotiate } from '../../src/vhost-user/negotiate.js';
 import type { AnyMemoryRegion, CryptoSession, Inflight, IotlbMsg, Log, MemoryRegionWithFd, VringAddr } from '../../src/vhost-user/messages.js';
 import { silentLogger } from '../../src/log.js';
 
-const ALL_PROTOCOL = (1n << 20n) - 1n & ~(1n << BigInt(ProtocolFeature.XEN_MMAP));
-const FEATURES = (1n << 32n) | (1n << BigInt(VHOST_USER_F_PROTOCOL_FEATURES));
+const ALL_PROTOCOL = PROTOCOL_FEATURES_KNOWN & ~(1n << BigInt(ProtocolFeature.XEN_MMAP));
+// VIRTIO_F_VERSION_1, VIRTIO_F_IOMMU_PLATFORM (gates IOTLB_MSG), VHOST_USER_F_PROTOCOL_FEATURES.
+const FEATURES = (1n << 32n) | (1n << 33n) | (1n << BigInt(VHOST_USER_F_PROTOCOL_FEATURES));
 
 /** Records every call; keeps dup'ed copies of fds it must look at after the call returns. */
 class RecordingHandler implements BackendReqHandler {
@@ -106,6 +111,7 @@ class RecordingHandler implements BackendReqHandler {
   getSharedObject(uuid: Uint8Array) { this.rec('getSharedObject', uuid[0]); return sys.eventfd(); }
   setDeviceStateFd(d: DeviceStateDirection, p: DeviceStatePhase, fd: number) { this.rec('setDeviceStateFd', d, p); this.keep(fd); return null; }
   checkDeviceState() { this.rec('checkDeviceState'); }
+  getShmemConfig() { this.rec('getShmemConfig'); return { memorySizes: [0n, 1n << 30n] }; }
 }
 
 function memfdWith(text: string, size = 1 << 20): number {
@@ -187,6 +193,7 @@ test('loopback: every front-end request once, with real memfds and eventfds', as
   const [p0, p1] = sys.socketpair();
   assert.equal(await fe.setDeviceStateFd(DeviceStateDirection.SAVE, DeviceStatePhase.STOPPED, p0), null);
   await fe.checkDeviceState();
+  assert.deepEqual(await fe.getShmemConfig(), { memorySizes: [0n, 1n << 30n] });
   await fe.setBackendReqFd({ configChange: () => undefined });
   await fe.resetDevice();
   await fe.resetOwner();
@@ -197,7 +204,7 @@ test('loopback: every front-end request once, with real memfds and eventfds', as
     'setVringCall', 'setVringErr', 'getQueueNum', 'setVringEnable', 'sendRarp', 'netSetMtu', 'setBackendReqFd', 'iotlbMsg',
     'setVringEndian', 'getConfig', 'setConfig', 'createCryptoSession', 'closeCryptoSession', 'postcopyAdvise', 'postcopyListen',
     'postcopyEnd', 'getInflightFd', 'setInflightFd', 'gpuSetSocket', 'resetDevice', 'vringKick', 'getMaxMemSlots', 'addMemReg',
-    'remMemReg', 'setStatus', 'getStatus', 'getSharedObject', 'setDeviceStateFd', 'checkDeviceState']) {
+    'remMemReg', 'setStatus', 'getStatus', 'getSharedObject', 'setDeviceStateFd', 'checkDeviceState', 'getShmemConfig']) {
     assert.ok(names.includes(m), `handler never saw ${m}`);
   }
   assert.deepEqual(h.calls.find((c) => c[0] === 'sendRarp'), ['sendRarp', '525400123456']);
@@ -214,14 +221,21 @@ test('loopback: every front-end request once, with real memfds and eventfds', as
 test('loopback: REPLY_ACK reports handler failures and the connection keeps serving', async () => {
   const h = new RecordingHandler();
   const { fe, be } = pair(h);
-  await fe.setProtocolFeatures(1n << BigInt(ProtocolFeature.REPLY_ACK));
+  await fe.getFeatures();
+  await fe.setProtocolFeatures((1n << BigInt(ProtocolFeature.REPLY_ACK)) | (1n << BigInt(ProtocolFeature.MQ)));
   h.failNext = 'setVringNum';
   await assert.rejects(fe.setVringNum(0, 256), (e: unknown) => e instanceof VhostUserRequestFailedError && e.value === 22n);
+  // A gated request whose feature was not negotiated: refused with EPERM, the connection goes on.
+  await assert.rejects(fe.setStatus(1), (e: unknown) => e instanceof VhostUserRequestFailedError && e.value === 1n);
+  assert.equal(h.calls.some((c) => c[0] === 'setStatus'), false, 'the handler never sees a request that is not negotiated');
+  await assert.rejects(fe.setVringEndian(0, false), (e: unknown) => e instanceof VhostUserRequestFailedError && e.value === 1n);
   await fe.setVringNum(0, 128);
-  // A handler without the method: the request is refused, not fatal.
-  delete (h as Partial<RecordingHandler>).sendRarp;
-  (h as { sendRarp?: unknown }).sendRarp = undefined;
-  await assert.rejects(fe.sendRarp(new Uint8Array(6)), VhostUserRequestFailedError);
+  // A handler without the method: the request is refused with EOPNOTSUPP, not fatal.
+  delete (h as Partial<RecordingHandler>).gpuSetSocket;
+  (h as { gpuSetSocket?: unknown }).gpuSetSocket = undefined;
+  const gpu = sys.eventfd();
+  await assert.rejects(fe.gpuSetSocket(gpu), (e: unknown) => e instanceof VhostUserRequestFailedError && e.value === 95n);
+  sys.close(gpu);
   assert.equal(await fe.getQueueNum(), 4);
   fe.close();
   await be.closed();
@@ -234,7 +248,10 @@ test('loopback: without REPLY_ACK a failed request closes only that connection',
   h.failNext = 'setVringNum';
   await a.fe.setVringNum(0, 256); // written; the failure cannot be reported
   const err = await a.be.closed();
-  assert.match(String(err?.message), /VHOST_USER_SET_VRING_NUM failed/);
+  assert.ok(err instanceof VhostUserError, String(err));
+  assert.equal(err.request, 'VHOST_USER_SET_VRING_NUM');
+  assert.equal(err.code, 'device-error');
+  assert.equal(err.errno, 22);
   await assert.rejects(a.fe.getFeatures());
   assert.equal(await b.fe.getFeatures(), FEATURES, 'the other connection keeps serving');
   b.fe.close();
@@ -272,6 +289,9 @@ test('loopback: malformed request with NEED_REPLY under REPLY_ACK gets an error 
     }
     throw new Error('no reply');
   };
+  // GET_FEATURES first: SET_PROTOCOL_FEATURES is only legal once VHOST_USER_F_PROTOCOL_FEATURES was offered.
+  sys.sendmsg(a, encodeFrontendRequest({ request: FrontendReq.GET_FEATURES }, { protocolFeatures: 0n }).bytes);
+  assert.equal((await recvReply()).readBigUInt64LE(12), FEATURES);
   // SET_PROTOCOL_FEATURES (16) = REPLY_ACK, itself with NEED_REPLY: acked with 0 once in effect.
   const spf = encodeFrontendRequest({ request: FrontendReq.SET_PROTOCOL_FEATURES, features: 1n << BigInt(ProtocolFeature.REPLY_ACK) },
     { protocolFeatures: 0n });
@@ -311,7 +331,7 @@ test('loopback: both socket roles (back-end server and back-end client)', async 
     const feP = Frontend.accept(l2);
     const be2 = await BackendEndpoint.connect(join(dir, 'fe.sock'), new RecordingHandler(), { logger: silentLogger });
     const fe2 = await feP;
-    assert.equal(await fe2.getQueueNum(), 4);
+    assert.equal((await negotiate(fe2, { wantProtocolFeatures: protocolFeatureMask(ProtocolFeature.MQ) })).queueNum, 4);
     fe2.close();
     await be2.closed();
     l2.close();
@@ -324,6 +344,7 @@ test('loopback: back-end channel carries requests, acks and fds back to the fron
   const before = sys.openFdCount();
   const h = new RecordingHandler();
   const { fe, be } = pair(h);
+  await fe.getFeatures();
   await fe.setProtocolFeatures((1n << BigInt(ProtocolFeature.REPLY_ACK)) | (1n << BigInt(ProtocolFeature.BACKEND_REQ)));
   const seen: string[] = [];
   const shared = sys.memfdCreate('shared');
