@@ -141,7 +141,7 @@ export class VhostUserHandler implements BackendReqHandler {
   setFeatures(features: bigint): void | Promise<void> {
     const offered = this.backend.features();
     if ((features & ~offered) !== 0n) {
-      throw new Error(`front-end acked features 0x${(features & ~offered).toString(16)} that were not offered`);
+      throw new VhostUserError('invalid-argument', '', `front-end acked features 0x${(features & ~offered).toString(16)} that were not offered`);
     }
     this.acked = features;
     const eventIdx = (features & bit(VIRTIO_RING_F_EVENT_IDX)) !== 0n;
@@ -165,7 +165,7 @@ export class VhostUserHandler implements BackendReqHandler {
   setProtocolFeatures(features: bigint): void {
     const offered = this.getProtocolFeatures();
     if ((features & ~offered) !== 0n) {
-      throw new Error(`front-end set protocol features 0x${(features & ~offered).toString(16)} that were not offered`);
+      throw new VhostUserError('invalid-argument', '', `front-end set protocol features 0x${(features & ~offered).toString(16)} that were not offered`);
     }
     this.protocolNegotiated = true;
   }
