@@ -567,3 +567,20 @@ test('requests: every front-end request reaches the real daemon with its feature
   env.dev.close();
   assert.equal(sys.openFdCount(), before, 'fd leak');
 });
+
+test('requests: QEMU order — SET_VRING_ENABLE after SET_PROTOCOL_FEATURES but before SET_FEATURES is accepted', async (t) => {
+  const env = setup(t);
+  const fe = await Frontend.connect(env.sock);
+  try {
+    assert.ok((await fe.getFeatures() & bit(VHOST_USER_F_PROTOCOL_FEATURES)) !== 0n);
+    await fe.getProtocolFeatures();
+    await fe.setProtocolFeatures(pf(ProtocolFeature.REPLY_ACK) | pf(ProtocolFeature.MQ));
+    await fe.setOwner();
+    await fe.setVringEnable(0, false); // acked with 0: REPLY_ACK is in effect, so a refusal would reject
+    await fe.setVringEnable(1, false);
+    await fe.setFeatures(bit(VIRTIO_F_VERSION_1) | bit(VHOST_USER_F_PROTOCOL_FEATURES));
+    assert.equal(await fe.getQueueNum(), 2);
+  } finally {
+    fe.close();
+  }
+});
