@@ -106,7 +106,13 @@ export enum ProtocolFeature {
    * are not final upstream (vhost-user-newer.md), so this implementation never offers it.
    */
   GET_VRING_BASE_INFLIGHT = 20,
-  /** VIRTIO shared memory regions: GET_SHMEM_CONFIG, BACKEND_SHMEM_MAP / SHMEM_UNMAP. */
+  /**
+   * VIRTIO shared memory regions: GET_SHMEM_CONFIG, BACKEND_SHMEM_MAP / SHMEM_UNMAP.
+   * Bit number: sources disagree. We follow vhost-user-newer.md (20 = GET_VRING_BASE_INFLIGHT,
+   * 21 = SHMEM, as issue 9 also assumes). QEMU's SHMEM series (v11, Jan 2026) and an earlier
+   * rust-vmm `message.rs` use bit 20 for SHMEM, which collides with GET_VRING_BASE_INFLIGHT as
+   * QEMU's own patch for that feature numbers it; re-check before interoperating with a SHMEM peer.
+   */
   SHMEM = 21,
 }
 
