@@ -357,17 +357,17 @@ export class VhostUserHandler implements BackendReqHandler {
   // --- device --------------------------------------------------------------------------------
 
   getConfig(offset: number, size: number): Uint8Array {
-    if (!this.backend.getConfig) throw new Error('device has no config space');
+    if (!this.backend.getConfig) throw new VhostUserError('not-supported', '', 'device has no config space');
     return this.backend.getConfig(offset, size);
   }
 
   setConfig(offset: number, data: Uint8Array): void {
-    if (!this.backend.setConfig) throw new Error('device config space is read-only');
+    if (!this.backend.setConfig) throw new VhostUserError('not-supported', '', 'device config space is read-only');
     this.backend.setConfig(offset, data);
   }
 
   setBackendReqFd(channel: BackendChannel): void {
-    if (!this.backend.setBackendReqFd) throw new Error('device does not use the back-end channel');
+    if (!this.backend.setBackendReqFd) throw new VhostUserError('not-supported', '', 'device does not use the back-end channel');
     this.backend.setBackendReqFd(channel);
   }
 
@@ -387,17 +387,17 @@ export class VhostUserHandler implements BackendReqHandler {
   }
 
   getShmemConfig(): ShmemConfig | Promise<ShmemConfig> {
-    if (!this.backend.getShmemConfig) throw new VhostUserError('not-supported', 'VHOST_USER_GET_SHMEM_CONFIG', 'device has no shared memory regions');
+    if (!this.backend.getShmemConfig) throw new VhostUserError('not-supported', '', 'device has no shared memory regions');
     return this.backend.getShmemConfig();
   }
 
   getSharedObject(uuid: Uint8Array): number | Promise<number> {
-    if (!this.backend.getSharedObject) throw new VhostUserError('not-supported', 'VHOST_USER_GET_SHARED_OBJECT', 'device exports no shared objects');
+    if (!this.backend.getSharedObject) throw new VhostUserError('not-supported', '', 'device exports no shared objects');
     return this.backend.getSharedObject(uuid);
   }
 
   gpuSetSocket(fd: number): void | Promise<void> {
-    if (!this.backend.setGpuSocket) throw new VhostUserError('not-supported', 'VHOST_USER_GPU_SET_SOCKET', 'device is not a GPU');
+    if (!this.backend.setGpuSocket) throw new VhostUserError('not-supported', '', 'device is not a GPU');
     return this.backend.setGpuSocket(fd);
   }
 
