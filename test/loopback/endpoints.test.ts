@@ -72,7 +72,8 @@ class RecordingHandler implements BackendReqHandler {
   setVringNum(i: number, n: number) { this.rec('setVringNum', i, n); }
   setVringAddr(a: VringAddr) { this.rec('setVringAddr', a.index, a.descUserAddr); }
   setVringBase(i: number, b: number) { this.rec('setVringBase', i, b); }
-  async getVringBase(i: number) { this.rec('getVringBase', i); await new Promise((r) => setTimeout(r, 5)); return 42; }
+  // Settles on a later turn of the event loop: the endpoint must wait for an async handler.
+  async getVringBase(i: number) { this.rec('getVringBase', i); await new Promise((r) => setImmediate(r)); return 42; }
   setVringKick(i: number, fd: number | null) { this.rec('setVringKick', i, fd === null); this.keep(fd); }
   setVringCall(i: number, fd: number | null) { this.rec('setVringCall', i, fd === null); this.keep(fd); }
   setVringErr(i: number, fd: number | null) { this.rec('setVringErr', i, fd === null); }
@@ -277,17 +278,26 @@ test('loopback: a malformed message closes the connection without leaking fds', 
 test('loopback: malformed request with NEED_REPLY under REPLY_ACK gets an error ack', async () => {
   const [a, b] = sys.socketpair();
   const be = new BackendEndpoint(b, new RecordingHandler(), { logger: silentLogger });
+  // Waits for the socket to become readable (an event, with a timeout only as a guard).
+  const readable = (): Promise<void> => new Promise((resolve, reject) => {
+    const guard = setTimeout(() => { w.close(); reject(new Error('no reply within 2 s')); }, 2000);
+    const w = sys.watchFd(a, sys.POLLIN, (status) => {
+      clearTimeout(guard);
+      w.close();
+      if (status < 0) reject(new Error(`watch failed: ${status}`));
+      else resolve();
+    });
+  });
   const recvReply = async (): Promise<Buffer> => {
     const reply = Buffer.alloc(20);
-    for (let i = 0; i < 400; i++) {
+    for (;;) {
       const r = sys.recvmsg(a, reply);
       if (r !== null) {
         assert.equal(r.bytes, 20);
         return reply;
       }
-      await new Promise((res) => setTimeout(res, 5));
+      await readable();
     }
-    throw new Error('no reply');
   };
   // GET_FEATURES first: SET_PROTOCOL_FEATURES is only legal once VHOST_USER_F_PROTOCOL_FEATURES was offered.
   sys.sendmsg(a, encodeFrontendRequest({ request: FrontendReq.GET_FEATURES }, { protocolFeatures: 0n }).bytes);

@@ -86,6 +86,13 @@ const VALID: FrontendRequest[] = [
   { request: FrontendReq.REM_MEM_REG, region: { guestPhysAddr: 0n, memorySize: 4096n, userAddr: 0n, mmapOffset: 0n }, fd: null },
 ];
 
+/** A valid negotiation prefix: protocol features offered by EchoDevice, then virtio features. */
+const NEGOTIATE: FrontendRequest[] = [
+  { request: FrontendReq.GET_FEATURES },
+  { request: FrontendReq.SET_PROTOCOL_FEATURES, features: new EchoDevice().protocolFeatures() },
+  { request: FrontendReq.SET_FEATURES, features: bit(VIRTIO_F_VERSION_1) | bit(VHOST_USER_F_PROTOCOL_FEATURES) },
+];
+
 test('hostile front-end: random and mutated messages never crash the daemon or leak fds', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'vu-hostile-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
@@ -101,6 +108,9 @@ test('hostile front-end: random and mutated messages never crash the daemon or l
   let sent = 0;
   for (let c = 0; c < CONNECTIONS; c++) {
     const fd = sys.connectUnix(sock);
+    // Every other connection negotiates first, so that mutated requests pass the feature gates
+    // and reach the handlers (replies are left unread; the daemon must not care).
+    if (c % 2 === 0) for (const m of NEGOTIATE) sys.sendmsg(fd, encodeFrontendRequest(m, { protocolFeatures: 0n }).bytes);
     const n = 1 + Math.floor(rand() * 6);
     for (let m = 0; m < n; m++) {
       let bytes: Uint8Array;
