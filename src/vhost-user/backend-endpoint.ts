@@ -15,7 +15,7 @@ import {
 } from './codec.js';
 import { FrontendReq, ProtocolFeature, hasProtocolFeature, requestName, VHOST_USER_DEVICE_STATE_NOFD_MASK } from './constants.js';
 import { VhostUserError, VhostUserProtocolError, toVhostUserError } from './errors.js';
-import { checkGate, initialNegotiation, type NegotiationState } from './gating.js';
+import { checkGate, checkProtocolFeatureSet, initialNegotiation, type NegotiationState } from './gating.js';
 import type { FrontendReply, FrontendRequest } from './messages.js';
 import type { BackendReqHandler, MaybePromise } from './backend-handler.js';
 import { BackendChannel } from './backend-channel.js';
@@ -227,13 +227,8 @@ export class BackendEndpoint {
       case R.GET_PROTOCOL_FEATURES:
         return then(this.call(req, 'getProtocolFeatures')(), (value) => ({ request: req.request, value }));
       case R.SET_PROTOCOL_FEATURES: {
-        const f = req.features;
-        const inband = hasProtocolFeature(f, ProtocolFeature.INBAND_NOTIFICATIONS);
-        if (inband && !(hasProtocolFeature(f, ProtocolFeature.BACKEND_REQ) && hasProtocolFeature(f, ProtocolFeature.REPLY_ACK))) {
-          // The spec's prescribed response to this invalid combination is closing the connection.
-          throw new VhostUserProtocolError(requestName(req.request), 'value', 'INBAND_NOTIFICATIONS requires BACKEND_REQ and REPLY_ACK');
-        }
-        return none(this.call(req, 'setProtocolFeatures')(f));
+        checkProtocolFeatureSet(req.features);
+        return none(this.call(req, 'setProtocolFeatures')(req.features));
       }
       case R.SET_OWNER:
         return none(this.call(req, 'setOwner')());

@@ -23,7 +23,7 @@ import {
   requestName,
 } from './constants.js';
 import { VIRTIO_F_IOMMU_PLATFORM } from '../virtio/features.js';
-import { VhostUserError } from './errors.js';
+import { VhostUserError, VhostUserProtocolError } from './errors.js';
 
 /** What a request needs to have been negotiated before it is legal. */
 export type FeatureGate =
@@ -142,4 +142,24 @@ export function checkGate(request: FrontendReq, state: NegotiationState): void {
   const gate = (REQUEST_GATES as Partial<Record<number, FeatureGate>>)[request];
   if (gate === undefined) throw new VhostUserError('not-supported', requestName(request), 'unknown request');
   if (!gateOpen(gate, state)) throw new VhostUserError('not-negotiated', requestName(request), `needs ${describeGate(gate)}`);
+}
+
+/**
+ * Protocol features that are invalid without others, checked on SET_PROTOCOL_FEATURES:
+ * INBAND_NOTIFICATIONS needs BACKEND_REQ and REPLY_ACK (spec, "In-band notifications": the
+ * back-end must close the connection otherwise); GET_VRING_BASE_INFLIGHT leaves requests in the
+ * inflight region, so it needs INFLIGHT_SHMFD (vhost-user-newer.md; QEMU validates the same).
+ */
+export const PROTOCOL_FEATURE_REQUIRES: ReadonlyArray<readonly [ProtocolFeature, readonly ProtocolFeature[]]> = [
+  [ProtocolFeature.INBAND_NOTIFICATIONS, [ProtocolFeature.BACKEND_REQ, ProtocolFeature.REPLY_ACK]],
+  [ProtocolFeature.GET_VRING_BASE_INFLIGHT, [ProtocolFeature.INFLIGHT_SHMFD]],
+];
+
+/** Throws a `VhostUserProtocolError` ('value') when `features` breaks {@link PROTOCOL_FEATURE_REQUIRES}. */
+export function checkProtocolFeatureSet(features: bigint): void {
+  for (const [f, needs] of PROTOCOL_FEATURE_REQUIRES) {
+    if (!hasProtocolFeature(features, f) || needs.every((n) => hasProtocolFeature(features, n))) continue;
+    throw new VhostUserProtocolError(requestName(FrontendReq.SET_PROTOCOL_FEATURES), 'value',
+      `${ProtocolFeature[f]} requires ${needs.map((n) => ProtocolFeature[n]).join(' and ')}`);
+  }
 }

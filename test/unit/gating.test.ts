@@ -3,7 +3,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { FrontendReq, ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES, protocolFeatureMask } from '../../src/vhost-user/constants.js';
-import { REQUEST_GATES, checkGate, gateOpen, initialNegotiation, type NegotiationState } from '../../src/vhost-user/gating.js';
+import {
+  REQUEST_GATES, checkGate, checkProtocolFeatureSet, gateOpen, initialNegotiation, type NegotiationState,
+} from '../../src/vhost-user/gating.js';
 import { VhostUserError, VhostUserProtocolError, toVhostUserError } from '../../src/vhost-user/errors.js';
 import { VIRTIO_F_IOMMU_PLATFORM } from '../../src/virtio/features.js';
 
@@ -69,4 +71,15 @@ test('typed errors: handler errors are classified, errnos kept, request names fi
   assert.equal(toVhostUserError(already, 'VHOST_USER_Y'), already, 'a named error is kept as is');
   assert.equal(toVhostUserError('a string', 'R').code, 'device-error');
   assert.ok(!(new VhostUserProtocolError('R', 'size', 'm') instanceof VhostUserError), 'wire errors stay a separate class');
+});
+
+test('gating: protocol feature sets that break a dependency are protocol errors', () => {
+  const m = (...f: ProtocolFeature[]): bigint => f.reduce((a, x) => a | protocolFeatureMask(x), 0n);
+  const P = ProtocolFeature;
+  assert.throws(() => checkProtocolFeatureSet(m(P.INBAND_NOTIFICATIONS, P.REPLY_ACK)),
+    (e: unknown) => e instanceof VhostUserProtocolError && e.kind === 'value' && e.message === 'VHOST_USER_SET_PROTOCOL_FEATURES: INBAND_NOTIFICATIONS requires BACKEND_REQ and REPLY_ACK');
+  assert.doesNotThrow(() => checkProtocolFeatureSet(m(P.INBAND_NOTIFICATIONS, P.REPLY_ACK, P.BACKEND_REQ)));
+  assert.throws(() => checkProtocolFeatureSet(m(P.GET_VRING_BASE_INFLIGHT)), /GET_VRING_BASE_INFLIGHT requires INFLIGHT_SHMFD/);
+  assert.doesNotThrow(() => checkProtocolFeatureSet(m(P.GET_VRING_BASE_INFLIGHT, P.INFLIGHT_SHMFD)));
+  assert.doesNotThrow(() => checkProtocolFeatureSet(0n));
 });
