@@ -206,3 +206,51 @@ test('shmem: a device offering SHMEM without getShmemConfig: GET_SHMEM_CONFIG cl
   fe2.close();
   await fe2.closed();
 });
+
+test('shmem: malformed SHMEM_MAP from a back-end gets an error ack and its fds are closed', async () => {
+  const regions = new ShmemRegions();
+  const before = sys.openFdCount();
+  const [a, b] = sys.socketpair();
+  const feSide = new BackendChannelEndpoint(a, regions, silentLogger, WITH_SHMEM);
+  const mmapImage = (len: bigint, flags: bigint): Uint8Array => {
+    const m = new Uint8Array(12 + 40);
+    const v = new DataView(m.buffer);
+    v.setUint32(0, 9, true); // BACKEND_SHMEM_MAP
+    v.setUint32(4, 1 | 8, true); // version 1, NEED_REPLY
+    v.setUint32(8, 40, true);
+    v.setUint8(12, 1);
+    v.setBigUint64(12 + 24, len, true);
+    v.setBigUint64(12 + 32, flags, true);
+    return m;
+  };
+  const readable = (): Promise<void> => new Promise((resolve, reject) => {
+    const guard = setTimeout(() => { w.close(); reject(new Error('no reply within 2 s')); }, 2000);
+    const w = sys.watchFd(b, sys.POLLIN, () => { clearTimeout(guard); w.close(); resolve(); });
+  });
+  const file = memfdWith('x');
+  const extra = sys.eventfd();
+  const cases: Array<[string, Uint8Array, number[]]> = [
+    ['two fds', mmapImage(4096n, 0n), [file, extra]],
+    ['zero length', mmapImage(0n, 0n), [file]],
+    ['unknown flag', mmapImage(4096n, 4n), [file]],
+  ];
+  for (const [what, bytes, fds] of cases) {
+    sys.sendmsg(b, bytes, fds);
+    const reply = Buffer.alloc(20);
+    let r = sys.recvmsg(b, reply);
+    while (r === null) {
+      await readable();
+      r = sys.recvmsg(b, reply);
+    }
+    assert.deepEqual([r.bytes, r.fds.length], [20, 0], what);
+    assert.equal(reply.readUInt32LE(0), 9, `${what}: reply to SHMEM_MAP`);
+    assert.equal(reply.readUInt32LE(4) & 4, 4, `${what}: REPLY flag`);
+    assert.notEqual(reply.readBigUInt64LE(12), 0n, `${what}: failure ack`);
+  }
+  assert.deepEqual(regions.maps, [], 'never reached the handler');
+  feSide.close();
+  sys.close(b);
+  sys.close(file);
+  sys.close(extra);
+  assert.equal(sys.openFdCount(), before, 'no fd of a rejected message is kept');
+});
