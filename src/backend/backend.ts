@@ -5,7 +5,7 @@
  */
 import type { GuestMemoryAtomic } from '../memory/index.js';
 import type { BackendChannel } from '../vhost-user/backend-channel.js';
-import type { ShmemConfig } from '../vhost-user/messages.js';
+import type { CryptoSession, ShmemConfig } from '../vhost-user/messages.js';
 import type { Vring } from './vring.js';
 import type { VringWorkerModule } from './worker-protocol.js';
 
@@ -75,4 +75,15 @@ export interface VhostUserBackend {
   getSharedObject?(uuid: Uint8Array): number | Promise<number>;
   /** GPU_SET_SOCKET: the vhost-user-gpu protocol socket. `fd` is borrowed: dup it to keep it. */
   setGpuSocket?(fd: number): void | Promise<void>;
+  /** SEND_RARP (offer ProtocolFeature.RARP): announce the guest's MAC (6 bytes) after migration. */
+  sendRarp?(mac: Uint8Array): void | Promise<void>;
+  /** NET_SET_MTU (offer ProtocolFeature.MTU): throw when the MTU is not acceptable. */
+  setMtu?(mtu: number): void | Promise<void>;
+  /**
+   * CREATE_CRYPTO_SESSION (offer ProtocolFeature.CRYPTO_SESSION): returns the new session id
+   * (>= 0); throwing makes the reply carry a negative id.
+   */
+  createCryptoSession?(session: CryptoSession): bigint | Promise<bigint>;
+  /** CLOSE_CRYPTO_SESSION. */
+  closeCryptoSession?(sessionId: bigint): void | Promise<void>;
 }

@@ -15,7 +15,7 @@ import {
   protocolFeatureMask,
 } from '../vhost-user/constants.js';
 import { VHOST_F_LOG_ALL, VIRTIO_RING_F_EVENT_IDX } from '../virtio/features.js';
-import type { AnyMemoryRegion, Log, MemoryRegionWithFd, ShmemConfig, VringAddr } from '../vhost-user/messages.js';
+import type { AnyMemoryRegion, CryptoSession, Log, MemoryRegionWithFd, ShmemConfig, VringAddr } from '../vhost-user/messages.js';
 import { VhostUserError } from '../vhost-user/errors.js';
 import { descTableSize, availRingSize, usedRingSize } from '../queue/index.js';
 import type { VhostUserBackend } from './backend.js';
@@ -41,10 +41,13 @@ export const DAEMON_PROTOCOL_FEATURES: bigint = [
   ProtocolFeature.RESET_DEVICE,
   ProtocolFeature.CONFIGURE_MEM_SLOTS,
   ProtocolFeature.STATUS,
-  // Served through the device's optional hooks (getSharedObject, getShmemConfig); a device offers
-  // them in protocolFeatures() only when it implements the hook.
+  // Served through the device's optional hooks (getSharedObject, getShmemConfig, sendRarp, setMtu,
+  // create/closeCryptoSession); a device offers them in protocolFeatures() only with the hook.
   ProtocolFeature.SHARED_OBJECT,
   ProtocolFeature.SHMEM,
+  ProtocolFeature.RARP,
+  ProtocolFeature.MTU,
+  ProtocolFeature.CRYPTO_SESSION,
 ].reduce((m, f) => m | protocolFeatureMask(f), 0n);
 
 const bit = (n: number): bigint => 1n << BigInt(n);
@@ -394,6 +397,28 @@ export class VhostUserHandler implements BackendReqHandler {
   getSharedObject(uuid: Uint8Array): number | Promise<number> {
     if (!this.backend.getSharedObject) throw new VhostUserError('not-supported', '', 'device exports no shared objects');
     return this.backend.getSharedObject(uuid);
+  }
+
+  sendRarp(mac: Uint8Array): void | Promise<void> {
+    if (!this.backend.sendRarp) throw new VhostUserError('not-supported', '', 'device is not a network device');
+    return this.backend.sendRarp(mac);
+  }
+
+  netSetMtu(mtu: number): void | Promise<void> {
+    if (!this.backend.setMtu) throw new VhostUserError('not-supported', '', 'device has no MTU');
+    return this.backend.setMtu(mtu);
+  }
+
+  async createCryptoSession(session: CryptoSession): Promise<CryptoSession> {
+    if (!this.backend.createCryptoSession) throw new VhostUserError('not-supported', '', 'device is not a crypto device');
+    const id = await this.backend.createCryptoSession(session);
+    if (id < 0n) throw new VhostUserError('device-error', '', `device returned session id ${id}`);
+    return { ...session, sessionId: id };
+  }
+
+  closeCryptoSession(sessionId: bigint): void | Promise<void> {
+    if (!this.backend.closeCryptoSession) throw new VhostUserError('not-supported', '', 'device is not a crypto device');
+    return this.backend.closeCryptoSession(sessionId);
   }
 
   gpuSetSocket(fd: number): void | Promise<void> {

@@ -193,6 +193,10 @@ export class BackendEndpoint {
       case FrontendReq.POSTCOPY_END:
         this.send(encodeFrontendReply(req.request, { request: req.request, value: code, fd: null } as never, this.ctx));
         return;
+      case FrontendReq.CREATE_CRYPTO_SESSION:
+        // A negative session id is the spec's failure reply.
+        this.send(encodeFrontendReply(req.request, { ...req, sessionId: -code }, this.ctx));
+        return;
       case FrontendReq.SET_DEVICE_STATE_FD:
         this.send(encodeFrontendReply(req.request, {
           request: req.request,
@@ -347,7 +351,6 @@ function hasMandatoryReply(r: FrontendReq): boolean {
     case FrontendReq.GET_INFLIGHT_FD:
     case FrontendReq.GET_MAX_MEM_SLOTS:
     case FrontendReq.GET_STATUS:
-    case FrontendReq.CREATE_CRYPTO_SESSION:
     case FrontendReq.POSTCOPY_ADVISE:
     case FrontendReq.GET_SHMEM_CONFIG:
       return true;

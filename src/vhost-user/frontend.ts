@@ -258,9 +258,13 @@ export class Frontend {
   gpuSetSocket(fd: number): Promise<void> {
     return this.set({ request: FrontendReq.GPU_SET_SOCKET, fd });
   }
-  /** VHOST_USER_CREATE_CRYPTO_SESSION: resolves with the back-end's session (id < 0 = failure). */
+  /**
+   * VHOST_USER_CREATE_CRYPTO_SESSION: resolves with the back-end's session; a negative session id
+   * (the spec's failure reply) rejects with {@link VhostUserRequestFailedError} carrying `-id`.
+   */
   async createCryptoSession(session: CryptoSession): Promise<CryptoSession> {
     const { request: _r, ...s } = await this.get(FrontendReq.CREATE_CRYPTO_SESSION, { request: FrontendReq.CREATE_CRYPTO_SESSION, ...session });
+    if (s.sessionId < 0n) throw new VhostUserRequestFailedError(requestName(FrontendReq.CREATE_CRYPTO_SESSION), -s.sessionId);
     return s;
   }
   /** VHOST_USER_CLOSE_CRYPTO_SESSION. */

@@ -21,7 +21,7 @@ import {
 } from '../../src/vhost-user/constants.js';
 import { VhostUserError } from '../../src/vhost-user/errors.js';
 import { REQUEST_GATES, type FeatureGate } from '../../src/vhost-user/gating.js';
-import type { ShmemMapping } from '../../src/vhost-user/messages.js';
+import type { CryptoSession, ShmemMapping } from '../../src/vhost-user/messages.js';
 import { VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_VERSION_1 } from '../../src/virtio/features.js';
 import type { Logger, LogLevel } from '../../src/log.js';
 
@@ -40,6 +40,9 @@ class ProtoDevice implements VhostUserBackend {
   config = Uint8Array.from({ length: 16 }, (_, i) => i + 1);
   channel: BackendChannel | null = null;
   gpuFd: number | null = null;
+  rarp: string | null = null;
+  mtu: number | null = null;
+  sessions = new Set<bigint>();
   readonly sharedFd = memfdWith('shared object');
   private closed = false;
   private served: Array<() => void> = [];
@@ -65,6 +68,15 @@ class ProtoDevice implements VhostUserBackend {
     if (this.gpuFd !== null) sys.close(this.gpuFd);
     this.gpuFd = sys.dup(fd);
   }
+  sendRarp(mac: Uint8Array) { this.rarp = Buffer.from(mac).toString('hex'); }
+  setMtu(mtu: number) { if (mtu < 68) throw new VhostUserError('out-of-range', '', `MTU ${mtu} below 68`); this.mtu = mtu; }
+  createCryptoSession(s: CryptoSession) {
+    if (s.opCode !== 1n) throw new VhostUserError('invalid-argument', '', `op code ${s.opCode}`);
+    const id = BigInt(this.sessions.size + 3);
+    this.sessions.add(id);
+    return id;
+  }
+  closeCryptoSession(id: bigint) { if (!this.sessions.delete(id)) throw new VhostUserError('invalid-argument', '', `no session ${id}`); }
   /** Completes every available chain with length 0 and interrupts. */
   handleEvent(ev: number, _evset: number, vrings: readonly Vring[]) {
     const v = vrings.find((x) => x.index === ev);
@@ -73,7 +85,7 @@ class ProtoDevice implements VhostUserBackend {
     v.signalUsedQueue();
     for (const w of this.served.splice(0)) w();
   }
-  resetDevice() { this.resets++; }
+  resetDevice() { this.resets++; this.sessions.clear(); }
   close() {
     if (this.closed) return;
     this.closed = true;
@@ -285,8 +297,20 @@ const ROWS: Record<FrontendReq, Row> = {
   },
   [FrontendReq.GET_QUEUE_NUM]: { reply: 'mandatory', send: (c) => c.s.fe.getQueueNum(), check: (_c, r) => assert.equal(r, 2) },
   [FrontendReq.SET_VRING_ENABLE]: ringRow(FrontendReq.SET_VRING_ENABLE),
-  [FrontendReq.SEND_RARP]: unavailable('ack', 'no net device hooks', (c) => c.s.fe.sendRarp(new Uint8Array(6))),
-  [FrontendReq.NET_SET_MTU]: unavailable('ack', 'no net device hooks', (c) => c.s.fe.netSetMtu(1500)),
+  [FrontendReq.SEND_RARP]: {
+    reply: 'ack',
+    send: (c) => c.s.fe.sendRarp(Uint8Array.from([0x52, 0x54, 0, 0x12, 0x34, 0x56])),
+    check: (c) => assert.equal(c.dev.rarp, '525400123456'),
+  },
+  [FrontendReq.NET_SET_MTU]: {
+    reply: 'ack',
+    send: (c) => c.s.fe.netSetMtu(9000),
+    check: async (c) => {
+      assert.equal(c.dev.mtu, 9000);
+      // The spec: with REPLY_ACK an invalid MTU gets a non-zero ack (the device's out-of-range).
+      await assert.rejects(c.s.fe.netSetMtu(20), (e: unknown) => e instanceof VhostUserRequestFailedError && e.value === 34n);
+    },
+  },
   [FrontendReq.SET_BACKEND_REQ_FD]: {
     reply: 'ack',
     send: (c) => c.s.fe.setBackendReqFd(shmemRecorder),
@@ -321,9 +345,26 @@ const ROWS: Record<FrontendReq, Row> = {
     send: (c) => c.s.fe.setConfig(0, Uint8Array.from([0xaa, 0xbb])),
     check: async (c) => assert.deepEqual(Array.from(await c.s.fe.getConfig(0, 3)), [0xaa, 0xbb, 3]),
   },
-  [FrontendReq.CREATE_CRYPTO_SESSION]: unavailable('mandatory', 'not a crypto device', (c) =>
-    c.s.fe.createCryptoSession({ layout: 'current', opCode: 0n, sessionId: 0n, body: new Uint8Array(1056) })),
-  [FrontendReq.CLOSE_CRYPTO_SESSION]: unavailable('ack', 'not a crypto device', (c) => c.s.fe.closeCryptoSession(1n)),
+  [FrontendReq.CREATE_CRYPTO_SESSION]: {
+    reply: 'error-capable',
+    send: (c) => c.s.fe.createCryptoSession({ layout: 'current', opCode: 1n, sessionId: 0n, body: new Uint8Array(1056).fill(9) }),
+    check: async (c, r) => {
+      const s = r as CryptoSession;
+      assert.deepEqual([s.sessionId, s.opCode, s.body[0]], [3n, 1n, 9]);
+      // A refused session comes back with a negative id (the device's EINVAL).
+      await assert.rejects(c.s.fe.createCryptoSession({ layout: 'legacy', opCode: 0n, sessionId: 0n, body: new Uint8Array(624) }),
+        (e: unknown) => e instanceof VhostUserRequestFailedError && e.value === 22n);
+    },
+  },
+  [FrontendReq.CLOSE_CRYPTO_SESSION]: {
+    reply: 'ack',
+    prepare: async (c) => { await c.s.fe.createCryptoSession({ layout: 'current', opCode: 1n, sessionId: 0n, body: new Uint8Array(1056) }); },
+    send: (c) => c.s.fe.closeCryptoSession(3n),
+    check: async (c) => {
+      assert.equal(c.dev.sessions.size, 0);
+      await assert.rejects(c.s.fe.closeCryptoSession(3n), VhostUserRequestFailedError, 'a closed session cannot be closed again');
+    },
+  },
   [FrontendReq.POSTCOPY_ADVISE]: unavailable('mandatory', 'no postcopy (userfaultfd)', (c) => c.s.fe.postcopyAdvise()),
   [FrontendReq.POSTCOPY_LISTEN]: unavailable('ack', 'no postcopy (userfaultfd)', (c) => c.s.fe.postcopyListen()),
   [FrontendReq.POSTCOPY_END]: unavailable('error-capable', 'no postcopy (userfaultfd)', (c) => c.s.fe.postcopyEnd()),
@@ -405,7 +446,7 @@ const shmemRecorder = {
 const DAEMON_OFFER = [
   ProtocolFeature.MQ, ProtocolFeature.LOG_SHMFD, ProtocolFeature.REPLY_ACK, ProtocolFeature.BACKEND_REQ, ProtocolFeature.CONFIG,
   ProtocolFeature.BACKEND_SEND_FD, ProtocolFeature.RESET_DEVICE, ProtocolFeature.CONFIGURE_MEM_SLOTS, ProtocolFeature.STATUS,
-  ProtocolFeature.SHARED_OBJECT, ProtocolFeature.SHMEM,
+  ProtocolFeature.SHARED_OBJECT, ProtocolFeature.SHMEM, ProtocolFeature.RARP, ProtocolFeature.MTU, ProtocolFeature.CRYPTO_SESSION,
 ].reduce((m, f) => m | pf(f), 0n);
 
 // --- sessions ----------------------------------------------------------------------------------
