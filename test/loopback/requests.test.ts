@@ -5,7 +5,7 @@
 // connection). A request added to FrontendReq without a row here fails the coverage test.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, readSync, rmSync, writeSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as sys from '../../src/sys/index.js';
@@ -13,107 +13,21 @@ import { Frontend, VhostUserRequestFailedError } from '../../src/vhost-user/fron
 import { negotiate } from '../../src/vhost-user/negotiate.js';
 import { FrontendMemory, FrontendQueue } from '../../src/driver/frontend-driver.js';
 import { SplitQueueDriver, splitRingLayout } from '../../src/queue/index.js';
-import { VhostUserDaemon, type VhostUserBackend, type Vring } from '../../src/backend/index.js';
-import type { BackendChannel } from '../../src/vhost-user/backend-channel.js';
+import { VhostUserDaemon, type Vring } from '../../src/backend/index.js';
 import {
-  DeviceStateDirection, DeviceStatePhase, FrontendReq, IotlbType, PROTOCOL_FEATURES_KNOWN, ProtocolFeature,
+  DeviceStateDirection, DeviceStatePhase, FrontendReq, IotlbType, ProtocolFeature,
   VHOST_USER_F_PROTOCOL_FEATURES, VHOST_USER_MMAP_FLAG_WRITABLE, hasProtocolFeature, protocolFeatureMask, requestName,
 } from '../../src/vhost-user/constants.js';
-import { VhostUserError } from '../../src/vhost-user/errors.js';
 import { REQUEST_GATES, type FeatureGate } from '../../src/vhost-user/gating.js';
 import type { CryptoSession, ShmemMapping } from '../../src/vhost-user/messages.js';
-import { VIRTIO_F_ACCESS_PLATFORM, VIRTIO_F_VERSION_1 } from '../../src/virtio/features.js';
-import type { Logger, LogLevel } from '../../src/log.js';
+import { VIRTIO_F_VERSION_1 } from '../../src/virtio/features.js';
+import { CapturingLogger, ProtoDevice, memfdWith, readFd } from './fixtures/proto-device.js';
 
 const bit = (n: number): bigint => 1n << BigInt(n);
 const pf = protocolFeatureMask;
 const EPERM = 1n;
 const EOPNOTSUPP = 95n;
 const SHARED_UUID = new Uint8Array(16).fill(7);
-
-/** A device with every optional hook the daemon forwards; records what reached it. */
-class ProtoDevice implements VhostUserBackend {
-  offerProtocolFeatures = true;
-  acked: bigint | null = null;
-  resets = 0;
-  memoryUpdates = 0;
-  config = Uint8Array.from({ length: 16 }, (_, i) => i + 1);
-  channel: BackendChannel | null = null;
-  gpuFd: number | null = null;
-  rarp: string | null = null;
-  mtu: number | null = null;
-  sessions = new Set<bigint>();
-  readonly sharedFd = memfdWith('shared object');
-  private closed = false;
-  private served: Array<() => void> = [];
-  numQueues() { return 2; }
-  maxQueueSize() { return 256; }
-  features() { return bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_F_ACCESS_PLATFORM) | (this.offerProtocolFeatures ? bit(VHOST_USER_F_PROTOCOL_FEATURES) : 0n); }
-  protocolFeatures() { return PROTOCOL_FEATURES_KNOWN; }
-  ackedFeatures(f: bigint) { this.acked = f; }
-  setEventIdx() { /* rings carry it */ }
-  updateMemory() { this.memoryUpdates++; }
-  setBackendReqFd(ch: BackendChannel) { this.channel = ch; }
-  getConfig(offset: number, size: number) {
-    if (offset + size > this.config.length) throw new RangeError('beyond config space');
-    return this.config.slice(offset, offset + size);
-  }
-  setConfig(offset: number, data: Uint8Array) { this.config.set(data, offset); }
-  getShmemConfig() { return { memorySizes: [0n, 1n << 30n] }; }
-  getSharedObject(uuid: Uint8Array) {
-    if (uuid[0] !== 7) throw new VhostUserError('invalid-argument', '', 'no such object');
-    return sys.dup(this.sharedFd);
-  }
-  setGpuSocket(fd: number) {
-    if (this.gpuFd !== null) sys.close(this.gpuFd);
-    this.gpuFd = sys.dup(fd);
-  }
-  sendRarp(mac: Uint8Array) { this.rarp = Buffer.from(mac).toString('hex'); }
-  setMtu(mtu: number) { if (mtu < 68) throw new VhostUserError('out-of-range', '', `MTU ${mtu} below 68`); this.mtu = mtu; }
-  createCryptoSession(s: CryptoSession) {
-    if (s.opCode !== 1n) throw new VhostUserError('invalid-argument', '', `op code ${s.opCode}`);
-    const id = BigInt(this.sessions.size + 3);
-    this.sessions.add(id);
-    return id;
-  }
-  closeCryptoSession(id: bigint) { if (!this.sessions.delete(id)) throw new VhostUserError('invalid-argument', '', `no session ${id}`); }
-  /** Completes every available chain with length 0 and interrupts. */
-  handleEvent(ev: number, _evset: number, vrings: readonly Vring[]) {
-    const v = vrings.find((x) => x.index === ev);
-    if (v === undefined) return;
-    for (let c = v.queue.popDescriptorChain(); c !== null; c = v.queue.popDescriptorChain()) v.queue.addUsed(c.headIndex, 0);
-    v.signalUsedQueue();
-    for (const w of this.served.splice(0)) w();
-  }
-  resetDevice() { this.resets++; this.sessions.clear(); }
-  close() {
-    if (this.closed) return;
-    this.closed = true;
-    sys.close(this.sharedFd);
-    if (this.gpuFd !== null) sys.close(this.gpuFd);
-    this.gpuFd = null;
-  }
-}
-
-function memfdWith(text: string, size = 4096): number {
-  const fd = sys.memfdCreate('proto');
-  sys.ftruncate(fd, size);
-  writeSync(fd, Buffer.from(text), 0, text.length, 0);
-  return fd;
-}
-
-function readFd(fd: number, n: number, offset = 0): string {
-  const b = Buffer.alloc(n);
-  readSync(fd, b, 0, n, offset);
-  return b.toString();
-}
-
-/** Keeps warn lines so tests can check what the daemon logged about a refused request. */
-class CapturingLogger implements Logger {
-  lines: string[] = [];
-  enabled(level: LogLevel) { return level !== 'debug'; }
-  log(level: LogLevel, message: string) { if (level === 'warn' || level === 'error') this.lines.push(message); }
-}
 
 /** One front-end connection to the daemon plus what it negotiated. */
 interface Session {
