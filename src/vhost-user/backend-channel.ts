@@ -8,9 +8,10 @@
 import * as sys from '../sys/index.js';
 import { Connection, type RawMessage } from './connection.js';
 import { decodeBackendReply, decodeBackendRequest, encodeBackendReply, encodeBackendRequest, encodeReplyAck, needsReply, type CodecContext } from './codec.js';
-import { BackendReq, ProtocolFeature, VHOST_USER_NEED_REPLY_MASK, hasProtocolFeature, requestName } from './constants.js';
+import { BackendReq, VHOST_USER_NEED_REPLY_MASK, requestName } from './constants.js';
 import type { BackendReply, BackendRequest, IotlbMsg, ShmemMapping, VringArea } from './messages.js';
-import { VhostUserError } from './errors.js';
+import { VhostUserError, toVhostUserError } from './errors.js';
+import { checkBackendGate } from './gating.js';
 import { Requester } from './requester.js';
 import type { MaybePromise } from './backend-handler.js';
 import { defaultLogger, type Logger } from '../log.js';
@@ -43,7 +44,7 @@ export class BackendChannel {
    * @param fd the channel socket (owned from here on)
    * @param options replyAck: REPLY_ACK was negotiated, so every request waits for the front-end's
    *   ack; protocolFeatures: the negotiated protocol features, when known, so requests whose
-   *   feature was not negotiated (SHMEM) are refused here instead of confusing the front-end
+   *   feature was not negotiated (see `BACKEND_REQUEST_GATES`) are refused here, before sending
    */
   constructor(fd: number, options: { replyAck: boolean; timeoutMs?: number; protocolFeatures?: bigint }) {
     this.replyAck = options.replyAck;
@@ -94,6 +95,7 @@ export class BackendChannel {
   /** VHOST_USER_BACKEND_SHARED_OBJECT_LOOKUP: resolves with an fd the caller owns. */
   async sharedObjectLookup(uuid: Uint8Array): Promise<number> {
     const req = BackendReq.SHARED_OBJECT_LOOKUP;
+    checkBackendGate(req, this.protocolFeatures);
     const raw = await this.requester.request(req, encodeBackendRequest({ request: req, uuid }, this.ctx), true);
     const reply = this.decode(req, raw!) as Extract<BackendReply, { request: BackendReq.SHARED_OBJECT_LOOKUP }>;
     if (reply.value !== 0n || reply.fd === null) {
@@ -127,9 +129,7 @@ export class BackendChannel {
 
   private async shmem(msg: Extract<BackendRequest, { request: BackendReq.SHMEM_MAP | BackendReq.SHMEM_UNMAP }>): Promise<void> {
     const name = requestName(msg.request, 'backend');
-    if (this.protocolFeatures !== null && !hasProtocolFeature(this.protocolFeatures, ProtocolFeature.SHMEM)) {
-      throw new VhostUserError('not-negotiated', name, 'needs VHOST_USER_PROTOCOL_F_SHMEM');
-    }
+    checkBackendGate(msg.request, this.protocolFeatures);
     try {
       encodeBackendRequest(msg, this.ctx);
     } catch (e) {
@@ -139,6 +139,7 @@ export class BackendChannel {
   }
 
   private async ack(msg: BackendRequest): Promise<void> {
+    checkBackendGate(msg.request, this.protocolFeatures);
     const flags = this.replyAck ? VHOST_USER_NEED_REPLY_MASK : 0;
     const raw = await this.requester.request(msg.request, encodeBackendRequest(msg, this.ctx, flags), this.replyAck);
     if (raw === null) return;
@@ -223,8 +224,10 @@ export class BackendChannelEndpoint {
       }
     };
     const failed = (e: unknown): void => {
-      this.logger.log('warn', `back-end channel: ${requestName(req.request, 'backend')} failed: ${(e as Error).message}`);
-      done(1n, null);
+      const name = requestName(req.request, 'backend');
+      const err = toVhostUserError(e, name);
+      this.logger.log('warn', `back-end channel: ${name} failed [${err.code}]: ${err.message}`);
+      done(BigInt(err.errno), null);
     };
     try {
       const r = this.dispatch(req);
@@ -236,9 +239,10 @@ export class BackendChannelEndpoint {
   }
 
   private dispatch(req: BackendRequest): MaybePromise<number | null> {
+    checkBackendGate(req.request, this.protocolFeatures);
     const h = this.handler;
     const need = <T>(fn: T | undefined): T => {
-      if (fn === undefined) throw new Error('not supported');
+      if (fn === undefined) throw new VhostUserError('not-supported', requestName(req.request, 'backend'), 'not supported by this front-end');
       return fn;
     };
     const noFd = (v: MaybePromise<void>): MaybePromise<number | null> => (v instanceof Promise ? v.then(() => null) : null);
@@ -263,9 +267,6 @@ export class BackendChannelEndpoint {
         return need(h.sharedObjectLookup).call(h, req.uuid);
       case BackendReq.SHMEM_MAP:
       case BackendReq.SHMEM_UNMAP: {
-        if (this.protocolFeatures !== null && !hasProtocolFeature(this.protocolFeatures, ProtocolFeature.SHMEM)) {
-          throw new VhostUserError('not-negotiated', requestName(req.request, 'backend'), 'needs VHOST_USER_PROTOCOL_F_SHMEM');
-        }
         const m: ShmemMapping = { shmid: req.shmid, fdOffset: req.fdOffset, shmOffset: req.shmOffset, len: req.len, flags: req.flags };
         return req.request === BackendReq.SHMEM_MAP ? noFd(need(h.shmemMap).call(h, m, req.fd)) : noFd(need(h.shmemUnmap).call(h, m));
       }

@@ -16,6 +16,7 @@
  * @module
  */
 import {
+  BackendReq,
   FrontendReq,
   ProtocolFeature,
   VHOST_USER_F_PROTOCOL_FEATURES,
@@ -162,4 +163,32 @@ export function checkProtocolFeatureSet(features: bigint): void {
     throw new VhostUserProtocolError(requestName(FrontendReq.SET_PROTOCOL_FEATURES), 'value',
       `${ProtocolFeature[f]} requires ${needs.map((n) => ProtocolFeature[n]).join(' and ')}`);
   }
+}
+
+/**
+ * The protocol feature each back-end request (back-end channel) needs, from the "Back-end message
+ * types" text of the spec (and vhost-user-newer.md for SHMEM). BACKEND_IOTLB_MSG is gated by the
+ * virtio feature VIRTIO_F_IOMMU_PLATFORM, which the channel does not track: null.
+ */
+export const BACKEND_REQUEST_GATES: Readonly<Record<BackendReq, ProtocolFeature | null>> = {
+  [BackendReq.IOTLB_MSG]: null,
+  [BackendReq.CONFIG_CHANGE_MSG]: ProtocolFeature.CONFIG,
+  [BackendReq.VRING_HOST_NOTIFIER_MSG]: ProtocolFeature.HOST_NOTIFIER,
+  [BackendReq.VRING_CALL]: ProtocolFeature.INBAND_NOTIFICATIONS,
+  [BackendReq.VRING_ERR]: ProtocolFeature.INBAND_NOTIFICATIONS,
+  [BackendReq.SHARED_OBJECT_ADD]: ProtocolFeature.SHARED_OBJECT,
+  [BackendReq.SHARED_OBJECT_REMOVE]: ProtocolFeature.SHARED_OBJECT,
+  [BackendReq.SHARED_OBJECT_LOOKUP]: ProtocolFeature.SHARED_OBJECT,
+  [BackendReq.SHMEM_MAP]: ProtocolFeature.SHMEM,
+  [BackendReq.SHMEM_UNMAP]: ProtocolFeature.SHMEM,
+};
+
+/**
+ * Throws `VhostUserError('not-negotiated')` when back-end request `request` needs a protocol
+ * feature missing from `protocolFeatures`. Null `protocolFeatures` (not known) allows everything.
+ */
+export function checkBackendGate(request: BackendReq, protocolFeatures: bigint | null): void {
+  const f = (BACKEND_REQUEST_GATES as Partial<Record<number, ProtocolFeature | null>>)[request] ?? null;
+  if (protocolFeatures === null || f === null || hasProtocolFeature(protocolFeatures, f)) return;
+  throw new VhostUserError('not-negotiated', requestName(request, 'backend'), `needs VHOST_USER_PROTOCOL_F_${ProtocolFeature[f]}`);
 }

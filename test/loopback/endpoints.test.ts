@@ -10,7 +10,7 @@ import * as sys from '../../src/sys/index.js';
 import { Frontend, VhostUserRequestFailedError } from '../../src/vhost-user/frontend.js';
 import { BackendEndpoint } from '../../src/vhost-user/backend-endpoint.js';
 import type { BackendReqHandler } from '../../src/vhost-user/backend-handler.js';
-import type { BackendChannel } from '../../src/vhost-user/backend-channel.js';
+import { BackendRequestFailedError, type BackendChannel } from '../../src/vhost-user/backend-channel.js';
 import { UnixListener } from '../../src/vhost-user/listener.js';
 import { encodeFrontendRequest } from '../../src/vhost-user/codec.js';
 import {
@@ -355,7 +355,9 @@ test('loopback: back-end channel carries requests, acks and fds back to the fron
   const h = new RecordingHandler();
   const { fe, be } = pair(h);
   await fe.getFeatures();
-  await fe.setProtocolFeatures((1n << BigInt(ProtocolFeature.REPLY_ACK)) | (1n << BigInt(ProtocolFeature.BACKEND_REQ)));
+  const P = ProtocolFeature;
+  await fe.setProtocolFeatures([P.REPLY_ACK, P.BACKEND_REQ, P.CONFIG, P.INBAND_NOTIFICATIONS, P.SHARED_OBJECT]
+    .reduce((m, f) => m | protocolFeatureMask(f), 0n));
   const seen: string[] = [];
   const shared = sys.memfdCreate('shared');
   await fe.setBackendReqFd({
@@ -371,7 +373,11 @@ test('loopback: back-end channel carries requests, acks and fds back to the fron
   sys.ftruncate(fd, 8192); // the same memfd: size seen through the original fd
   sys.close(fd);
   await assert.rejects(ch.sharedObjectAdd(new Uint8Array(16)), /failure/);
-  await assert.rejects(ch.vringErr(0), /failure/); // not implemented by the front-end handler
+  // Not implemented by the front-end handler: refused with EOPNOTSUPP.
+  await assert.rejects(ch.vringErr(0), (e: unknown) => e instanceof BackendRequestFailedError && e.value === 95n);
+  // HOST_NOTIFIER was not negotiated: the back-end side refuses before sending anything.
+  await assert.rejects(ch.vringHostNotifier({ index: 0, size: 4096n, offset: 0n }, null),
+    (e: unknown) => e instanceof VhostUserError && e.code === 'not-negotiated' && e.request === 'VHOST_USER_BACKEND_VRING_HOST_NOTIFIER_MSG');
   assert.deepEqual(seen, ['config', 'call1', 'lookup5']);
   fe.close();
   await be.closed();

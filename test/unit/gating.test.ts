@@ -2,9 +2,9 @@
 // untyped errors thrown by handlers are classified.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { FrontendReq, ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES, protocolFeatureMask } from '../../src/vhost-user/constants.js';
+import { BackendReq, FrontendReq, ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES, protocolFeatureMask } from '../../src/vhost-user/constants.js';
 import {
-  REQUEST_GATES, checkGate, checkProtocolFeatureSet, gateOpen, initialNegotiation, type NegotiationState,
+  BACKEND_REQUEST_GATES, REQUEST_GATES, checkBackendGate, checkGate, checkProtocolFeatureSet, gateOpen, initialNegotiation, type NegotiationState,
 } from '../../src/vhost-user/gating.js';
 import { VhostUserError, VhostUserProtocolError, toVhostUserError } from '../../src/vhost-user/errors.js';
 import { VIRTIO_F_IOMMU_PLATFORM } from '../../src/virtio/features.js';
@@ -82,4 +82,22 @@ test('gating: protocol feature sets that break a dependency are protocol errors'
   assert.throws(() => checkProtocolFeatureSet(m(P.GET_VRING_BASE_INFLIGHT)), /GET_VRING_BASE_INFLIGHT requires INFLIGHT_SHMFD/);
   assert.doesNotThrow(() => checkProtocolFeatureSet(m(P.GET_VRING_BASE_INFLIGHT, P.INFLIGHT_SHMFD)));
   assert.doesNotThrow(() => checkProtocolFeatureSet(0n));
+});
+
+test('gating: back-end channel requests need their protocol feature; unknown features allow all', () => {
+  for (const v of Object.values(BackendReq)) if (typeof v === 'number') assert.ok(v in BACKEND_REQUEST_GATES, `BackendReq ${v} has a gate`);
+  const refused = (r: BackendReq, f: bigint | null): string | null => {
+    try {
+      checkBackendGate(r, f);
+      return null;
+    } catch (e) {
+      assert.ok(e instanceof VhostUserError && e.code === 'not-negotiated');
+      return e.message;
+    }
+  };
+  assert.equal(refused(BackendReq.SHMEM_MAP, 0n), 'VHOST_USER_BACKEND_SHMEM_MAP: needs VHOST_USER_PROTOCOL_F_SHMEM');
+  assert.equal(refused(BackendReq.SHMEM_MAP, protocolFeatureMask(ProtocolFeature.SHMEM)), null);
+  assert.equal(refused(BackendReq.VRING_CALL, protocolFeatureMask(ProtocolFeature.BACKEND_REQ)), 'VHOST_USER_BACKEND_VRING_CALL: needs VHOST_USER_PROTOCOL_F_INBAND_NOTIFICATIONS');
+  assert.equal(refused(BackendReq.CONFIG_CHANGE_MSG, null), null, 'features unknown: not checked');
+  assert.equal(refused(BackendReq.IOTLB_MSG, 0n), null, 'gated by a virtio feature the channel does not track');
 });
