@@ -13,7 +13,9 @@ import {
   type CodecContext,
   type EncodedMessage,
 } from './codec.js';
-import { FrontendReq, ProtocolFeature, hasProtocolFeature, requestName, VHOST_USER_DEVICE_STATE_NOFD_MASK } from './constants.js';
+import {
+  FrontendReq, ProtocolFeature, hasProtocolFeature, requestName, VHOST_USER_DEVICE_STATE_NOFD_MASK, VHOST_USER_MAX_SHMEM_REGIONS,
+} from './constants.js';
 import { VhostUserError, VhostUserProtocolError, toVhostUserError } from './errors.js';
 import { checkGate, checkProtocolFeatureSet, initialNegotiation, type NegotiationState } from './gating.js';
 import type { FrontendReply, FrontendRequest } from './messages.js';
@@ -336,7 +338,13 @@ export class BackendEndpoint {
       case R.CHECK_DEVICE_STATE:
         return then(this.call(req, 'checkDeviceState')(), () => ({ request: req.request, value: 0n }));
       case R.GET_SHMEM_CONFIG:
-        return then(this.call(req, 'getShmemConfig')(), (c) => ({ request: req.request, memorySizes: [...c.memorySizes] }));
+        return then(this.call(req, 'getShmemConfig')(), (c) => {
+          // Checked here, not in the encoder, so a bad device answer fails like any handler error.
+          if (c.memorySizes.length > VHOST_USER_MAX_SHMEM_REGIONS || c.memorySizes.some((x) => x < 0n || x >= 1n << 64n)) {
+            throw new VhostUserError('out-of-range', '', `device reported ${c.memorySizes.length} shared memory regions or a size beyond u64`);
+          }
+          return { request: req.request, memorySizes: [...c.memorySizes] };
+        });
     }
   }
 }

@@ -254,3 +254,13 @@ test('shmem: malformed SHMEM_MAP from a back-end gets an error ack and its fds a
   sys.close(extra);
   assert.equal(sys.openFdCount(), before, 'no fd of a rejected message is kept');
 });
+
+test('shmem: a device reporting more than 256 regions is refused like any handler error (connection closed)', async (t) => {
+  const dev = new ShmemDevice({ memorySizes: new Array<bigint>(257).fill(4096n) });
+  const sock = daemonFor(t, dev);
+  const fe = await Frontend.connect(sock);
+  await negotiate(fe, { wantProtocolFeatures: WITH_SHMEM });
+  await assert.rejects(fe.getShmemConfig());
+  await fe.closed();
+  assert.equal(fe.isClosed, true);
+});
