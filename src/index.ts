@@ -17,7 +17,10 @@ export * from './vhost-user/constants.js';
 export * from './virtio/index.js';
 export * from './vhost-user/messages.js';
 export * from './vhost-user/codec.js';
-export { VhostUserProtocolError, type ProtocolErrorKind } from './vhost-user/errors.js';
+export {
+  VhostUserProtocolError, VhostUserError, VHOST_USER_ERROR_ERRNO, toVhostUserError, type ProtocolErrorKind, type VhostUserErrorCode,
+} from './vhost-user/errors.js';
+export { REQUEST_GATES, checkGate, describeGate, type FeatureGate } from './vhost-user/gating.js';
 export { Connection, type RawMessage, type ConnectionHandler } from './vhost-user/connection.js';
 export { UnixListener, connectUnixWithRetry } from './vhost-user/listener.js';
 export { Frontend, VhostUserRequestFailedError, type FrontendOptions } from './vhost-user/frontend.js';
@@ -25,7 +28,7 @@ export { VhostUserTimeoutError, VhostUserClosedError } from './vhost-user/reques
 export { BackendEndpoint, NotSupportedError, type BackendEndpointOptions } from './vhost-user/backend-endpoint.js';
 export type { BackendReqHandler, MaybePromise } from './vhost-user/backend-handler.js';
 export {
-  BackendChannel, BackendChannelEndpoint, BackendRequestFailedError, type BackendChannelHandler,
+  BackendChannel, BackendChannelEndpoint, BackendRequestFailedError, type BackendChannelHandler, type ShmemMapRequest,
 } from './vhost-user/backend-channel.js';
 export { FrontendMemory, FrontendQueue, setupQueue } from './driver/frontend-driver.js';
 export * from './backend/index.js';

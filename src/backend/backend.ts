@@ -5,6 +5,7 @@
  */
 import type { GuestMemoryAtomic } from '../memory/index.js';
 import type { BackendChannel } from '../vhost-user/backend-channel.js';
+import type { CryptoSession, ShmemConfig } from '../vhost-user/messages.js';
 import type { Vring } from './vring.js';
 import type { VringWorkerModule } from './worker-protocol.js';
 
@@ -61,4 +62,28 @@ export interface VhostUserBackend {
   quiesce?(): Promise<void>;
   /** Drop device state (front-end disconnected, RESET_DEVICE, RESET_OWNER). */
   resetDevice?(): void | Promise<void>;
+  /**
+   * VIRTIO shared memory regions of the device (GET_SHMEM_CONFIG; offer ProtocolFeature.SHMEM).
+   * To place a file into a region, call `shmemMap` on the {@link BackendChannel} received in
+   * {@link setBackendReqFd} (BACKEND_REQ must be offered too).
+   */
+  getShmemConfig?(): ShmemConfig | Promise<ShmemConfig>;
+  /**
+   * GET_SHARED_OBJECT (offer ProtocolFeature.SHARED_OBJECT): an fd for the exported object
+   * `uuid`; ownership passes to the daemon, which sends and closes it. Throw when unknown.
+   */
+  getSharedObject?(uuid: Uint8Array): number | Promise<number>;
+  /** GPU_SET_SOCKET: the vhost-user-gpu protocol socket. `fd` is borrowed: dup it to keep it. */
+  setGpuSocket?(fd: number): void | Promise<void>;
+  /** SEND_RARP (offer ProtocolFeature.RARP): announce the guest's MAC (6 bytes) after migration. */
+  sendRarp?(mac: Uint8Array): void | Promise<void>;
+  /** NET_SET_MTU (offer ProtocolFeature.MTU): throw when the MTU is not acceptable. */
+  setMtu?(mtu: number): void | Promise<void>;
+  /**
+   * CREATE_CRYPTO_SESSION (offer ProtocolFeature.CRYPTO_SESSION): returns the new session id
+   * (>= 0); throwing makes the reply carry a negative id.
+   */
+  createCryptoSession?(session: CryptoSession): bigint | Promise<bigint>;
+  /** CLOSE_CRYPTO_SESSION. */
+  closeCryptoSession?(sessionId: bigint): void | Promise<void>;
 }

@@ -15,7 +15,8 @@ import {
   protocolFeatureMask,
 } from '../vhost-user/constants.js';
 import { VHOST_F_LOG_ALL, VIRTIO_RING_F_EVENT_IDX } from '../virtio/features.js';
-import type { AnyMemoryRegion, Log, MemoryRegionWithFd, VringAddr } from '../vhost-user/messages.js';
+import type { AnyMemoryRegion, CryptoSession, Log, MemoryRegionWithFd, ShmemConfig, VringAddr } from '../vhost-user/messages.js';
+import { VhostUserError } from '../vhost-user/errors.js';
 import { descTableSize, availRingSize, usedRingSize } from '../queue/index.js';
 import type { VhostUserBackend } from './backend.js';
 import { Vring } from './vring.js';
@@ -40,6 +41,13 @@ export const DAEMON_PROTOCOL_FEATURES: bigint = [
   ProtocolFeature.RESET_DEVICE,
   ProtocolFeature.CONFIGURE_MEM_SLOTS,
   ProtocolFeature.STATUS,
+  // Served through the device's optional hooks (getSharedObject, getShmemConfig, sendRarp, setMtu,
+  // create/closeCryptoSession); a device offers them in protocolFeatures() only with the hook.
+  ProtocolFeature.SHARED_OBJECT,
+  ProtocolFeature.SHMEM,
+  ProtocolFeature.RARP,
+  ProtocolFeature.MTU,
+  ProtocolFeature.CRYPTO_SESSION,
 ].reduce((m, f) => m | protocolFeatureMask(f), 0n);
 
 const bit = (n: number): bigint => 1n << BigInt(n);
@@ -136,7 +144,7 @@ export class VhostUserHandler implements BackendReqHandler {
   setFeatures(features: bigint): void | Promise<void> {
     const offered = this.backend.features();
     if ((features & ~offered) !== 0n) {
-      throw new Error(`front-end acked features 0x${(features & ~offered).toString(16)} that were not offered`);
+      throw new VhostUserError('invalid-argument', '', `front-end acked features 0x${(features & ~offered).toString(16)} that were not offered`);
     }
     this.acked = features;
     const eventIdx = (features & bit(VIRTIO_RING_F_EVENT_IDX)) !== 0n;
@@ -160,7 +168,7 @@ export class VhostUserHandler implements BackendReqHandler {
   setProtocolFeatures(features: bigint): void {
     const offered = this.getProtocolFeatures();
     if ((features & ~offered) !== 0n) {
-      throw new Error(`front-end set protocol features 0x${(features & ~offered).toString(16)} that were not offered`);
+      throw new VhostUserError('invalid-argument', '', `front-end set protocol features 0x${(features & ~offered).toString(16)} that were not offered`);
     }
     this.protocolNegotiated = true;
   }
@@ -352,17 +360,17 @@ export class VhostUserHandler implements BackendReqHandler {
   // --- device --------------------------------------------------------------------------------
 
   getConfig(offset: number, size: number): Uint8Array {
-    if (!this.backend.getConfig) throw new Error('device has no config space');
+    if (!this.backend.getConfig) throw new VhostUserError('not-supported', '', 'device has no config space');
     return this.backend.getConfig(offset, size);
   }
 
   setConfig(offset: number, data: Uint8Array): void {
-    if (!this.backend.setConfig) throw new Error('device config space is read-only');
+    if (!this.backend.setConfig) throw new VhostUserError('not-supported', '', 'device config space is read-only');
     this.backend.setConfig(offset, data);
   }
 
   setBackendReqFd(channel: BackendChannel): void {
-    if (!this.backend.setBackendReqFd) throw new Error('device does not use the back-end channel');
+    if (!this.backend.setBackendReqFd) throw new VhostUserError('not-supported', '', 'device does not use the back-end channel');
     this.backend.setBackendReqFd(channel);
   }
 
@@ -379,6 +387,43 @@ export class VhostUserHandler implements BackendReqHandler {
 
   resetDevice(): Promise<void> {
     return this.reset();
+  }
+
+  getShmemConfig(): ShmemConfig | Promise<ShmemConfig> {
+    if (!this.backend.getShmemConfig) throw new VhostUserError('not-supported', '', 'device has no shared memory regions');
+    return this.backend.getShmemConfig();
+  }
+
+  getSharedObject(uuid: Uint8Array): number | Promise<number> {
+    if (!this.backend.getSharedObject) throw new VhostUserError('not-supported', '', 'device exports no shared objects');
+    return this.backend.getSharedObject(uuid);
+  }
+
+  sendRarp(mac: Uint8Array): void | Promise<void> {
+    if (!this.backend.sendRarp) throw new VhostUserError('not-supported', '', 'device is not a network device');
+    return this.backend.sendRarp(mac);
+  }
+
+  netSetMtu(mtu: number): void | Promise<void> {
+    if (!this.backend.setMtu) throw new VhostUserError('not-supported', '', 'device has no MTU');
+    return this.backend.setMtu(mtu);
+  }
+
+  async createCryptoSession(session: CryptoSession): Promise<CryptoSession> {
+    if (!this.backend.createCryptoSession) throw new VhostUserError('not-supported', '', 'device is not a crypto device');
+    const id = await this.backend.createCryptoSession(session);
+    if (id < 0n) throw new VhostUserError('device-error', '', `device returned session id ${id}`);
+    return { ...session, sessionId: id };
+  }
+
+  closeCryptoSession(sessionId: bigint): void | Promise<void> {
+    if (!this.backend.closeCryptoSession) throw new VhostUserError('not-supported', '', 'device is not a crypto device');
+    return this.backend.closeCryptoSession(sessionId);
+  }
+
+  gpuSetSocket(fd: number): void | Promise<void> {
+    if (!this.backend.setGpuSocket) throw new VhostUserError('not-supported', '', 'device is not a GPU');
+    return this.backend.setGpuSocket(fd);
   }
 
   /** Stops every ring, waits for in-flight I/O, and returns the device to its initial state. */

@@ -9,7 +9,9 @@ import * as sys from '../sys/index.js';
 import { Connection, type RawMessage } from './connection.js';
 import { decodeBackendReply, decodeBackendRequest, encodeBackendReply, encodeBackendRequest, encodeReplyAck, needsReply, type CodecContext } from './codec.js';
 import { BackendReq, VHOST_USER_NEED_REPLY_MASK, requestName } from './constants.js';
-import type { BackendReply, BackendRequest, IotlbMsg, VringArea } from './messages.js';
+import type { BackendReply, BackendRequest, IotlbMsg, ShmemMapping, VringArea } from './messages.js';
+import { VhostUserError, toVhostUserError } from './errors.js';
+import { checkBackendGate } from './gating.js';
 import { Requester } from './requester.js';
 import type { MaybePromise } from './backend-handler.js';
 import { defaultLogger, type Logger } from '../log.js';
@@ -25,18 +27,28 @@ export class BackendRequestFailedError extends Error {
   }
 }
 
+/** A mapping request of a device: {@link ShmemMapping} plus the file to map. */
+export interface ShmemMapRequest extends ShmemMapping {
+  /** File to map (borrowed: the caller keeps and closes it). */
+  fd: number;
+}
+
 /** Back-end side of the back-end channel: one method per back-end request. */
 export class BackendChannel {
   private readonly requester: Requester;
   private readonly ctx: CodecContext = { protocolFeatures: 0n };
   private readonly replyAck: boolean;
+  private readonly protocolFeatures: bigint | null;
 
   /**
    * @param fd the channel socket (owned from here on)
-   * @param options replyAck: REPLY_ACK was negotiated, so every request waits for the front-end's ack
+   * @param options replyAck: REPLY_ACK was negotiated, so every request waits for the front-end's
+   *   ack; protocolFeatures: the negotiated protocol features, when known, so requests whose
+   *   feature was not negotiated (see `BACKEND_REQUEST_GATES`) are refused here, before sending
    */
-  constructor(fd: number, options: { replyAck: boolean; timeoutMs?: number }) {
+  constructor(fd: number, options: { replyAck: boolean; timeoutMs?: number; protocolFeatures?: bigint }) {
     this.replyAck = options.replyAck;
+    this.protocolFeatures = options.protocolFeatures ?? null;
     this.requester = new Requester(fd, 'backend', options.timeoutMs ?? 5000);
   }
 
@@ -83,6 +95,7 @@ export class BackendChannel {
   /** VHOST_USER_BACKEND_SHARED_OBJECT_LOOKUP: resolves with an fd the caller owns. */
   async sharedObjectLookup(uuid: Uint8Array): Promise<number> {
     const req = BackendReq.SHARED_OBJECT_LOOKUP;
+    checkBackendGate(req, this.protocolFeatures);
     const raw = await this.requester.request(req, encodeBackendRequest({ request: req, uuid }, this.ctx), true);
     const reply = this.decode(req, raw!) as Extract<BackendReply, { request: BackendReq.SHARED_OBJECT_LOOKUP }>;
     if (reply.value !== 0n || reply.fd === null) {
@@ -92,12 +105,41 @@ export class BackendChannel {
     return reply.fd;
   }
 
+  /**
+   * VHOST_USER_BACKEND_SHMEM_MAP (SHMEM): asks the front-end to map `len` bytes of `fd` from
+   * `fdOffset` at `shmOffset` inside VIRTIO shared memory region `shmid`; `flags` may set
+   * VHOST_USER_MMAP_FLAG_WRITABLE. `fd` stays the caller's. Resolves once acknowledged (with
+   * REPLY_ACK) or sent; rejects with the front-end's failure, or with a `VhostUserError`
+   * (`not-negotiated`, `invalid-argument`) before sending anything.
+   */
+  shmemMap(m: ShmemMapRequest): Promise<void> {
+    const { fd, ...mapping } = m;
+    return this.shmem({ request: BackendReq.SHMEM_MAP, ...mapping, fd });
+  }
+
+  /** VHOST_USER_BACKEND_SHMEM_UNMAP (SHMEM): unmaps `[shmOffset, shmOffset + len)` of region `shmid`. */
+  shmemUnmap(m: { shmid: number; shmOffset: bigint; len: bigint }): Promise<void> {
+    return this.shmem({ request: BackendReq.SHMEM_UNMAP, shmid: m.shmid, fdOffset: 0n, shmOffset: m.shmOffset, len: m.len, flags: 0n });
+  }
+
   /** Closes the channel. */
   close(): void {
     this.requester.close();
   }
 
+  private async shmem(msg: Extract<BackendRequest, { request: BackendReq.SHMEM_MAP | BackendReq.SHMEM_UNMAP }>): Promise<void> {
+    const name = requestName(msg.request, 'backend');
+    checkBackendGate(msg.request, this.protocolFeatures);
+    try {
+      encodeBackendRequest(msg, this.ctx);
+    } catch (e) {
+      throw new VhostUserError('invalid-argument', name, (e as Error).message.slice(name.length + 2), { cause: e });
+    }
+    return this.ack(msg);
+  }
+
   private async ack(msg: BackendRequest): Promise<void> {
+    checkBackendGate(msg.request, this.protocolFeatures);
     const flags = this.replyAck ? VHOST_USER_NEED_REPLY_MASK : 0;
     const raw = await this.requester.request(msg.request, encodeBackendRequest(msg, this.ctx, flags), this.replyAck);
     if (raw === null) return;
@@ -134,6 +176,10 @@ export interface BackendChannelHandler {
   sharedObjectRemove?(uuid: Uint8Array): MaybePromise<void>;
   /** VHOST_USER_BACKEND_SHARED_OBJECT_LOOKUP: returns an fd (ownership passes to the endpoint). */
   sharedObjectLookup?(uuid: Uint8Array): MaybePromise<number>;
+  /** VHOST_USER_BACKEND_SHMEM_MAP: map `fd` (borrowed; dup to keep) as `m` describes. */
+  shmemMap?(m: ShmemMapping, fd: number): MaybePromise<void>;
+  /** VHOST_USER_BACKEND_SHMEM_UNMAP. */
+  shmemUnmap?(m: ShmemMapping): MaybePromise<void>;
 }
 
 /** Front-end side of the back-end channel: serves back-end requests with a handler. */
@@ -141,8 +187,12 @@ export class BackendChannelEndpoint {
   private readonly conn: Connection;
   private readonly ctx: CodecContext = { protocolFeatures: 0n };
 
-  /** Serves `fd` (owned from here on). */
-  constructor(fd: number, private readonly handler: BackendChannelHandler, private readonly logger: Logger = defaultLogger) {
+  /**
+   * Serves `fd` (owned from here on). `protocolFeatures`, when given, are the features negotiated
+   * on the main socket: SHMEM requests are refused (error ack) without SHMEM.
+   */
+  constructor(fd: number, private readonly handler: BackendChannelHandler, private readonly logger: Logger = defaultLogger,
+    private readonly protocolFeatures: bigint | null = null) {
     this.conn = new Connection(fd, { onMessage: (m) => this.onMessage(m), onClose: () => undefined });
     // The back-end channel must not keep a process alive on its own.
     this.conn.unref();
@@ -174,8 +224,10 @@ export class BackendChannelEndpoint {
       }
     };
     const failed = (e: unknown): void => {
-      this.logger.log('warn', `back-end channel: ${requestName(req.request, 'backend')} failed: ${(e as Error).message}`);
-      done(1n, null);
+      const name = requestName(req.request, 'backend');
+      const err = toVhostUserError(e, name);
+      this.logger.log('warn', `back-end channel: ${name} failed [${err.code}]: ${err.message}`);
+      done(BigInt(err.errno), null);
     };
     try {
       const r = this.dispatch(req);
@@ -187,9 +239,10 @@ export class BackendChannelEndpoint {
   }
 
   private dispatch(req: BackendRequest): MaybePromise<number | null> {
+    checkBackendGate(req.request, this.protocolFeatures);
     const h = this.handler;
     const need = <T>(fn: T | undefined): T => {
-      if (fn === undefined) throw new Error('not supported');
+      if (fn === undefined) throw new VhostUserError('not-supported', requestName(req.request, 'backend'), 'not supported by this front-end');
       return fn;
     };
     const noFd = (v: MaybePromise<void>): MaybePromise<number | null> => (v instanceof Promise ? v.then(() => null) : null);
@@ -212,6 +265,11 @@ export class BackendChannelEndpoint {
         return noFd(need(h.sharedObjectRemove).call(h, req.uuid));
       case BackendReq.SHARED_OBJECT_LOOKUP:
         return need(h.sharedObjectLookup).call(h, req.uuid);
+      case BackendReq.SHMEM_MAP:
+      case BackendReq.SHMEM_UNMAP: {
+        const m: ShmemMapping = { shmid: req.shmid, fdOffset: req.fdOffset, shmOffset: req.shmOffset, len: req.len, flags: req.flags };
+        return req.request === BackendReq.SHMEM_MAP ? noFd(need(h.shmemMap).call(h, m, req.fd)) : noFd(need(h.shmemUnmap).call(h, m));
+      }
     }
   }
 }

@@ -13,8 +13,11 @@ import {
   type CodecContext,
   type EncodedMessage,
 } from './codec.js';
-import { FrontendReq, ProtocolFeature, hasProtocolFeature, requestName, VHOST_USER_DEVICE_STATE_NOFD_MASK } from './constants.js';
-import { VhostUserProtocolError } from './errors.js';
+import {
+  FrontendReq, ProtocolFeature, hasProtocolFeature, requestName, VHOST_USER_DEVICE_STATE_NOFD_MASK, VHOST_USER_MAX_SHMEM_REGIONS,
+} from './constants.js';
+import { VhostUserError, VhostUserProtocolError, toVhostUserError } from './errors.js';
+import { checkGate, checkProtocolFeatureSet, initialNegotiation, type NegotiationState } from './gating.js';
 import type { FrontendReply, FrontendRequest } from './messages.js';
 import type { BackendReqHandler, MaybePromise } from './backend-handler.js';
 import { BackendChannel } from './backend-channel.js';
@@ -31,10 +34,10 @@ export interface BackendEndpointOptions {
   connection?: ConnectionOptions;
 }
 
-/** Raised for a request the handler does not implement. */
-export class NotSupportedError extends Error {
+/** Raised for a request the handler does not implement (code `not-supported`). */
+export class NotSupportedError extends VhostUserError {
   constructor(request: string) {
-    super(`${request}: not supported by this back-end`);
+    super('not-supported', request, 'not supported by this back-end');
     this.name = 'NotSupportedError';
   }
 }
@@ -54,6 +57,8 @@ export class BackendEndpoint {
   private closedWith: Error | null | undefined = undefined;
   private readonly closeWaiters: Array<(e: Error | null) => void> = [];
   private backendChannel: BackendChannel | null = null;
+  /** What was negotiated so far: every request is checked against it (see gating.ts). */
+  private readonly negotiation: NegotiationState = initialNegotiation();
 
   /** Serves the already connected socket `fd` (which it then owns). */
   constructor(fd: number, private readonly handler: BackendReqHandler, options: BackendEndpointOptions = {}) {
@@ -133,6 +138,7 @@ export class BackendEndpoint {
     if (this.logger.enabled?.('debug')) this.logger.log('debug', `request ${describeRequest(req)}`);
     let outcome: MaybePromise<Outcome>;
     try {
+      checkGate(req.request, this.negotiation);
       outcome = this.dispatch(req);
     } catch (e) {
       this.fail(msg, req, e as Error);
@@ -149,7 +155,7 @@ export class BackendEndpoint {
 
   private finish(msg: RawMessage, req: FrontendRequest, outcome: Outcome): void {
     for (const fd of msg.fds) closeQuietly(fd);
-    if (req.request === FrontendReq.SET_PROTOCOL_FEATURES) this.ctx.protocolFeatures = req.features;
+    this.negotiated(req, outcome);
     if (req.request === FrontendReq.POSTCOPY_LISTEN) this.ctx.postcopyListening = true;
     if (req.request === FrontendReq.POSTCOPY_END) this.ctx.postcopyListening = false;
     if (outcome !== null) {
@@ -159,11 +165,28 @@ export class BackendEndpoint {
     }
   }
 
-  private fail(msg: RawMessage, req: FrontendRequest, err: Error): void {
+  /** Records what a successfully handled negotiation request agreed, for the gates. */
+  private negotiated(req: FrontendRequest, outcome: Outcome): void {
+    const n = this.negotiation;
+    if (req.request === FrontendReq.SET_PROTOCOL_FEATURES) {
+      this.ctx.protocolFeatures = req.features;
+      n.protocolFeatures = req.features;
+      n.protocolFeaturesSet = true;
+    } else if (req.request === FrontendReq.SET_FEATURES) {
+      n.ackedFeatures = req.features;
+    } else if (outcome?.request === FrontendReq.GET_FEATURES) {
+      n.offeredFeatures = outcome.value;
+    }
+  }
+
+  private fail(msg: RawMessage, req: FrontendRequest, e: Error): void {
     for (const fd of msg.fds) closeQuietly(fd);
     const name = requestName(req.request);
-    this.logger.log('warn', `${name} failed: ${err.message}`);
-    const code = errorCode(err);
+    // Protocol violations (e.g. an invalid feature combination) keep their own kind in the log.
+    const err = e instanceof VhostUserProtocolError ? e : toVhostUserError(e, name);
+    const tag = err instanceof VhostUserError ? err.code : err.kind;
+    this.logger.log('warn', `${name} failed [${tag}]: ${err.message.startsWith(`${name}: `) ? err.message.slice(name.length + 2) : err.message}`);
+    const code = err instanceof VhostUserError ? BigInt(err.errno) : 1n;
     switch (req.request) {
       case FrontendReq.GET_CONFIG:
         // An empty GET_CONFIG reply is how the spec reports failure.
@@ -173,6 +196,10 @@ export class BackendEndpoint {
       case FrontendReq.CHECK_DEVICE_STATE:
       case FrontendReq.POSTCOPY_END:
         this.send(encodeFrontendReply(req.request, { request: req.request, value: code, fd: null } as never, this.ctx));
+        return;
+      case FrontendReq.CREATE_CRYPTO_SESSION:
+        // A negative session id is the spec's failure reply.
+        this.send(encodeFrontendReply(req.request, { ...req, sessionId: -code }, this.ctx));
         return;
       case FrontendReq.SET_DEVICE_STATE_FD:
         this.send(encodeFrontendReply(req.request, {
@@ -186,7 +213,8 @@ export class BackendEndpoint {
           this.send(encodeReplyAck(req.request, code));
           return;
         }
-        this.conn.close(new Error(`${name} failed and the front-end cannot be told: ${err.message}`));
+        this.conn.close(new VhostUserError(err instanceof VhostUserError ? err.code : 'invalid-argument', name,
+          `failed and the front-end cannot be told: ${err.message}`, { cause: err, errno: Number(code) }));
     }
   }
 
@@ -207,13 +235,8 @@ export class BackendEndpoint {
       case R.GET_PROTOCOL_FEATURES:
         return then(this.call(req, 'getProtocolFeatures')(), (value) => ({ request: req.request, value }));
       case R.SET_PROTOCOL_FEATURES: {
-        const f = req.features;
-        const inband = hasProtocolFeature(f, ProtocolFeature.INBAND_NOTIFICATIONS);
-        if (inband && !(hasProtocolFeature(f, ProtocolFeature.BACKEND_REQ) && hasProtocolFeature(f, ProtocolFeature.REPLY_ACK))) {
-          // The spec's prescribed response to this invalid combination is closing the connection.
-          throw new VhostUserProtocolError(requestName(req.request), 'value', 'INBAND_NOTIFICATIONS requires BACKEND_REQ and REPLY_ACK');
-        }
-        return none(this.call(req, 'setProtocolFeatures')(f));
+        checkProtocolFeatureSet(req.features);
+        return none(this.call(req, 'setProtocolFeatures')(req.features));
       }
       case R.SET_OWNER:
         return none(this.call(req, 'setOwner')());
@@ -254,7 +277,7 @@ export class BackendEndpoint {
       case R.SET_BACKEND_REQ_FD: {
         const fn = this.call(req, 'setBackendReqFd');
         const replyAck = hasProtocolFeature(this.ctx.protocolFeatures, ProtocolFeature.REPLY_ACK);
-        const channel = new BackendChannel(sys.dup(req.fd), { replyAck, timeoutMs: this.channelTimeoutMs });
+        const channel = new BackendChannel(sys.dup(req.fd), { replyAck, timeoutMs: this.channelTimeoutMs, protocolFeatures: this.ctx.protocolFeatures });
         this.backendChannel?.close();
         this.backendChannel = channel;
         return none(fn(channel));
@@ -316,6 +339,14 @@ export class BackendEndpoint {
         }));
       case R.CHECK_DEVICE_STATE:
         return then(this.call(req, 'checkDeviceState')(), () => ({ request: req.request, value: 0n }));
+      case R.GET_SHMEM_CONFIG:
+        return then(this.call(req, 'getShmemConfig')(), (c) => {
+          // Checked here, not in the encoder, so a bad device answer fails like any handler error.
+          if (c.memorySizes.length > VHOST_USER_MAX_SHMEM_REGIONS || c.memorySizes.some((x) => x < 0n || x >= 1n << 64n)) {
+            throw new VhostUserError('out-of-range', '', `device reported ${c.memorySizes.length} shared memory regions or a size beyond u64`);
+          }
+          return { request: req.request, memorySizes: [...c.memorySizes] };
+        });
     }
   }
 }
@@ -330,8 +361,8 @@ function hasMandatoryReply(r: FrontendReq): boolean {
     case FrontendReq.GET_INFLIGHT_FD:
     case FrontendReq.GET_MAX_MEM_SLOTS:
     case FrontendReq.GET_STATUS:
-    case FrontendReq.CREATE_CRYPTO_SESSION:
     case FrontendReq.POSTCOPY_ADVISE:
+    case FrontendReq.GET_SHMEM_CONFIG:
       return true;
     default:
       return false;
@@ -349,11 +380,6 @@ function then<T>(v: MaybePromise<T>, f: (x: T) => Outcome): MaybePromise<Outcome
 
 function none(v: MaybePromise<void>): MaybePromise<Outcome> {
   return v instanceof Promise ? v.then(() => null) : null;
-}
-
-function errorCode(e: Error): bigint {
-  const errno = (e as { errno?: unknown }).errno;
-  return typeof errno === 'number' && errno !== 0 ? BigInt(Math.abs(errno)) : 1n;
 }
 
 /** One-line summary of a request for debug logs (fds and byte arrays abbreviated). */

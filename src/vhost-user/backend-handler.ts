@@ -6,7 +6,10 @@
  * Conventions:
  * - A method may return its value or a promise of it. Requests are processed strictly in order:
  *   the endpoint reads the next request only once the previous one has settled.
- * - Throwing (or rejecting) reports failure: with REPLY_ACK the front-end gets a non-zero ack
+ * - Before a method is called the endpoint checks that the feature the spec requires for the
+ *   request was negotiated (gating.ts); a handler never sees a request its features do not allow.
+ * - Throwing (or rejecting) reports failure; throw a `VhostUserError` to give it a code (other
+ *   errors are classified by `toVhostUserError`). With REPLY_ACK the front-end gets a non-zero ack
  *   (`errno` of the error when it has a numeric one, else 1); requests whose reply is mandatory and
  *   cannot carry an error close the connection.
  * - File descriptors passed to a method are borrowed: the endpoint closes them once the method
@@ -24,6 +27,7 @@ import type {
   IotlbMsg,
   Log,
   MemoryRegionWithFd,
+  ShmemConfig,
   VringAddr,
 } from './messages.js';
 
@@ -121,6 +125,11 @@ export interface BackendReqHandler {
   setDeviceStateFd?(direction: DeviceStateDirection, phase: DeviceStatePhase, fd: number): MaybePromise<number | null>;
   /** VHOST_USER_CHECK_DEVICE_STATE: throws when the transfer failed. */
   checkDeviceState?(): MaybePromise<void>;
+  /**
+   * VHOST_USER_GET_SHMEM_CONFIG (SHMEM): the sizes of the device's VIRTIO shared memory regions.
+   * The reply cannot carry an error, so throwing closes the connection.
+   */
+  getShmemConfig?(): MaybePromise<ShmemConfig>;
   /** The connection ended (EOF, error or close()); `error` is null for an orderly end. */
   disconnected?(error: Error | null): void;
 }

@@ -27,6 +27,7 @@ import {
   writeIotlb,
 } from './codec-wire.js';
 import { checkReply, readAck, readValueWithFd } from './codec-reply.js';
+import { encodeMMap, readMMap } from './codec-shmem.js';
 import { IOTLB_MSG_SIZE, SHARED_OBJECT_SIZE, VRING_AREA_SIZE, type BackendReply, type BackendReplyOf, type BackendRequest } from './messages.js';
 
 const B = 'backend';
@@ -82,6 +83,16 @@ export function decodeBackendRequest(h: Header, payload: Uint8Array, fds: readon
       expectSize(B, req, size, SHARED_OBJECT_SIZE);
       expectFds(B, req, fds, 0);
       return { request: req, uuid: payload.slice(0, SHARED_OBJECT_SIZE) };
+    case BackendReq.SHMEM_MAP: {
+      const m = readMMap(B, req, payload, size);
+      expectFds(B, req, fds, 1);
+      return { request: req, ...m, fd: fds[0] as number };
+    }
+    case BackendReq.SHMEM_UNMAP: {
+      const m = readMMap(B, req, payload, size);
+      expectFds(B, req, fds, 0);
+      return { request: req, ...m };
+    }
   }
   return fail(B, h.request, 'unknown-request', 'unknown back-end request id');
 }
@@ -116,6 +127,14 @@ export function encodeBackendRequest(msg: BackendRequest, _ctx: CodecContext, fl
     case BackendReq.SHARED_OBJECT_LOOKUP:
       if (msg.uuid.length !== SHARED_OBJECT_SIZE) fail(B, req, 'value', `UUID has ${msg.uuid.length} bytes, expected 16`);
       return { bytes: finish(encodeBytes(req, flags, msg.uuid, SHARED_OBJECT_SIZE)), fds: [] };
+    case BackendReq.SHMEM_MAP: {
+      const { request: _r, fd, ...m } = msg;
+      return { bytes: finish(encodeMMap(B, req, flags, m)), fds: [fd] };
+    }
+    case BackendReq.SHMEM_UNMAP: {
+      const { request: _r, ...m } = msg;
+      return { bytes: finish(encodeMMap(B, req, flags, m)), fds: [] };
+    }
   }
   return fail(B, req, 'unknown-request', 'cannot encode unknown back-end request');
 }

@@ -85,6 +85,7 @@ const EMPTY_PAYLOAD_REQUESTS: ReadonlySet<FrontendReq> = new Set<FrontendEmptyRe
   FrontendReq.GET_FEATURES, FrontendReq.SET_OWNER, FrontendReq.RESET_OWNER, FrontendReq.GET_PROTOCOL_FEATURES,
   FrontendReq.GET_QUEUE_NUM, FrontendReq.POSTCOPY_ADVISE, FrontendReq.POSTCOPY_LISTEN, FrontendReq.POSTCOPY_END,
   FrontendReq.RESET_DEVICE, FrontendReq.GET_MAX_MEM_SLOTS, FrontendReq.GET_STATUS, FrontendReq.CHECK_DEVICE_STATE,
+  FrontendReq.GET_SHMEM_CONFIG,
 ]);
 
 function isEmptyPayloadRequest(m: FrontendRequest): m is FrontendRequestOf<FrontendEmptyReq> {

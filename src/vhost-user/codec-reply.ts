@@ -4,6 +4,7 @@
  * @module
  */
 import {
+  FRONTEND_REQ_MAX,
   FrontendReq,
   VHOST_USER_DEVICE_STATE_ERROR_MASK,
   VHOST_USER_DEVICE_STATE_NOFD_MASK,
@@ -32,6 +33,7 @@ import {
   viewOf,
   writeRegion,
 } from './codec-wire.js';
+import { encodeShmemConfig, readShmemConfig } from './codec-shmem.js';
 import {
   INFLIGHT_SIZE,
   MEMORY_HEADER_SIZE,
@@ -153,6 +155,9 @@ export function decodeFrontendReply(request: FrontendReq, h: Header, payload: Ui
         return { request, value: null };
       }
       return { request, value: readAck(F, request, h, payload, fds) };
+    case FrontendReq.GET_SHMEM_CONFIG:
+      expectFds(F, request, fds, 0);
+      return { request, ...readShmemConfig(F, request, payload, size) };
     case FrontendReq.GET_FEATURES:
     case FrontendReq.GET_PROTOCOL_FEATURES:
     case FrontendReq.GET_QUEUE_NUM:
@@ -161,7 +166,7 @@ export function decodeFrontendReply(request: FrontendReq, h: Header, payload: Ui
     case FrontendReq.POSTCOPY_END:
       return { request, value: readAck(F, request, h, payload, fds) };
     default:
-      if (request < 1 || request > FrontendReq.CHECK_DEVICE_STATE) fail(F, request, 'unknown-request', 'unknown front-end request id');
+      if (request < 1 || request > FRONTEND_REQ_MAX) fail(F, request, 'unknown-request', 'unknown front-end request id');
       // Every remaining id is a FrontendAckOnlyReq; TS cannot see that through the distributive type.
       return { request, value: readAck(F, request, h, payload, fds) } as FrontendReply;
   }
@@ -224,6 +229,8 @@ export function encodeFrontendReply<R extends FrontendReq>(request: R, reply: Fr
     }
     case FrontendReq.SET_LOG_BASE:
       return msg(r.value === null ? allocMessage(request, flags, 0) : encodeU64(request, flags, r.value));
+    case FrontendReq.GET_SHMEM_CONFIG:
+      return msg(encodeShmemConfig(F, request, flags, r));
     default:
       return msg(encodeU64(request, flags, r.value));
   }

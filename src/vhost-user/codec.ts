@@ -29,7 +29,9 @@ import {
   IOTLB_MSG_SIZE,
   LOG_SIZE,
   MEMORY_HEADER_SIZE,
+  MMAP_SIZE,
   SHARED_OBJECT_SIZE,
+  SHMEM_CONFIG_SIZE,
   SINGLE_MEM_REGION_PADDING,
   VRING_ADDR_SIZE,
   VRING_AREA_SIZE,
@@ -40,7 +42,7 @@ export { HEADER_SIZE };
 
 /**
  * Upper bound on any payload, checked from the header alone so a reader can reject a message before
- * reading its body. The largest message the spec defines is CREATE_CRYPTO_SESSION (1072 bytes).
+ * reading its body. The largest message defined is the GET_SHMEM_CONFIG reply (2056 bytes).
  */
 export const MAX_PAYLOAD_SIZE = 4096;
 
@@ -89,7 +91,9 @@ export function needsReply(h: Header): boolean {
  * spec does not define. Lets a reader reject an oversized message from its header alone.
  */
 const FRONTEND_MAX: readonly number[] = buildFrontendMax();
-const BACKEND_MAX: readonly number[] = [0, IOTLB_MSG_SIZE, 8, VRING_AREA_SIZE, 8, 8, SHARED_OBJECT_SIZE, SHARED_OBJECT_SIZE, SHARED_OBJECT_SIZE];
+const BACKEND_MAX: readonly number[] = [
+  0, IOTLB_MSG_SIZE, 8, VRING_AREA_SIZE, 8, 8, SHARED_OBJECT_SIZE, SHARED_OBJECT_SIZE, SHARED_OBJECT_SIZE, MMAP_SIZE, MMAP_SIZE,
+];
 
 function buildFrontendMax(): number[] {
   const t = new Array<number>(FRONTEND_REQ_MAX + 1).fill(8);
@@ -108,6 +112,7 @@ function buildFrontendMax(): number[] {
   t[FrontendReq.REM_MEM_REG] = SINGLE_MEM_REGION_PADDING + XEN_MEMORY_REGION_SIZE;
   t[FrontendReq.GET_SHARED_OBJECT] = SHARED_OBJECT_SIZE;
   t[FrontendReq.SET_DEVICE_STATE_FD] = DEVICE_STATE_TRANSFER_SIZE;
+  t[FrontendReq.GET_SHMEM_CONFIG] = SHMEM_CONFIG_SIZE;
   return t;
 }
 

@@ -26,6 +26,7 @@ import type {
   IotlbMsg,
   Log,
   MemoryRegionWithFd,
+  ShmemConfig,
   VringAddr,
 } from './messages.js';
 import { Requester } from './requester.js';
@@ -257,9 +258,13 @@ export class Frontend {
   gpuSetSocket(fd: number): Promise<void> {
     return this.set({ request: FrontendReq.GPU_SET_SOCKET, fd });
   }
-  /** VHOST_USER_CREATE_CRYPTO_SESSION: resolves with the back-end's session (id < 0 = failure). */
+  /**
+   * VHOST_USER_CREATE_CRYPTO_SESSION: resolves with the back-end's session; a negative session id
+   * (the spec's failure reply) rejects with {@link VhostUserRequestFailedError} carrying `-id`.
+   */
   async createCryptoSession(session: CryptoSession): Promise<CryptoSession> {
     const { request: _r, ...s } = await this.get(FrontendReq.CREATE_CRYPTO_SESSION, { request: FrontendReq.CREATE_CRYPTO_SESSION, ...session });
+    if (s.sessionId < 0n) throw new VhostUserRequestFailedError(requestName(FrontendReq.CREATE_CRYPTO_SESSION), -s.sessionId);
     return s;
   }
   /** VHOST_USER_CLOSE_CRYPTO_SESSION. */
@@ -320,6 +325,12 @@ export class Frontend {
     if (r.value !== 0n) throw new VhostUserRequestFailedError(requestName(r.request), r.value);
   }
 
+  /** VHOST_USER_GET_SHMEM_CONFIG (SHMEM): the sizes of the device's VIRTIO shared memory regions. */
+  async getShmemConfig(): Promise<ShmemConfig> {
+    const { request: _r, ...c } = await this.get(FrontendReq.GET_SHMEM_CONFIG, { request: FrontendReq.GET_SHMEM_CONFIG });
+    return c;
+  }
+
   /**
    * VHOST_USER_SET_BACKEND_REQ_FD: creates the back-end channel (a socketpair), hands one end to the
    * back-end and serves back-end requests on the other with `handler`.
@@ -335,7 +346,7 @@ export class Frontend {
       sys.close(theirs);
     }
     this.backendChannel?.close();
-    this.backendChannel = new BackendChannelEndpoint(ours, handler);
+    this.backendChannel = new BackendChannelEndpoint(ours, handler, undefined, this.ctx.protocolFeatures);
   }
 
   // --- plumbing ------------------------------------------------------------------------------

@@ -49,6 +49,10 @@ export const CRYPTO_SESSION_LEGACY_SIZE = 632;
 export const CRYPTO_SESSION_BODY_SIZE = 1056;
 /** Size of the opaque setup data inside the legacy crypto session layout. */
 export const CRYPTO_SESSION_LEGACY_BODY_SIZE = 624;
+/** VhostUserShMemConfig {nregions u32, padding u32, memory_sizes u64[256]} (GET_SHMEM_CONFIG reply). */
+export const SHMEM_CONFIG_SIZE = 8 + 256 * 8;
+/** VhostUserMMap {shmid u8, padding u8[7], fd_offset, shm_offset, len, flags u64} (SHMEM_MAP / SHMEM_UNMAP). */
+export const MMAP_SIZE = 40;
 
 // ---------------------------------------------------------------------------------------------
 // Payload structs.
@@ -190,6 +194,30 @@ export interface SharedObject {
   uuid: Uint8Array;
 }
 
+/**
+ * VhostUserShMemConfig (GET_SHMEM_CONFIG reply): the sizes of the device's VIRTIO shared memory
+ * regions, indexed by shmid. On the wire the array always has 256 entries; entries from `nregions`
+ * on are zero. `memorySizes.length` is the wire `nregions`.
+ */
+export interface ShmemConfig {
+  /** Size in bytes of shared memory region i (0 = no such region). At most 256 entries. */
+  memorySizes: bigint[];
+}
+
+/** VhostUserMMap (BACKEND_SHMEM_MAP / SHMEM_UNMAP): a range of a VIRTIO shared memory region. */
+export interface ShmemMapping {
+  /** Shared memory region id. */
+  shmid: number;
+  /** Offset in the fd to map from (SHMEM_MAP; 0 and ignored for SHMEM_UNMAP). */
+  fdOffset: bigint;
+  /** Offset inside the shared memory region. */
+  shmOffset: bigint;
+  /** Length of the range in bytes (non-zero). */
+  len: bigint;
+  /** `VHOST_USER_MMAP_FLAG_*` bits. */
+  flags: bigint;
+}
+
 /** Device state transfer parameters (SET_DEVICE_STATE_FD). */
 export interface DeviceStateTransfer {
   /** Save (back-end -> front-end) or load. */
@@ -220,7 +248,8 @@ export type FrontendEmptyReq =
   | FrontendReq.RESET_DEVICE
   | FrontendReq.GET_MAX_MEM_SLOTS
   | FrontendReq.GET_STATUS
-  | FrontendReq.CHECK_DEVICE_STATE;
+  | FrontendReq.CHECK_DEVICE_STATE
+  | FrontendReq.GET_SHMEM_CONFIG;
 
 /** Front-end requests carrying a vring state description. */
 export type FrontendVringStateReq =
@@ -297,7 +326,8 @@ export type FrontendBodyReplyReq =
   | FrontendReq.POSTCOPY_ADVISE
   | FrontendReq.SET_MEM_TABLE
   | FrontendReq.ADD_MEM_REG
-  | FrontendReq.SET_LOG_BASE;
+  | FrontendReq.SET_LOG_BASE
+  | FrontendReq.GET_SHMEM_CONFIG;
 
 /** Requests whose only possible reply is a REPLY_ACK (u64: 0 success, non-zero failure). */
 export type FrontendAckOnlyReq = Exclude<FrontendReq, FrontendBodyReplyReq>;
@@ -327,6 +357,7 @@ export type FrontendReply =
   | { request: FrontendReq.ADD_MEM_REG; kind: 'ack'; value: bigint }
   /** With LOG_SHMFD QEMU waits for an empty reply (`value` null); REPLY_ACK gives a u64. */
   | { request: FrontendReq.SET_LOG_BASE; value: bigint | null }
+  | ({ request: FrontendReq.GET_SHMEM_CONFIG } & ShmemConfig)
   | PerRequest<FrontendAckOnlyReq, { value: bigint }>;
 
 /** The reply type(s) for request id `R`. */
@@ -345,7 +376,10 @@ export type BackendRequest =
   | PerRequest<
       BackendReq.SHARED_OBJECT_ADD | BackendReq.SHARED_OBJECT_REMOVE | BackendReq.SHARED_OBJECT_LOOKUP,
       SharedObject
-    >;
+    >
+  /** `fd` is the file to map (SHMEM_MAP); SHMEM_UNMAP carries none. */
+  | ({ request: BackendReq.SHMEM_MAP; fd: number } & ShmemMapping)
+  | ({ request: BackendReq.SHMEM_UNMAP } & ShmemMapping);
 
 /** The member of `BackendRequest` for request id `R`. */
 export type BackendRequestOf<R extends BackendReq> = Extract<BackendRequest, { request: R }>;

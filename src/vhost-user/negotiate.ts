@@ -21,9 +21,11 @@ export const FEATURES_NEEDING_FRONTEND_SUPPORT: bigint =
 
 /**
  * Protocol features a front-end can accept without further set-up. Deliberately excluded: those
- * that need a back-end channel (BACKEND_REQ, HOST_NOTIFIER, INBAND_NOTIFICATIONS, SHARED_OBJECT),
- * change wire layouts (XEN_MMAP) or belong to migration/postcopy (LOG_SHMFD, PAGEFAULT,
- * DEVICE_STATE, INFLIGHT_SHMFD).
+ * that need a back-end channel (BACKEND_REQ, HOST_NOTIFIER, INBAND_NOTIFICATIONS, SHARED_OBJECT,
+ * SHMEM), change wire layouts (XEN_MMAP) or belong to migration/postcopy (LOG_SHMFD, PAGEFAULT,
+ * DEVICE_STATE, INFLIGHT_SHMFD, GET_VRING_BASE_INFLIGHT). The back-end accepts a request only when
+ * its feature is negotiated (gating.ts), so callers send e.g. GET_QUEUE_NUM only when MQ is in
+ * {@link Negotiated.protocolFeatures}.
  */
 export const DEFAULT_PROTOCOL_FEATURES: bigint =
   protocolFeatureMask(ProtocolFeature.MQ) | protocolFeatureMask(ProtocolFeature.REPLY_ACK) |

@@ -10,15 +10,20 @@ import * as sys from '../../src/sys/index.js';
 import { Frontend, VhostUserRequestFailedError } from '../../src/vhost-user/frontend.js';
 import { BackendEndpoint } from '../../src/vhost-user/backend-endpoint.js';
 import type { BackendReqHandler } from '../../src/vhost-user/backend-handler.js';
-import type { BackendChannel } from '../../src/vhost-user/backend-channel.js';
+import { BackendRequestFailedError, type BackendChannel } from '../../src/vhost-user/backend-channel.js';
 import { UnixListener } from '../../src/vhost-user/listener.js';
 import { encodeFrontendRequest } from '../../src/vhost-user/codec.js';
-import { DeviceStateDirection, DeviceStatePhase, FrontendReq, IotlbType, ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES } from '../../src/vhost-user/constants.js';
+import {
+  DeviceStateDirection, DeviceStatePhase, FrontendReq, IotlbType, PROTOCOL_FEATURES_KNOWN, ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES, protocolFeatureMask,
+} from '../../src/vhost-user/constants.js';
+import { VhostUserError } from '../../src/vhost-user/errors.js';
+import { negotiate } from '../../src/vhost-user/negotiate.js';
 import type { AnyMemoryRegion, CryptoSession, Inflight, IotlbMsg, Log, MemoryRegionWithFd, VringAddr } from '../../src/vhost-user/messages.js';
 import { silentLogger } from '../../src/log.js';
 
-const ALL_PROTOCOL = (1n << 20n) - 1n & ~(1n << BigInt(ProtocolFeature.XEN_MMAP));
-const FEATURES = (1n << 32n) | (1n << BigInt(VHOST_USER_F_PROTOCOL_FEATURES));
+const ALL_PROTOCOL = PROTOCOL_FEATURES_KNOWN & ~(1n << BigInt(ProtocolFeature.XEN_MMAP));
+// VIRTIO_F_VERSION_1, VIRTIO_F_IOMMU_PLATFORM (gates IOTLB_MSG), VHOST_USER_F_PROTOCOL_FEATURES.
+const FEATURES = (1n << 32n) | (1n << 33n) | (1n << BigInt(VHOST_USER_F_PROTOCOL_FEATURES));
 
 /** Records every call; keeps dup'ed copies of fds it must look at after the call returns. */
 class RecordingHandler implements BackendReqHandler {
@@ -67,7 +72,8 @@ class RecordingHandler implements BackendReqHandler {
   setVringNum(i: number, n: number) { this.rec('setVringNum', i, n); }
   setVringAddr(a: VringAddr) { this.rec('setVringAddr', a.index, a.descUserAddr); }
   setVringBase(i: number, b: number) { this.rec('setVringBase', i, b); }
-  async getVringBase(i: number) { this.rec('getVringBase', i); await new Promise((r) => setTimeout(r, 5)); return 42; }
+  // Settles on a later turn of the event loop: the endpoint must wait for an async handler.
+  async getVringBase(i: number) { this.rec('getVringBase', i); await new Promise((r) => setImmediate(r)); return 42; }
   setVringKick(i: number, fd: number | null) { this.rec('setVringKick', i, fd === null); this.keep(fd); }
   setVringCall(i: number, fd: number | null) { this.rec('setVringCall', i, fd === null); this.keep(fd); }
   setVringErr(i: number, fd: number | null) { this.rec('setVringErr', i, fd === null); }
@@ -106,6 +112,7 @@ class RecordingHandler implements BackendReqHandler {
   getSharedObject(uuid: Uint8Array) { this.rec('getSharedObject', uuid[0]); return sys.eventfd(); }
   setDeviceStateFd(d: DeviceStateDirection, p: DeviceStatePhase, fd: number) { this.rec('setDeviceStateFd', d, p); this.keep(fd); return null; }
   checkDeviceState() { this.rec('checkDeviceState'); }
+  getShmemConfig() { this.rec('getShmemConfig'); return { memorySizes: [0n, 1n << 30n] }; }
 }
 
 function memfdWith(text: string, size = 1 << 20): number {
@@ -187,6 +194,7 @@ test('loopback: every front-end request once, with real memfds and eventfds', as
   const [p0, p1] = sys.socketpair();
   assert.equal(await fe.setDeviceStateFd(DeviceStateDirection.SAVE, DeviceStatePhase.STOPPED, p0), null);
   await fe.checkDeviceState();
+  assert.deepEqual(await fe.getShmemConfig(), { memorySizes: [0n, 1n << 30n] });
   await fe.setBackendReqFd({ configChange: () => undefined });
   await fe.resetDevice();
   await fe.resetOwner();
@@ -197,7 +205,7 @@ test('loopback: every front-end request once, with real memfds and eventfds', as
     'setVringCall', 'setVringErr', 'getQueueNum', 'setVringEnable', 'sendRarp', 'netSetMtu', 'setBackendReqFd', 'iotlbMsg',
     'setVringEndian', 'getConfig', 'setConfig', 'createCryptoSession', 'closeCryptoSession', 'postcopyAdvise', 'postcopyListen',
     'postcopyEnd', 'getInflightFd', 'setInflightFd', 'gpuSetSocket', 'resetDevice', 'vringKick', 'getMaxMemSlots', 'addMemReg',
-    'remMemReg', 'setStatus', 'getStatus', 'getSharedObject', 'setDeviceStateFd', 'checkDeviceState']) {
+    'remMemReg', 'setStatus', 'getStatus', 'getSharedObject', 'setDeviceStateFd', 'checkDeviceState', 'getShmemConfig']) {
     assert.ok(names.includes(m), `handler never saw ${m}`);
   }
   assert.deepEqual(h.calls.find((c) => c[0] === 'sendRarp'), ['sendRarp', '525400123456']);
@@ -214,14 +222,21 @@ test('loopback: every front-end request once, with real memfds and eventfds', as
 test('loopback: REPLY_ACK reports handler failures and the connection keeps serving', async () => {
   const h = new RecordingHandler();
   const { fe, be } = pair(h);
-  await fe.setProtocolFeatures(1n << BigInt(ProtocolFeature.REPLY_ACK));
+  await fe.getFeatures();
+  await fe.setProtocolFeatures((1n << BigInt(ProtocolFeature.REPLY_ACK)) | (1n << BigInt(ProtocolFeature.MQ)));
   h.failNext = 'setVringNum';
   await assert.rejects(fe.setVringNum(0, 256), (e: unknown) => e instanceof VhostUserRequestFailedError && e.value === 22n);
+  // A gated request whose feature was not negotiated: refused with EPERM, the connection goes on.
+  await assert.rejects(fe.setStatus(1), (e: unknown) => e instanceof VhostUserRequestFailedError && e.value === 1n);
+  assert.equal(h.calls.some((c) => c[0] === 'setStatus'), false, 'the handler never sees a request that is not negotiated');
+  await assert.rejects(fe.setVringEndian(0, false), (e: unknown) => e instanceof VhostUserRequestFailedError && e.value === 1n);
   await fe.setVringNum(0, 128);
-  // A handler without the method: the request is refused, not fatal.
-  delete (h as Partial<RecordingHandler>).sendRarp;
-  (h as { sendRarp?: unknown }).sendRarp = undefined;
-  await assert.rejects(fe.sendRarp(new Uint8Array(6)), VhostUserRequestFailedError);
+  // A handler without the method: the request is refused with EOPNOTSUPP, not fatal.
+  delete (h as Partial<RecordingHandler>).gpuSetSocket;
+  (h as { gpuSetSocket?: unknown }).gpuSetSocket = undefined;
+  const gpu = sys.eventfd();
+  await assert.rejects(fe.gpuSetSocket(gpu), (e: unknown) => e instanceof VhostUserRequestFailedError && e.value === 95n);
+  sys.close(gpu);
   assert.equal(await fe.getQueueNum(), 4);
   fe.close();
   await be.closed();
@@ -234,7 +249,10 @@ test('loopback: without REPLY_ACK a failed request closes only that connection',
   h.failNext = 'setVringNum';
   await a.fe.setVringNum(0, 256); // written; the failure cannot be reported
   const err = await a.be.closed();
-  assert.match(String(err?.message), /VHOST_USER_SET_VRING_NUM failed/);
+  assert.ok(err instanceof VhostUserError, String(err));
+  assert.equal(err.request, 'VHOST_USER_SET_VRING_NUM');
+  assert.equal(err.code, 'device-error');
+  assert.equal(err.errno, 22);
   await assert.rejects(a.fe.getFeatures());
   assert.equal(await b.fe.getFeatures(), FEATURES, 'the other connection keeps serving');
   b.fe.close();
@@ -260,18 +278,30 @@ test('loopback: a malformed message closes the connection without leaking fds', 
 test('loopback: malformed request with NEED_REPLY under REPLY_ACK gets an error ack', async () => {
   const [a, b] = sys.socketpair();
   const be = new BackendEndpoint(b, new RecordingHandler(), { logger: silentLogger });
+  // Waits for the socket to become readable (an event, with a timeout only as a guard).
+  const readable = (): Promise<void> => new Promise((resolve, reject) => {
+    const guard = setTimeout(() => { w.close(); reject(new Error('no reply within 2 s')); }, 2000);
+    const w = sys.watchFd(a, sys.POLLIN, (status) => {
+      clearTimeout(guard);
+      w.close();
+      if (status < 0) reject(new Error(`watch failed: ${status}`));
+      else resolve();
+    });
+  });
   const recvReply = async (): Promise<Buffer> => {
     const reply = Buffer.alloc(20);
-    for (let i = 0; i < 400; i++) {
+    for (;;) {
       const r = sys.recvmsg(a, reply);
       if (r !== null) {
         assert.equal(r.bytes, 20);
         return reply;
       }
-      await new Promise((res) => setTimeout(res, 5));
+      await readable();
     }
-    throw new Error('no reply');
   };
+  // GET_FEATURES first: SET_PROTOCOL_FEATURES is only legal once VHOST_USER_F_PROTOCOL_FEATURES was offered.
+  sys.sendmsg(a, encodeFrontendRequest({ request: FrontendReq.GET_FEATURES }, { protocolFeatures: 0n }).bytes);
+  assert.equal((await recvReply()).readBigUInt64LE(12), FEATURES);
   // SET_PROTOCOL_FEATURES (16) = REPLY_ACK, itself with NEED_REPLY: acked with 0 once in effect.
   const spf = encodeFrontendRequest({ request: FrontendReq.SET_PROTOCOL_FEATURES, features: 1n << BigInt(ProtocolFeature.REPLY_ACK) },
     { protocolFeatures: 0n });
@@ -311,7 +341,7 @@ test('loopback: both socket roles (back-end server and back-end client)', async 
     const feP = Frontend.accept(l2);
     const be2 = await BackendEndpoint.connect(join(dir, 'fe.sock'), new RecordingHandler(), { logger: silentLogger });
     const fe2 = await feP;
-    assert.equal(await fe2.getQueueNum(), 4);
+    assert.equal((await negotiate(fe2, { wantProtocolFeatures: protocolFeatureMask(ProtocolFeature.MQ) })).queueNum, 4);
     fe2.close();
     await be2.closed();
     l2.close();
@@ -324,7 +354,10 @@ test('loopback: back-end channel carries requests, acks and fds back to the fron
   const before = sys.openFdCount();
   const h = new RecordingHandler();
   const { fe, be } = pair(h);
-  await fe.setProtocolFeatures((1n << BigInt(ProtocolFeature.REPLY_ACK)) | (1n << BigInt(ProtocolFeature.BACKEND_REQ)));
+  await fe.getFeatures();
+  const P = ProtocolFeature;
+  await fe.setProtocolFeatures([P.REPLY_ACK, P.BACKEND_REQ, P.CONFIG, P.INBAND_NOTIFICATIONS, P.SHARED_OBJECT]
+    .reduce((m, f) => m | protocolFeatureMask(f), 0n));
   const seen: string[] = [];
   const shared = sys.memfdCreate('shared');
   await fe.setBackendReqFd({
@@ -340,7 +373,11 @@ test('loopback: back-end channel carries requests, acks and fds back to the fron
   sys.ftruncate(fd, 8192); // the same memfd: size seen through the original fd
   sys.close(fd);
   await assert.rejects(ch.sharedObjectAdd(new Uint8Array(16)), /failure/);
-  await assert.rejects(ch.vringErr(0), /failure/); // not implemented by the front-end handler
+  // Not implemented by the front-end handler: refused with EOPNOTSUPP.
+  await assert.rejects(ch.vringErr(0), (e: unknown) => e instanceof BackendRequestFailedError && e.value === 95n);
+  // HOST_NOTIFIER was not negotiated: the back-end side refuses before sending anything.
+  await assert.rejects(ch.vringHostNotifier({ index: 0, size: 4096n, offset: 0n }, null),
+    (e: unknown) => e instanceof VhostUserError && e.code === 'not-negotiated' && e.request === 'VHOST_USER_BACKEND_VRING_HOST_NOTIFIER_MSG');
   assert.deepEqual(seen, ['config', 'call1', 'lookup5']);
   fe.close();
   await be.closed();

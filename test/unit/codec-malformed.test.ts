@@ -50,6 +50,12 @@ const u64 = (x: number | bigint): Uint8Array => pack([8, x]);
 const region = (gpa: bigint, size: bigint, ua = 0x7f00_0000_0000n, off = 0n): Field[] => [[8, gpa], [8, size], [8, ua], [8, off]];
 const table = (n: number, count: number): Uint8Array =>
   pack([4, n], [4, 0], ...Array.from({ length: count }, (_, i) => region(BigInt(i) << 32n, 0x1000n)).flat());
+/** VhostUserShMemConfig image: nregions, padding, then 256 sizes (from `sizes`, zero after). */
+const shmemConfig = (n: number, sizes: bigint[], padding = 0): Uint8Array =>
+  pack([4, n], [4, padding], ...Array.from({ length: 256 }, (_, i): Field => [8, sizes[i] ?? 0n]));
+/** VhostUserMMap image; `pad` is written into the first padding byte. */
+const mmap = (shmid: number, fdOffset: bigint, shmOffset: bigint, len: bigint, flags: bigint, pad = 0): Uint8Array =>
+  pack([1, shmid], [1, pad], [2, 0], [4, 0], [8, fdOffset], [8, shmOffset], [8, len], [8, flags]);
 const fds = (n: number): number[] => Array.from({ length: n }, (_, i) => 50 + i);
 
 interface Case {
@@ -89,10 +95,10 @@ const cases: Case[] = [
   { name: 'size above MAX_PAYLOAD_SIZE', run: () => decodeHeader(pack([4, F.SET_CONFIG], [4, 1], [4, 5000])), kind: 'size', request: 'VHOST_USER_SET_CONFIG' },
   { name: 'size above per-request bound (header only)', run: () => decodeHeader(pack([4, F.SET_VRING_NUM], [4, 1], [4, 16]), 0, 'frontend'), kind: 'size', request: 'VHOST_USER_SET_VRING_NUM' },
   { name: 'unknown request id (header, frontend)', run: () => decodeHeader(pack([4, 99], [4, 1], [4, 0]), 0, 'frontend'), kind: 'unknown-request', request: 'unknown(99)' },
-  { name: 'unknown request id (header, backend)', run: () => decodeHeader(pack([4, 9], [4, 1], [4, 0]), 0, 'backend'), kind: 'unknown-request', request: 'unknown(9)' },
+  { name: 'unknown request id (header, backend)', run: () => decodeHeader(pack([4, 11], [4, 1], [4, 0]), 0, 'backend'), kind: 'unknown-request', request: 'unknown(11)' },
   // Front-end requests: sizes.
   { name: 'unknown front-end request 0', run: asRequest('frontend', msg(0, REQ, new Uint8Array(0))), kind: 'unknown-request', request: 'unknown(0)' },
-  { name: 'unknown front-end request 44', run: asRequest('frontend', msg(44, REQ, new Uint8Array(0))), kind: 'unknown-request', request: 'unknown(44)' },
+  { name: 'unknown front-end request 45', run: asRequest('frontend', msg(45, REQ, new Uint8Array(0))), kind: 'unknown-request', request: 'unknown(45)' },
   { name: 'GET_FEATURES with a payload', run: asRequest('frontend', msg(F.GET_FEATURES, REQ, u64(0))), kind: 'size', request: 'VHOST_USER_GET_FEATURES' },
   { name: 'SET_FEATURES with 4 bytes', run: asRequest('frontend', msg(F.SET_FEATURES, REQ, pack([4, 1]))), kind: 'size', request: 'VHOST_USER_SET_FEATURES' },
   { name: 'SET_VRING_NUM larger than spec', run: asRequest('frontend', msg(F.SET_VRING_NUM, REQ, new Uint8Array(16))), kind: 'size', request: 'VHOST_USER_SET_VRING_NUM' },
@@ -161,7 +167,25 @@ const cases: Case[] = [
   { name: 'SET_MEM_TABLE postcopy reply with fds', run: asReply('frontend', F.SET_MEM_TABLE, msg(F.SET_MEM_TABLE, REPLY, table(1, 1)), fds(1)), kind: 'fds', request: 'VHOST_USER_SET_MEM_TABLE' },
   { name: 'ack reply with an fd', run: asReply('frontend', F.SET_VRING_NUM, msg(F.SET_VRING_NUM, REPLY, u64(0)), fds(1)), kind: 'fds', request: 'VHOST_USER_SET_VRING_NUM' },
   // Back-end channel.
-  { name: 'unknown back-end request 9', run: asRequest('backend', msg(9, REQ, new Uint8Array(0))), kind: 'unknown-request', request: 'unknown(9)' },
+  { name: 'unknown back-end request 11', run: asRequest('backend', msg(11, REQ, new Uint8Array(0))), kind: 'unknown-request', request: 'unknown(11)' },
+  // SHMEM (vhost-user-newer.md): VhostUserShMemConfig and VhostUserMMap.
+  { name: 'GET_SHMEM_CONFIG with a payload', run: asRequest('frontend', msg(F.GET_SHMEM_CONFIG, REQ, u64(0))), kind: 'size', request: 'VHOST_USER_GET_SHMEM_CONFIG' },
+  { name: 'GET_SHMEM_CONFIG with an fd', run: asRequest('frontend', msg(F.GET_SHMEM_CONFIG, REQ, new Uint8Array(0)), fds(1)), kind: 'fds', request: 'VHOST_USER_GET_SHMEM_CONFIG' },
+  { name: 'GET_SHMEM_CONFIG reply of 8 bytes', run: asReply('frontend', F.GET_SHMEM_CONFIG, msg(F.GET_SHMEM_CONFIG, REPLY, pack([4, 0], [4, 0]))), kind: 'size', request: 'VHOST_USER_GET_SHMEM_CONFIG' },
+  { name: 'GET_SHMEM_CONFIG reply nregions 257', run: asReply('frontend', F.GET_SHMEM_CONFIG, msg(F.GET_SHMEM_CONFIG, REPLY, shmemConfig(257, []))), kind: 'regions', request: 'VHOST_USER_GET_SHMEM_CONFIG' },
+  { name: 'GET_SHMEM_CONFIG reply padding', run: asReply('frontend', F.GET_SHMEM_CONFIG, msg(F.GET_SHMEM_CONFIG, REPLY, shmemConfig(1, [4096n], 1))), kind: 'value', request: 'VHOST_USER_GET_SHMEM_CONFIG' },
+  { name: 'GET_SHMEM_CONFIG reply size past nregions', run: asReply('frontend', F.GET_SHMEM_CONFIG, msg(F.GET_SHMEM_CONFIG, REPLY, shmemConfig(1, [4096n, 4096n]))), kind: 'value', request: 'VHOST_USER_GET_SHMEM_CONFIG' },
+  { name: 'GET_SHMEM_CONFIG reply with an fd', run: asReply('frontend', F.GET_SHMEM_CONFIG, msg(F.GET_SHMEM_CONFIG, REPLY, shmemConfig(1, [4096n])), fds(1)), kind: 'fds', request: 'VHOST_USER_GET_SHMEM_CONFIG' },
+  { name: 'BACKEND_SHMEM_MAP of 32 bytes', run: asRequest('backend', msg(B.SHMEM_MAP, REQ, mmap(1, 0n, 0n, 4096n, 0n).subarray(0, 32)), fds(1)), kind: 'size', request: 'VHOST_USER_BACKEND_SHMEM_MAP' },
+  { name: 'BACKEND_SHMEM_MAP without fd', run: asRequest('backend', msg(B.SHMEM_MAP, REQ, mmap(1, 0n, 0n, 4096n, 0n))), kind: 'fds', request: 'VHOST_USER_BACKEND_SHMEM_MAP' },
+  { name: 'BACKEND_SHMEM_MAP two fds', run: asRequest('backend', msg(B.SHMEM_MAP, REQ, mmap(1, 0n, 0n, 4096n, 0n)), fds(2)), kind: 'fds', request: 'VHOST_USER_BACKEND_SHMEM_MAP' },
+  { name: 'BACKEND_SHMEM_MAP zero length', run: asRequest('backend', msg(B.SHMEM_MAP, REQ, mmap(1, 0n, 0n, 0n, 0n)), fds(1)), kind: 'value', request: 'VHOST_USER_BACKEND_SHMEM_MAP' },
+  { name: 'BACKEND_SHMEM_MAP fd_offset overflow', run: asRequest('backend', msg(B.SHMEM_MAP, REQ, mmap(1, 0xffff_ffff_ffff_f000n, 0n, 0x2000n, 0n)), fds(1)), kind: 'value', request: 'VHOST_USER_BACKEND_SHMEM_MAP' },
+  { name: 'BACKEND_SHMEM_MAP shm_offset overflow', run: asRequest('backend', msg(B.SHMEM_MAP, REQ, mmap(1, 0n, 0xffff_ffff_ffff_f001n, 0x1000n, 0n)), fds(1)), kind: 'value', request: 'VHOST_USER_BACKEND_SHMEM_MAP' },
+  { name: 'BACKEND_SHMEM_MAP unknown flag', run: asRequest('backend', msg(B.SHMEM_MAP, REQ, mmap(1, 0n, 0n, 4096n, 2n)), fds(1)), kind: 'value', request: 'VHOST_USER_BACKEND_SHMEM_MAP' },
+  { name: 'BACKEND_SHMEM_MAP padding', run: asRequest('backend', msg(B.SHMEM_MAP, REQ, mmap(1, 0n, 0n, 4096n, 0n, 1)), fds(1)), kind: 'value', request: 'VHOST_USER_BACKEND_SHMEM_MAP' },
+  { name: 'BACKEND_SHMEM_UNMAP with an fd', run: asRequest('backend', msg(B.SHMEM_UNMAP, REQ, mmap(1, 0n, 0n, 4096n, 0n)), fds(1)), kind: 'fds', request: 'VHOST_USER_BACKEND_SHMEM_UNMAP' },
+  { name: 'BACKEND_SHMEM_UNMAP zero length', run: asRequest('backend', msg(B.SHMEM_UNMAP, REQ, mmap(1, 0n, 0n, 0n, 0n))), kind: 'value', request: 'VHOST_USER_BACKEND_SHMEM_UNMAP' },
   { name: 'BACKEND_VRING_HOST_NOTIFIER_MSG NOFD with fd', run: asRequest('backend', msg(B.VRING_HOST_NOTIFIER_MSG, REQ, pack([8, 0x101], [8, 0x1000], [8, 0])), fds(1)), kind: 'fds', request: 'VHOST_USER_BACKEND_VRING_HOST_NOTIFIER_MSG' },
   { name: 'BACKEND_VRING_HOST_NOTIFIER_MSG without fd', run: asRequest('backend', msg(B.VRING_HOST_NOTIFIER_MSG, REQ, pack([8, 1], [8, 0x1000], [8, 0]))), kind: 'fds', request: 'VHOST_USER_BACKEND_VRING_HOST_NOTIFIER_MSG' },
   { name: 'BACKEND_VRING_CALL reserved num', run: asRequest('backend', msg(B.VRING_CALL, REQ, pack([4, 0], [4, 1]))), kind: 'value', request: 'VHOST_USER_BACKEND_VRING_CALL' },
@@ -194,6 +218,11 @@ test('a valid neighbour of each rejected shape decodes (the table is not vacuous
     asRequest('frontend', msg(F.REM_MEM_REG, REQ, pack([8, 0], ...region(0n, 0x1000n))), fds(1)),
     asReply('frontend', F.GET_SHARED_OBJECT, msg(F.GET_SHARED_OBJECT, REPLY, u64(0)), fds(1)),
     asRequest('backend', msg(B.CONFIG_CHANGE_MSG, REQ, u64(0))),
+    asRequest('frontend', msg(F.GET_SHMEM_CONFIG, REQ, new Uint8Array(0))),
+    asReply('frontend', F.GET_SHMEM_CONFIG, msg(F.GET_SHMEM_CONFIG, REPLY, shmemConfig(2, [0n, 4096n]))),
+    asReply('frontend', F.GET_SHMEM_CONFIG, msg(F.GET_SHMEM_CONFIG, REPLY, shmemConfig(256, Array.from({ length: 256 }, () => 1n)))),
+    asRequest('backend', msg(B.SHMEM_MAP, REQ, mmap(255, 0xffff_ffff_ffff_f000n, 0xffff_ffff_ffff_f000n, 0x1000n, 1n)), fds(1)),
+    asRequest('backend', msg(B.SHMEM_UNMAP, REQ, mmap(1, 0n, 0n, 4096n, 0n))),
     // Tolerated: DPDK virtio-user leaves the reserved num of GET_VRING_BASE uninitialised.
     asRequest('frontend', msg(F.GET_VRING_BASE, REQ, pack([4, 1], [4, 0xdeadbeef]))),
     () => decodeHeader(pack([4, F.SET_VRING_NUM], [4, 1], [4, 8]), 0, 'frontend'),

@@ -104,6 +104,7 @@ const frontendRequests: FrontendRequest[] = [
   { request: FrontendReq.GET_SHARED_OBJECT, uuid },
   { request: FrontendReq.SET_DEVICE_STATE_FD, direction: DeviceStateDirection.LOAD, phase: DeviceStatePhase.STOPPED, fd: 20 },
   { request: FrontendReq.CHECK_DEVICE_STATE },
+  { request: FrontendReq.GET_SHMEM_CONFIG },
 ];
 
 function roundTripRequest(msg: FrontendRequest, ctx: CodecContext, flags = 0): void {
@@ -173,6 +174,9 @@ function frontendReplySamples(): FrontendReply[] {
     { request: FrontendReq.ADD_MEM_REG, kind: 'ack', value: 1n },
     { request: FrontendReq.SET_LOG_BASE, value: null },
     { request: FrontendReq.SET_LOG_BASE, value: 0n },
+    { request: FrontendReq.GET_SHMEM_CONFIG, memorySizes: [] },
+    { request: FrontendReq.GET_SHMEM_CONFIG, memorySizes: [0n, 1n << 30n, 0xffff_ffff_ffff_f000n] },
+    { request: FrontendReq.GET_SHMEM_CONFIG, memorySizes: Array.from({ length: 256 }, (_, i) => BigInt(i) << 20n) },
   ];
   const withBody = new Set(out.map((r) => r.request));
   for (const v of Object.values(FrontendReq)) {
@@ -216,6 +220,9 @@ const backendRequests: BackendRequest[] = [
   { request: BackendReq.SHARED_OBJECT_ADD, uuid },
   { request: BackendReq.SHARED_OBJECT_REMOVE, uuid },
   { request: BackendReq.SHARED_OBJECT_LOOKUP, uuid },
+  { request: BackendReq.SHMEM_MAP, shmid: 1, fdOffset: 0x1000n, shmOffset: 0x20_0000n, len: 0x1000n, flags: 1n, fd: 32 },
+  { request: BackendReq.SHMEM_MAP, shmid: 255, fdOffset: 0n, shmOffset: 0xffff_ffff_ffff_f000n, len: 0x1000n, flags: 0n, fd: 33 },
+  { request: BackendReq.SHMEM_UNMAP, shmid: 0, fdOffset: 0n, shmOffset: 0x20_0000n, len: 0x1000n, flags: 0n },
 ];
 
 test('every back-end request round trips', () => {

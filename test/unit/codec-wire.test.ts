@@ -99,15 +99,22 @@ test('maxPayloadSize bounds', () => {
   assert.equal(maxPayloadSize('frontend', FrontendReq.SET_MEM_TABLE), 8 + 8 * 40);
   assert.equal(maxPayloadSize('frontend', FrontendReq.SET_CONFIG), 12 + 256);
   assert.equal(maxPayloadSize('frontend', 0), 0);
-  assert.equal(maxPayloadSize('frontend', 44), 0);
+  assert.equal(maxPayloadSize('frontend', FrontendReq.GET_SHMEM_CONFIG), 8 + 256 * 8);
+  assert.equal(maxPayloadSize('frontend', 45), 0);
   assert.equal(maxPayloadSize('backend', BackendReq.SHARED_OBJECT_LOOKUP), 16);
-  assert.equal(maxPayloadSize('backend', 9), 0);
+  assert.equal(maxPayloadSize('backend', BackendReq.SHMEM_MAP), 40);
+  assert.equal(maxPayloadSize('backend', BackendReq.SHMEM_UNMAP), 40);
+  assert.equal(maxPayloadSize('backend', 11), 0);
 });
 
 test('requestName uses spec names per channel', () => {
   assert.equal(requestName(FrontendReq.GET_FEATURES), 'VHOST_USER_GET_FEATURES');
   assert.equal(requestName(FrontendReq.CHECK_DEVICE_STATE), 'VHOST_USER_CHECK_DEVICE_STATE');
   assert.equal(requestName(BackendReq.SHARED_OBJECT_LOOKUP, 'backend'), 'VHOST_USER_BACKEND_SHARED_OBJECT_LOOKUP');
+  assert.equal(requestName(FrontendReq.GET_SHMEM_CONFIG), 'VHOST_USER_GET_SHMEM_CONFIG');
+  assert.equal(requestName(BackendReq.SHMEM_MAP, 'backend'), 'VHOST_USER_BACKEND_SHMEM_MAP');
+  assert.deepEqual(decodeProtocolFeatures((1n << 20n) | (1n << 21n) | (1n << 22n)),
+    ['VHOST_USER_PROTOCOL_F_GET_VRING_BASE_INFLIGHT', 'VHOST_USER_PROTOCOL_F_SHMEM', 'bit 22']);
   assert.equal(requestName(77), 'unknown(77)');
   assert.equal(ProtocolFeature.DEVICE_STATE, 19);
 });
