@@ -80,6 +80,12 @@ export interface VhostUserBackend {
   /** Requests of queue `queueIndex` in flight before the framework stops popping (default: no bound). */
   maxInFlight?(queueIndex: number): number;
   /**
+   * Queue `queueIndex` is stopping (GET_VRING_BASE) or being reset, and the framework is about to
+   * wait for its in-flight requests: settle now the ones that wait on the device itself (timers,
+   * rate limits), so the front-end is not kept waiting.
+   */
+  queueStopped?(queueIndex: number): void;
+  /**
    * Low-level escape hatch (rust-vmm's `handle_event`): a vring's kick fired (`deviceEvent` =
    * queue index; only called for queues when there is no {@link processChain}) or a listener
    * registered with {@link VringEventHandler.registerListener} fired (`deviceEvent` = its `data`,

@@ -88,12 +88,26 @@ export class VringEventHandler {
 
   /** @internal Resolves once `vring`'s framework-served requests completed (GET_VRING_BASE). */
   quiesceRing(vring: Vring): Promise<void> {
-    return this.servers.get(vring.index)?.quiesce() ?? Promise.resolve();
+    const s = this.servers.get(vring.index);
+    if (s === undefined) return Promise.resolve();
+    this.queueStopped(vring.index);
+    return s.quiesce();
   }
 
   /** @internal Device reset: in-flight requests complete without touching the rings; resolves when all did. */
   async resetRings(): Promise<void> {
-    await Promise.all(Array.from(this.servers.values(), (s) => s.reset()));
+    // Generations first, so whatever the device settles now does not reach the rings.
+    const idle = Array.from(this.servers.values(), (s) => s.reset());
+    for (const index of this.servers.keys()) this.queueStopped(index);
+    await Promise.all(idle);
+  }
+
+  private queueStopped(index: number): void {
+    try {
+      this.backend.queueStopped?.(index);
+    } catch (e) {
+      this.logger.log('error', `queueStopped(${index}) threw: ${(e as Error).message}`);
+    }
   }
 
   /** @internal Starts watching `vring`'s kick fd. */

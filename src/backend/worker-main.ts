@@ -88,6 +88,10 @@ function makeEvents(d: VringWorker): VringEventHandler {
       const bound = d.maxInFlight;
       adapter.maxInFlight = (q) => bound.call(d, q);
     }
+    if (typeof d.queueStopped === 'function') {
+      const stopped = d.queueStopped;
+      adapter.queueStopped = (q) => stopped.call(d, q);
+    }
   }
   if (typeof d.handleEvent === 'function') {
     const handle = d.handleEvent;

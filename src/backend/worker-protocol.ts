@@ -20,6 +20,8 @@ export interface VringWorker {
   processChain?(queueIndex: number, chain: DescriptorChain, vring: Vring): number | Promise<number>;
   /** Requests in flight per queue (see VhostUserBackend.maxInFlight). */
   maxInFlight?(queueIndex: number): number;
+  /** See VhostUserBackend.queueStopped. */
+  queueStopped?(queueIndex: number): void;
   /** Low-level: a kick of one of this thread's vrings, when there is no processChain; see VhostUserBackend.handleEvent. */
   handleEvent?(deviceEvent: number, evset: number, vrings: readonly Vring[], threadId: number): void | Promise<void>;
   /** Whether VIRTIO_RING_F_EVENT_IDX was negotiated. */

@@ -76,13 +76,21 @@ export class VhostUserRngBackend implements VhostUserBackend {
     });
   }
 
-  resetDevice(): void {
+  /**
+   * The ring stops or resets: a request waiting for the next period completes now with what the
+   * budget allows (usually 0 bytes; the driver asks again), so GET_VRING_BASE does not wait for
+   * the period. On reset the framework keeps it off the ring.
+   */
+  queueStopped(): void {
     if (this.timer !== null) clearTimeout(this.timer);
     this.timer = null;
-    // The framework waits for this request on reset; it completes without touching the ring.
     const w = this.waiting;
     this.waiting = null;
-    w?.resolve(0);
+    if (w !== null) w.resolve(this.available() > 0 ? this.fill(w.chain) : 0);
+  }
+
+  resetDevice(): void {
+    this.queueStopped();
   }
 
   private available(): number {
