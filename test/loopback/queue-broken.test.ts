@@ -14,6 +14,9 @@ import { FrontendMemory, setupQueue, type FrontendQueue } from '../../src/driver
 import { VIRTIO_BLK_S_OK, VIRTIO_BLK_T_FLUSH } from '../../src/devices/blk/index.js';
 import { VIRTIO_RING_F_EVENT_IDX } from '../../src/virtio/features.js';
 import { startOurDaemon } from '../helpers/our-daemon.js';
+import { VhostUserDaemon } from '../../src/backend/index.js';
+import { silentLogger } from '../../src/log.js';
+import { SplitDevice } from '../../examples/worker-device.js';
 
 const QSIZE = 64;
 const RING = 0x10000;
@@ -128,4 +131,46 @@ test('broken ring: the other queue keeps serving while queue 0 is broken', async
   q0.kick(true);
   assert.equal(await flush(mem, q1), VIRTIO_BLK_S_OK);
   assert.equal(q0.driver.usedIdx, 0);
+});
+
+test('broken ring in a worker thread: err fd, the other queue and the protocol keep serving, reset restores it', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'vu-broken-w-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const daemon = new VhostUserDaemon('split', new SplitDevice(), { logger: silentLogger });
+  daemon.serve(join(dir, 's.sock'));
+  t.after(() => daemon.stop());
+  const fe = await Frontend.connect(join(dir, 's.sock'));
+  t.after(() => fe.close());
+  const mem = new FrontendMemory(1 << 20);
+  t.after(() => mem.close());
+  await negotiate(fe);
+  await fe.setMemTable(mem.regions());
+  const errFd = sys.eventfd();
+  t.after(() => sys.close(errFd));
+  const q0 = await setupQueue(fe, mem, 0, QSIZE, RING, { enable: true });
+  t.after(() => q0.close());
+  let q1 = await setupQueue(fe, mem, 1, QSIZE, RING + 0x4000, { enable: true });
+  await fe.setVringErr(1, errFd);
+  const echo = async (q: FrontendQueue): Promise<string> => {
+    mem.memory.write(0x50000, Buffer.from('hi'));
+    q.driver.addChain([{ gpa: 0x50000, len: 2 }], [{ gpa: 0x50800, len: 64 }]);
+    q.kick(true);
+    const u = await q.nextUsed();
+    return Buffer.from(mem.memory.translate(0x50800, u.len)).toString();
+  };
+  assert.match(await echo(q1), /^HI @thread [1-9]\d*$/);
+  const errSignalled = readable(errFd, 5000, 'worker ring err fd');
+  q1.driver.setAvailIdx(q1.driver.availIdx + 0xffff);
+  q1.kick(true);
+  await errSignalled;
+  for (let i = 0; i < 100; i++) q1.kick(true);
+  const r0 = performance.now();
+  await fe.getFeatures();
+  assert.ok(performance.now() - r0 < 100, 'the protocol answers promptly');
+  assert.match(await echo(q0), /^HI @thread 0$/);
+  await fe.getVringBase(1);
+  q1.close();
+  q1 = await setupQueue(fe, mem, 1, QSIZE, RING + 0x4000, { enable: true });
+  t.after(() => q1.close());
+  assert.match(await echo(q1), /^HI @thread [1-9]\d*$/, 'the worker ring serves again after reset');
 });
