@@ -7,17 +7,22 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { Frontend, FrontendMemory, VhostUserDaemon, setupQueue } from '../src/index.js';
 import { negotiate } from '../src/vhost-user/negotiate.js';
 import {
   RamDisk, VhostUserBlkBackend, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, decodeBlkConfig,
 } from '../src/devices/blk/index.js';
 
+/** The device this example serves: virtio-blk over a 16 MiB RAM disk. */
+export function createRamDiskDevice(): VhostUserBlkBackend {
+  return new VhostUserBlkBackend({ disk: new RamDisk({ size: 16 << 20 }) });
+}
+
 async function main(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'vu-blk-example-'));
   const socketPath = join(dir, 'blk.sock');
-  const disk = new RamDisk({ size: 16 << 20 });
-  const daemon = new VhostUserDaemon('blk', new VhostUserBlkBackend({ disk }));
+  const daemon = new VhostUserDaemon('blk', createRamDiskDevice());
   daemon.serve(socketPath);
 
   const fe = await Frontend.connect(socketPath);
@@ -55,7 +60,9 @@ async function main(): Promise<void> {
   rmSync(dir, { recursive: true, force: true });
 }
 
-main().catch((e: unknown) => {
-  console.error(e);
-  process.exitCode = 1;
-});
+if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
+  main().catch((e: unknown) => {
+    console.error(e);
+    process.exitCode = 1;
+  });
+}

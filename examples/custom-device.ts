@@ -7,37 +7,27 @@
  */
 import {
   Frontend, FrontendMemory, VhostUserDaemon, setupQueue, protocolFeatureMask, ProtocolFeature,
-  VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1, type VhostUserBackend, type Vring,
+  VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1, type DescriptorChain, type VhostUserBackend,
 } from '../src/index.js';
+import { pathToFileURL } from 'node:url';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 const bit = (n: number): bigint => 1n << BigInt(n);
 
-class UpperCaseDevice implements VhostUserBackend {
+/** Upper-cases the text of each request into the request's device-writable buffer. */
+export class UpperCaseDevice implements VhostUserBackend {
   numQueues(): number { return 1; }
-  maxQueueSize(): number { return 256; }
   features(): bigint { return bit(VIRTIO_F_VERSION_1) | bit(VHOST_USER_F_PROTOCOL_FEATURES); }
   protocolFeatures(): bigint { return protocolFeatureMask(ProtocolFeature.REPLY_ACK); }
-  setEventIdx(): void {}
-  updateMemory(): void {}
-  handleEvent(queueIndex: number, _events: number, vrings: readonly Vring[]): void {
-    const vring = vrings.find((v) => v.index === queueIndex);
-    if (!vring) return;
-    const q = vring.queue;
-    do {
-      q.disableNotification();
-      for (let chain = q.popDescriptorChain(); chain !== null; chain = q.popDescriptorChain()) {
-        const data = new Uint8Array(chain.readableBytes);
-        chain.reader.read(data);
-        const out = new TextEncoder().encode(new TextDecoder().decode(data).toUpperCase());
-        const n = Math.min(out.length, chain.writableBytes);
-        chain.writer.write(out.subarray(0, n));
-        q.addUsed(chain.headIndex, n);
-      }
-      vring.signalUsedIfNeeded();
-    } while (q.enableNotification());
+  processChain(_queueIndex: number, chain: DescriptorChain): number {
+    const data = new Uint8Array(chain.readableBytes);
+    chain.reader.read(data);
+    const out = new TextEncoder().encode(new TextDecoder().decode(data).toUpperCase());
+    const n = Math.min(out.length, chain.writableBytes);
+    chain.writer.write(out.subarray(0, n));
+    return n;
   }
 }
 
@@ -70,7 +60,9 @@ async function main(): Promise<void> {
   rmSync(dir, { recursive: true, force: true });
 }
 
-main().catch((e: unknown) => {
-  console.error(e);
-  process.exitCode = 1;
-});
+if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
+  main().catch((e: unknown) => {
+    console.error(e);
+    process.exitCode = 1;
+  });
+}

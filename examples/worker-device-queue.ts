@@ -4,7 +4,7 @@
  * each request and appends the worker's thread id.
  */
 import { threadId } from 'node:worker_threads';
-import type { Vring, VringWorker } from '../src/index.js';
+import type { DescriptorChain, VringWorker } from '../src/index.js';
 
 /** Called once in the worker with the `data` of VhostUserBackend.workerModule(). */
 export function createVringWorker(data: unknown): VringWorker {
@@ -12,22 +12,14 @@ export function createVringWorker(data: unknown): VringWorker {
   const encoder = new TextEncoder();
   const decoder = new TextDecoder();
   return {
-    handleEvent(queueIndex: number, _events: number, vrings: readonly Vring[]): void {
-      const vring = vrings.find((v) => v.index === queueIndex);
-      if (!vring) return;
-      const q = vring.queue;
-      do {
-        q.disableNotification();
-        for (let chain = q.popDescriptorChain(); chain !== null; chain = q.popDescriptorChain()) {
-          const input = new Uint8Array(chain.readableBytes);
-          chain.reader.read(input);
-          const out = encoder.encode(`${decoder.decode(input).toUpperCase()}${suffix}${threadId}`);
-          const n = Math.min(out.length, chain.writableBytes);
-          chain.writer.write(out.subarray(0, n));
-          q.addUsed(chain.headIndex, n);
-        }
-        vring.signalUsedIfNeeded();
-      } while (q.enableNotification());
+    // The worker runs the framework's queue loop around this, as the main thread does.
+    processChain(_queueIndex: number, chain: DescriptorChain): number {
+      const input = new Uint8Array(chain.readableBytes);
+      chain.reader.read(input);
+      const out = encoder.encode(`${decoder.decode(input).toUpperCase()}${suffix}${threadId}`);
+      const n = Math.min(out.length, chain.writableBytes);
+      chain.writer.write(out.subarray(0, n));
+      return n;
     },
   };
 }

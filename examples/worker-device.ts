@@ -8,8 +8,9 @@
 import {
   Frontend, FrontendMemory, VhostUserDaemon, setupQueue, protocolFeatureMask, ProtocolFeature,
   VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1, type FrontendQueue, type VhostUserBackend,
-  type Vring, type VringWorkerModule,
+  type DescriptorChain, type Vring, type VringWorker, type VringWorkerModule,
 } from '../src/index.js';
+import { pathToFileURL } from 'node:url';
 import { createVringWorker } from './worker-device-queue.js';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -17,21 +18,18 @@ import { join } from 'node:path';
 
 const bit = (n: number): bigint => 1n << BigInt(n);
 
-class SplitDevice implements VhostUserBackend {
-  // Queue 0 is served here by the same code the worker runs for queue 1.
+/** Two queues: queue 0 served on the main thread, queue 1 in a worker_thread, by the same code. */
+export class SplitDevice implements VhostUserBackend {
   private readonly local = createVringWorker({ suffix: ' @thread ' });
   numQueues(): number { return 2; }
-  maxQueueSize(): number { return 256; }
   features(): bigint { return bit(VIRTIO_F_VERSION_1) | bit(VHOST_USER_F_PROTOCOL_FEATURES); }
   protocolFeatures(): bigint { return protocolFeatureMask(ProtocolFeature.REPLY_ACK) | protocolFeatureMask(ProtocolFeature.MQ); }
-  setEventIdx(): void {}
-  updateMemory(): void {}
   queuesPerThread(): number[] { return [0b01, 0b10]; }
   workerModule(thread: number): VringWorkerModule | null {
     return thread === 1 ? { url: new URL('./worker-device-queue.js', import.meta.url), data: { suffix: ' @thread ' } } : null;
   }
-  handleEvent(queueIndex: number, events: number, vrings: readonly Vring[], threadId: number): void {
-    void this.local.handleEvent(queueIndex, events, vrings, threadId);
+  processChain(queueIndex: number, chain: DescriptorChain, vring: Vring): number | Promise<number> {
+    return (this.local.processChain as NonNullable<VringWorker['processChain']>)(queueIndex, chain, vring);
   }
 }
 
@@ -74,7 +72,9 @@ async function main(): Promise<void> {
   rmSync(dir, { recursive: true, force: true });
 }
 
-main().catch((e: unknown) => {
-  console.error(e);
-  process.exitCode = 1;
-});
+if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
+  main().catch((e: unknown) => {
+    console.error(e);
+    process.exitCode = 1;
+  });
+}

@@ -6,28 +6,48 @@
 import type { GuestMemoryAtomic } from '../memory/index.js';
 import type { BackendChannel } from '../vhost-user/backend-channel.js';
 import type { CryptoSession, ShmemConfig } from '../vhost-user/messages.js';
+import type { DescriptorChain } from '../queue/index.js';
+import { ProtocolFeature, protocolFeatureMask } from '../vhost-user/constants.js';
 import type { Vring } from './vring.js';
 import type { VringWorkerModule } from './worker-protocol.js';
 
-/** A virtio device implementation. */
+/** Queue size limit of a device without `maxQueueSize()`. */
+export const DEFAULT_MAX_QUEUE_SIZE = 256;
+
+/** The protocol features offered by a device without `protocolFeatures()`. */
+export function defaultProtocolFeatures(backend: VhostUserBackend): bigint {
+  let f = [ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.CONFIGURE_MEM_SLOTS, ProtocolFeature.RESET_DEVICE, ProtocolFeature.STATUS]
+    .reduce((m, b) => m | protocolFeatureMask(b), 0n);
+  if (typeof backend.getConfig === 'function') f |= protocolFeatureMask(ProtocolFeature.CONFIG);
+  return f;
+}
+
+/**
+ * A virtio device implementation. A minimal device implements `numQueues`, `features` and
+ * {@link processChain}; every other hook has a default.
+ */
 export interface VhostUserBackend {
   /** Number of virtqueues the device has. */
   numQueues(): number;
-  /** Largest queue size the device accepts (power of two). */
-  maxQueueSize(): number;
+  /** Largest queue size the device accepts (power of two). Default {@link DEFAULT_MAX_QUEUE_SIZE}. */
+  maxQueueSize?(): number;
   /**
    * Virtio and vhost feature bits offered. Include VHOST_USER_F_PROTOCOL_FEATURES (bit 30) to
    * negotiate protocol features.
    */
   features(): bigint;
-  /** Protocol feature bits offered; the daemon offers only those it also implements. */
-  protocolFeatures(): bigint;
+  /**
+   * Protocol feature bits offered; the daemon offers only those it also implements. Default
+   * {@link defaultProtocolFeatures}: MQ, REPLY_ACK, CONFIGURE_MEM_SLOTS, RESET_DEVICE, STATUS, and
+   * CONFIG when the device has `getConfig`.
+   */
+  protocolFeatures?(): bigint;
   /** The features the driver acknowledged (SET_FEATURES). */
   ackedFeatures?(features: bigint): void;
-  /** Whether VIRTIO_RING_F_EVENT_IDX was negotiated. */
-  setEventIdx(enabled: boolean): void;
+  /** Whether VIRTIO_RING_F_EVENT_IDX was negotiated (the rings already honour it). */
+  setEventIdx?(enabled: boolean): void;
   /** The guest memory changed (SET_MEM_TABLE, ADD_MEM_REG, REM_MEM_REG, SET_LOG_BASE). */
-  updateMemory(mem: GuestMemoryAtomic): void;
+  updateMemory?(mem: GuestMemoryAtomic): void;
   /** The front-end set up the back-end channel (BACKEND_REQ). */
   setBackendReqFd?(channel: BackendChannel): void;
   /** Reads `size` bytes of device config space at `offset` (throws when out of range). */
@@ -49,15 +69,36 @@ export interface VhostUserBackend {
   /** An eventfd per thread; when it becomes readable the thread's handler stops. */
   exitEvent?(threadIndex: number): number | null;
   /**
-   * A vring's kick fired (`deviceEvent` = queue index) or a listener registered with
-   * {@link VringEventHandler.registerListener} fired (`deviceEvent` = its `data`, ≥ numQueues()).
-   * `vrings` are the vrings of thread `threadId`. The daemon does not wait for a returned promise
-   * before dispatching the next event: a device with async I/O tracks its own requests.
+   * Serves one request of queue `queueIndex` (the safe, request-level API). Return the number of
+   * bytes written into the chain's device-writable buffers, or a promise of it. The framework owns
+   * the rest: notification suppression and EVENT_IDX, malformed chains (completed with used length
+   * 0, or the ring marked broken and its err fd signalled), the in-flight bound
+   * ({@link maxInFlight}), per-ring quiesce for GET_VRING_BASE, interrupt coalescing, pinning the
+   * memory snapshot while the promise is pending, and dirty-page logging of the written range.
+   * A throw or rejection completes the request with used length 0.
    */
-  handleEvent(deviceEvent: number, evset: number, vrings: readonly Vring[], threadId: number): void | Promise<void>;
+  processChain?(queueIndex: number, chain: DescriptorChain, vring: Vring): number | Promise<number>;
+  /** Requests of queue `queueIndex` in flight before the framework stops popping (default: no bound). */
+  maxInFlight?(queueIndex: number): number;
   /**
-   * All rings are being stopped (GET_VRING_BASE, disconnect, reset): resolve once no request is
-   * in flight, so no guest memory is written and no notification is sent afterwards.
+   * Queue `queueIndex` is stopping (GET_VRING_BASE) or being reset, and the framework is about to
+   * wait for its in-flight requests: settle now the ones that wait on the device itself (timers,
+   * rate limits), so the front-end is not kept waiting.
+   */
+  queueStopped?(queueIndex: number): void;
+  /**
+   * Low-level escape hatch (rust-vmm's `handle_event`): a vring's kick fired (`deviceEvent` =
+   * queue index; only called for queues when there is no {@link processChain}) or a listener
+   * registered with {@link VringEventHandler.registerListener} fired (`deviceEvent` = its `data`,
+   * ≥ numQueues()). `vrings` are the vrings of thread `threadId`. The daemon does not wait for a
+   * returned promise: such a device tracks its own requests and must handle malformed chains
+   * itself (see {@link QueueServer} / `serveQueue` for the framework's loop).
+   */
+  handleEvent?(deviceEvent: number, evset: number, vrings: readonly Vring[], threadId: number): void | Promise<void>;
+  /**
+   * All rings are being reset (disconnect, RESET_DEVICE): resolve once no request of the device's
+   * own is in flight. With {@link processChain} the framework already waits for its requests (per
+   * ring for GET_VRING_BASE); without it, this is also awaited on GET_VRING_BASE.
    */
   quiesce?(): Promise<void>;
   /** Drop device state (front-end disconnected, RESET_DEVICE, RESET_OWNER). */

@@ -1,12 +1,14 @@
 /**
  * Per-thread event dispatch (rust-vmm's `VringEpollHandler`): watches the kick eventfds of the
- * vrings a thread owns, plus any fds the device registers, on that thread's libuv loop, and calls
- * {@link VhostUserBackend.handleEvent}.
+ * vrings a thread owns, plus any fds the device registers, on that thread's libuv loop, and serves
+ * kicked rings with a {@link QueueServer} over {@link VhostUserBackend.processChain} (or calls
+ * the low-level {@link VhostUserBackend.handleEvent}).
  * @module
  */
 import * as sys from '../sys/index.js';
 import type { VhostUserBackend } from './backend.js';
 import type { Vring } from './vring.js';
+import { QueueServer } from './queue-server.js';
 import type { Logger } from '../log.js';
 
 /** Dispatches the events of one group of vrings. */
@@ -15,6 +17,8 @@ export class VringEventHandler {
   private readonly listeners = new Map<number, { watcher: sys.FdWatcher; data: number }>();
   private exitWatcher: sys.FdWatcher | null = null;
   private stopped = false;
+  /** Per queue index: the framework's server, when the device implements processChain. */
+  private readonly servers = new Map<number, QueueServer>();
 
   /**
    * @param threadId index of this handler among the daemon's handlers
@@ -26,6 +30,19 @@ export class VringEventHandler {
     private readonly backend: VhostUserBackend,
     private readonly logger: Logger,
   ) {
+    const serve = backend.processChain;
+    if (typeof serve === 'function') {
+      for (const v of vrings) {
+        const index = v.index;
+        this.servers.set(index, new QueueServer(v, (chain, vring) => serve.call(backend, index, chain, vring), {
+          maxInFlight: backend.maxInFlight?.(index),
+          logger,
+          name: `vring ${index}`,
+          // A broken ring must cost nothing: its kicks are not even read until it is reset.
+          onBroken: (vring) => this.unwatchKick(vring),
+        }));
+      }
+    }
     const exitFd = backend.exitEvent?.(threadId) ?? null;
     if (exitFd !== null) {
       this.exitWatcher = sys.watchFd(exitFd, sys.POLLIN, () => {
@@ -64,11 +81,40 @@ export class VringEventHandler {
     this.listeners.delete(fd);
   }
 
+  /** The framework's server of queue `index` (null for handleEvent devices). */
+  queueServer(index: number): QueueServer | null {
+    return this.servers.get(index) ?? null;
+  }
+
+  /** @internal Resolves once `vring`'s framework-served requests completed (GET_VRING_BASE). */
+  quiesceRing(vring: Vring): Promise<void> {
+    const s = this.servers.get(vring.index);
+    if (s === undefined) return Promise.resolve();
+    this.queueStopped(vring.index);
+    return s.quiesce();
+  }
+
+  /** @internal Device reset: in-flight requests complete without touching the rings; resolves when all did. */
+  async resetRings(): Promise<void> {
+    // Generations first, so whatever the device settles now does not reach the rings.
+    const idle = Array.from(this.servers.values(), (s) => s.reset());
+    for (const index of this.servers.keys()) this.queueStopped(index);
+    await Promise.all(idle);
+  }
+
+  private queueStopped(index: number): void {
+    try {
+      this.backend.queueStopped?.(index);
+    } catch (e) {
+      this.logger.log('error', `queueStopped(${index}) threw: ${(e as Error).message}`);
+    }
+  }
+
   /** @internal Starts watching `vring`'s kick fd. */
   watchKick(vring: Vring): void {
     this.unwatchKick(vring);
     const fd = vring.kickFd;
-    if (fd === null || this.stopped) return;
+    if (fd === null || this.stopped || vring.queue.broken) return;
     const watcher = sys.watchFd(fd, sys.POLLIN, (status) => {
       if (status < 0) {
         this.logger.log('warn', `vring ${vring.index}: kick fd poll error ${status}`);
@@ -120,6 +166,15 @@ export class VringEventHandler {
   }
 
   private dispatch(event: number, evset: number): void {
+    const server = this.servers.get(event);
+    if (server !== undefined) {
+      server.kick();
+      return;
+    }
+    if (typeof this.backend.handleEvent !== 'function') {
+      this.logger.log('warn', `event ${event}: the device has neither processChain nor handleEvent`);
+      return;
+    }
     try {
       const r = this.backend.handleEvent(event, evset, this.vrings, this.threadId);
       if (r instanceof Promise) {

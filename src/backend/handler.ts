@@ -18,7 +18,7 @@ import { VHOST_F_LOG_ALL, VIRTIO_RING_F_EVENT_IDX } from '../virtio/features.js'
 import type { AnyMemoryRegion, CryptoSession, Log, MemoryRegionWithFd, ShmemConfig, VringAddr } from '../vhost-user/messages.js';
 import { VhostUserError } from '../vhost-user/errors.js';
 import { descTableSize, availRingSize, usedRingSize } from '../queue/index.js';
-import type { VhostUserBackend } from './backend.js';
+import { DEFAULT_MAX_QUEUE_SIZE, defaultProtocolFeatures, type VhostUserBackend } from './backend.js';
 import { Vring } from './vring.js';
 import { VringEventHandler } from './event-handler.js';
 import { WorkerVringGroup, type VringSyncExtra } from './worker-group.js';
@@ -68,7 +68,7 @@ export class VhostUserHandler implements BackendReqHandler {
 
   constructor(private readonly backend: VhostUserBackend, private readonly logger: Logger) {
     const n = backend.numQueues();
-    const maxSize = backend.maxQueueSize();
+    const maxSize = backend.maxQueueSize?.() ?? DEFAULT_MAX_QUEUE_SIZE;
     this.vrings = Array.from({ length: n }, (_, i) => new Vring(i, maxSize));
     const masks = backend.queuesPerThread?.() ?? [n >= 32 ? Number.MAX_SAFE_INTEGER : (1 << n) - 1];
     this.threadOf = new Array<number>(n).fill(-1);
@@ -149,7 +149,7 @@ export class VhostUserHandler implements BackendReqHandler {
     this.acked = features;
     const eventIdx = (features & bit(VIRTIO_RING_F_EVENT_IDX)) !== 0n;
     for (const v of this.vrings) v.queue.eventIdx = eventIdx;
-    this.backend.setEventIdx(eventIdx);
+    this.backend.setEventIdx?.(eventIdx);
     for (const w of this.workers) w?.setFeatures(features, eventIdx);
     this.backend.ackedFeatures?.(features);
     // Without protocol features there is no SET_VRING_ENABLE: rings are enabled from the start.
@@ -162,7 +162,7 @@ export class VhostUserHandler implements BackendReqHandler {
   }
 
   getProtocolFeatures(): bigint {
-    return this.backend.protocolFeatures() & DAEMON_PROTOCOL_FEATURES;
+    return (this.backend.protocolFeatures?.() ?? defaultProtocolFeatures(this.backend)) & DAEMON_PROTOCOL_FEATURES;
   }
 
   setProtocolFeatures(features: bigint): void {
@@ -233,7 +233,7 @@ export class VhostUserHandler implements BackendReqHandler {
         this.logger.log('warn', `vring ${v.index}: rings not usable with the new memory table: ${(e as Error).message}`);
       }
     }
-    this.backend.updateMemory(this.memory);
+    this.backend.updateMemory?.(this.memory);
     for (const w of this.workers) w?.updateMemory(this.memory);
     for (const v of this.vrings) this.sync(v);
     return this.workersSynced();
@@ -294,9 +294,13 @@ export class VhostUserHandler implements BackendReqHandler {
     const h = this.handlerOf(v);
     h.unwatchKick(v);
     v.setStarted(false);
-    await this.backend.quiesce?.();
+    // Only THIS ring's requests are waited for: other rings may stay busy indefinitely.
+    if (h instanceof VringEventHandler) await h.quiesceRing(v);
+    if (typeof this.backend.processChain !== 'function') await this.backend.quiesce?.();
     // A worker's ring position is the worker's: it answers once it stopped the ring.
     const base = h instanceof WorkerVringGroup ? await h.stopRing(v) : v.queue.vringBase;
+    // A stopped ring starts afresh: a broken one (NEEDS_RESET) is served again once restarted.
+    v.queue.broken = false;
     v.setKickFd(null);
     v.setCallFd(null);
     this.sync(v);
@@ -432,6 +436,7 @@ export class VhostUserHandler implements BackendReqHandler {
       this.handlerOf(v).unwatchKick(v);
       v.setStarted(false);
     }
+    await Promise.all(this.handlers.map((h) => h.resetRings()));
     await this.backend.quiesce?.();
     for (const w of this.workers) await w?.resetRings();
     for (const v of this.vrings) {

@@ -74,17 +74,35 @@ function backing(gen: number, hostAddress: bigint, hostLength: number): RegionBa
   };
 }
 
-// The event loop of VringEventHandler, fed by the worker device instead of a VhostUserBackend.
-const adapter: VhostUserBackend = {
-  numQueues: () => init.numQueues,
-  maxQueueSize: () => init.maxQueueSize,
-  features: () => 0n,
-  protocolFeatures: () => 0n,
-  setEventIdx: () => undefined,
-  updateMemory: () => undefined,
-  handleEvent: (ev, evset, vs, t) => (device as VringWorker).handleEvent(ev, evset, vs, t),
-};
-const events = new VringEventHandler(init.threadId, vrings, adapter, logger);
+// The event loop of VringEventHandler (and the framework's queue servers), fed by the worker
+// device instead of a VhostUserBackend. Created once the device is loaded.
+let events: VringEventHandler = null as unknown as VringEventHandler;
+
+function makeEvents(d: VringWorker): VringEventHandler {
+  const adapter: VhostUserBackend = {
+    numQueues: () => init.numQueues,
+    maxQueueSize: () => init.maxQueueSize,
+    features: () => 0n,
+    protocolFeatures: () => 0n,
+  };
+  if (typeof d.processChain === 'function') {
+    const serve = d.processChain;
+    adapter.processChain = (q, chain, v) => serve.call(d, q, chain, v);
+    if (typeof d.maxInFlight === 'function') {
+      const bound = d.maxInFlight;
+      adapter.maxInFlight = (q) => bound.call(d, q);
+    }
+    if (typeof d.queueStopped === 'function') {
+      const stopped = d.queueStopped;
+      adapter.queueStopped = (q) => stopped.call(d, q);
+    }
+  }
+  if (typeof d.handleEvent === 'function') {
+    const handle = d.handleEvent;
+    adapter.handleEvent = (ev, evset, vs, t) => handle.call(d, ev, evset, vs, t);
+  }
+  return new VringEventHandler(init.threadId, vrings, adapter, logger);
+}
 
 function applyMemory(gen: number, m: Extract<ToWorker, { type: 'memory' }>): void {
   const regions: GuestRegion[] = [];
@@ -159,6 +177,7 @@ async function stopAll(): Promise<void> {
     events.unwatchKick(v);
     v.setStarted(false);
   }
+  await events.resetRings();
   await device?.quiesce?.();
 }
 
@@ -192,7 +211,10 @@ async function handle(m: ToWorker): Promise<void> {
       if (v === undefined) throw new RangeError(`vring ${m.index} is not served by this worker`);
       events.unwatchKick(v);
       v.setStarted(false);
-      await device?.quiesce?.();
+      // Only this ring's requests are waited for.
+      await events.quiesceRing(v);
+      if (typeof device?.processChain !== 'function') await device?.quiesce?.();
+      v.queue.broken = false;
       send({ type: 'reply', id: m.id, value: v.queue.vringBase });
       return;
     }
@@ -221,6 +243,7 @@ const ready = (async () => {
   const mod = (await import(init.url)) as { createVringWorker?: CreateVringWorker };
   if (typeof mod.createVringWorker !== 'function') throw new Error(`${init.url} does not export createVringWorker`);
   device = await mod.createVringWorker(init.data, init.threadId);
+  events = makeEvents(device);
   send({ type: 'ready' });
 })();
 // Without a device the worker cannot serve: exit, which ends the connection on the main thread.

@@ -4,7 +4,7 @@
  * @module
  */
 import type { GuestMemoryAtomic } from '../memory/index.js';
-import type { SplitQueueState } from '../queue/index.js';
+import type { DescriptorChain, SplitQueueState } from '../queue/index.js';
 import type { Vring } from './vring.js';
 
 /**
@@ -13,15 +13,24 @@ import type { Vring } from './vring.js';
  * `createVringWorker(data, threadId)` function.
  */
 export interface VringWorker {
-  /** A kick of one of this thread's vrings (`deviceEvent` = queue index); see VhostUserBackend.handleEvent. */
-  handleEvent(deviceEvent: number, evset: number, vrings: readonly Vring[], threadId: number): void | Promise<void>;
+  /**
+   * Serves one request of one of this thread's queues, exactly as VhostUserBackend.processChain:
+   * the worker runs the framework's queue loop around it.
+   */
+  processChain?(queueIndex: number, chain: DescriptorChain, vring: Vring): number | Promise<number>;
+  /** Requests in flight per queue (see VhostUserBackend.maxInFlight). */
+  maxInFlight?(queueIndex: number): number;
+  /** See VhostUserBackend.queueStopped. */
+  queueStopped?(queueIndex: number): void;
+  /** Low-level: a kick of one of this thread's vrings, when there is no processChain; see VhostUserBackend.handleEvent. */
+  handleEvent?(deviceEvent: number, evset: number, vrings: readonly Vring[], threadId: number): void | Promise<void>;
   /** Whether VIRTIO_RING_F_EVENT_IDX was negotiated. */
   setEventIdx?(enabled: boolean): void;
   /** The features the driver acknowledged (SET_FEATURES). */
   ackedFeatures?(features: bigint): void;
   /** The worker's view of guest memory changed. */
   updateMemory?(mem: GuestMemoryAtomic): void;
-  /** Resolve once no request of this worker is in flight (ring stop, reset, shutdown). */
+  /** Resolve once no request of the device's own is in flight (reset, shutdown; ring stop without processChain). */
   quiesce?(): Promise<void>;
   /** Drop per-connection state (device reset). */
   resetDevice?(): void | Promise<void>;

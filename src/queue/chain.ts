@@ -1,4 +1,4 @@
-import type { GuestMemory } from '../memory/index.js';
+import type { DirtyLog, GuestMemory } from '../memory/index.js';
 import { QueueError } from './constants.js';
 
 /**
@@ -28,6 +28,11 @@ export class DescriptorChain {
   readonly reader: Reader;
   /** Cursor over the writable part (reset at every pop). */
   readonly writer: Writer;
+  /**
+   * Device-owned scratch attached to this chain object; it survives recycling, so a device can keep
+   * per-request buffers here instead of allocating them per request. Never touched by the queue.
+   */
+  userData: unknown = null;
   private mem: GuestMemory | null = null;
 
   constructor() {
@@ -79,9 +84,10 @@ export class DescriptorChain {
   /**
    * Marks the first `len` bytes of the writable part dirty in the memory's dirty log (no-op when
    * logging is off). Call after data written through `writer.segments()` views has landed.
+   * `log` defaults to the chain's snapshot's log; pass the current one when logging may have
+   * started while the request was in flight. (The queue-serving framework does this for you.)
    */
-  logWritten(len: number): void {
-    const log = this.memory.dirtyLog;
+  logWritten(len: number, log: DirtyLog | null = this.memory.dirtyLog): void {
     if (log === null) return;
     let left = Math.min(len, this.writableBytes);
     for (let i = this.readableCount; i < this.count && left > 0; i++) {

@@ -58,7 +58,10 @@ export class SplitQueue {
   ready = false;
   /** VIRTIO_RING_F_EVENT_IDX negotiated. */
   eventIdx = false;
-  /** Set by the device after an unrecoverable ring error; pop returns null while set. */
+  /**
+   * Set after an unrecoverable ring error (NEEDS_RESET): pop returns null, hasPending and
+   * enableNotification report no work, until SET_VRING_BASE (setState) or reset() clears it.
+   */
   broken = false;
   private nextAvail = 0;
   private nextUsed = 0;
@@ -174,6 +177,8 @@ export class SplitQueue {
     this.shadowAvail = s.nextAvail;
     this.nextUsed = s.nextUsed;
     this.signalledUsedValid = false;
+    // New indices from the front-end are a fresh start for a ring that was broken.
+    this.broken = false;
   }
 
   /** Sets nextUsed from the used ring's idx as the driver sees it (done on SET_VRING_ADDR by QEMU's libvhost-user). */
@@ -219,7 +224,7 @@ export class SplitQueue {
 
   /** True when the driver has made buffers available that were not popped yet. */
   hasPending(): boolean {
-    return this.desc32 !== null && this.availIdx() !== this.nextAvail;
+    return !this.broken && this.desc32 !== null && this.availIdx() !== this.nextAvail;
   }
 
   /**
@@ -372,9 +377,12 @@ export class SplitQueue {
   /**
    * Asks the driver to kick again and returns true if buffers became available meanwhile (so the
    * caller must keep processing instead of waiting): the race-free pattern
-   * `do { disable; drain } while (enableNotification())`.
+   * `do { disable; drain } while (enableNotification())`. A broken ring stays quiet (notifications
+   * off) and reports no work: its avail index cannot be trusted, and "work" there would never be
+   * popped, so that loop would spin.
    */
   enableNotification(): boolean {
+    if (this.broken) return false;
     const avail16 = this.availRing();
     const used16 = this.usedRing();
     if (this.eventIdx) {

@@ -5,10 +5,10 @@ import {
   VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
 } from '../../src/devices/blk/index.js';
 import { VIRTIO_F_VERSION_1 } from '../../src/virtio/features.js';
-import { POLLIN, eventfdRead } from '../../src/sys/index.js';
+import { eventfdRead } from '../../src/sys/index.js';
 import { GuestMemory, mapGuestRegion } from '../../src/memory/index.js';
 import { SplitQueueDriver, splitRingLayout } from '../../src/queue/index.js';
-import { Vring } from '../../src/backend/index.js';
+import { QueueServer, Vring } from '../../src/backend/index.js';
 import { BlkRig, QSIZE, RAM, RAM_SIZE, pattern } from './blk-harness.js';
 
 const MIB = 1 << 20;
@@ -51,26 +51,26 @@ test('completion is asynchronous: no used entry before the I/O finished; bounded
   const reqs = [0, 1, 2, 3, 4].map((i) => r.submit(VIRTIO_BLK_T_OUT, i * 8, { out: [pattern(4096, i)] }));
   r.kick();
   await tick();
-  assert.equal(r.backend.inFlight, 2);
+  assert.equal(r.server.inFlight, 2);
   assert.equal(disk.pending.length, 2);
   assert.equal(r.drv.usedIdx, 0, 'nothing acknowledged while the writes are pending');
   assert.equal(r.vrings[0]?.queue.vringBase, 2, 'only two chains popped');
   let quiesced = false;
-  const q = r.backend.quiesce().then(() => { quiesced = true; });
+  const q = r.server.quiesce().then(() => { quiesced = true; });
   disk.releaseOne();
   await tick();
   assert.equal(r.drv.usedIdx, 1);
   assert.equal(r.drv.popUsed()?.id, reqs[0]?.head);
   // The freed slot let the device pop the third request.
   assert.equal(r.vrings[0]?.queue.vringBase, 3);
-  assert.equal(r.backend.inFlight, 2);
+  assert.equal(r.server.inFlight, 2);
   while (disk.pending.length > 0) {
     disk.releaseOne();
     await tick();
   }
   await q;
   assert.ok(quiesced);
-  assert.equal(r.backend.inFlight, 0);
+  assert.equal(r.server.inFlight, 0);
   assert.equal(r.drv.usedIdx, 5);
   for (const [i, x] of reqs.entries()) {
     assert.equal(r.status(x), VIRTIO_BLK_S_OK);
@@ -91,27 +91,27 @@ test('an I/O error becomes VIRTIO_BLK_S_IOERR with a log line; the queue keeps s
   disk.failNext = true;
   disk.releaseOne();
   disk.releaseOne();
-  await r.backend.quiesce();
+  await r.server.quiesce();
   assert.equal(r.status(bad), VIRTIO_BLK_S_IOERR);
   assert.equal(r.status(good), VIRTIO_BLK_S_OK);
   assert.ok(r.logger.has('IN', 'IOERR', 'EIO (injected)'));
 });
 
-test('resetDevice waits for in-flight I/O and completions after it leave the ring untouched', async (t) => {
+test('ring reset waits for in-flight I/O and completions after it leave the ring untouched', async (t) => {
   const disk = new GatedDisk({ size: MIB });
   const r = new BlkRig({ disk });
   t.after(() => r.close());
   r.submit(VIRTIO_BLK_T_IN, 0, { inLens: [512] });
   r.kick();
   await tick();
-  assert.equal(r.backend.inFlight, 1);
+  assert.equal(r.server.inFlight, 1);
   let reset = false;
-  const p = Promise.resolve(r.backend.resetDevice()).then(() => { reset = true; });
+  const p = r.server.reset().then(() => { reset = true; });
   await tick();
   assert.equal(reset, false, 'reset waits for the in-flight request');
   disk.releaseOne();
   await p;
-  assert.equal(r.backend.inFlight, 0);
+  assert.equal(r.server.inFlight, 0);
   assert.equal(r.drv.usedIdx, 0, 'the abandoned request was not published after reset');
 });
 
@@ -124,10 +124,10 @@ test('ring stopped (GET_VRING_BASE) during I/O: quiesce lets the request complet
   await tick();
   const v = r.vrings[0];
   assert.ok(v !== undefined);
-  v.setStarted(false); // what the daemon does before awaiting quiesce()
+  v.setStarted(false); // what the daemon does before awaiting the ring's quiesce()
   r.submit(VIRTIO_BLK_T_FLUSH, 0);
   r.kick();
-  const q = r.backend.quiesce();
+  const q = r.server.quiesce();
   disk.releaseOne();
   await q;
   assert.deepEqual(r.drv.popUsed(), { id: a.head, len: 1 });
@@ -145,7 +145,7 @@ test('cache mode: writethrough flushes each write before completing it; writebac
     r.kick();
     await tick();
     disk.releaseOne();
-    await r.backend.quiesce();
+    await r.server.quiesce();
   };
   await writeOnce();
   assert.equal(disk.flushes, 1);
@@ -203,7 +203,7 @@ test('guest memory replaced during I/O: the old mapping stays until the request 
   r.vrings[0]?.setMemory(r.atomic);
   assert.ok((oldRegion.backing.windows[0]?.byteLength ?? 0) > 0, 'pinned by the in-flight request');
   disk.releaseOne();
-  await r.backend.quiesce();
+  await r.server.quiesce();
   assert.equal(oldRegion.backing.windows[0]?.byteLength, 0, 'unmapped once the request released it');
   assert.equal(r.status(req), VIRTIO_BLK_S_OK);
   assert.deepEqual(r.inData(req), pattern(4096, 4));
@@ -226,11 +226,10 @@ test('multiple queues are served independently by queue index', async (t) => {
   r.drvMem.writeU32(hdr, VIRTIO_BLK_T_FLUSH);
   const head = drv1.addChain([{ gpa: hdr, len: 16 }], [{ gpa: st, len: 1 }]);
   const q0 = r.submit(VIRTIO_BLK_T_FLUSH, 0);
-  r.backend.handleEvent(1, POLLIN, [r.vrings[0] as Vring, v1], 0);
-  await r.backend.quiesce();
+  const s1 = new QueueServer(v1, (chain) => r.backend.processChain(1, chain), { logger: r.logger });
+  s1.kick();
+  await s1.quiesce();
   assert.deepEqual(drv1.popUsed(), { id: head, len: 1 });
   assert.equal(r.drv.popUsed(), null, 'queue 0 not kicked, not processed');
-  r.backend.handleEvent(5, POLLIN, [r.vrings[0] as Vring, v1], 0);
-  assert.ok(r.logger.has('event 5 for no queue'));
   assert.deepEqual(await r.run(), [{ id: q0.head, len: 1 }]);
 });

@@ -7,8 +7,8 @@ import {
   GuestMemory, GuestMemoryAtomic, mapGuestRegion, type GuestRegion,
 } from '../../src/memory/index.js';
 import { SplitQueueDriver, splitRingLayout, type GuestBuffer, type UsedElement } from '../../src/queue/index.js';
-import { Vring } from '../../src/backend/index.js';
-import { POLLIN, close, eventfd, eventfdRead, ftruncate, memfdCreate } from '../../src/sys/index.js';
+import { QueueServer, Vring } from '../../src/backend/index.js';
+import { close, eventfd, eventfdRead, ftruncate, memfdCreate } from '../../src/sys/index.js';
 import type { LogLevel, Logger } from '../../src/log.js';
 import { VhostUserBlkBackend, type VhostUserBlkBackendOptions } from '../../src/devices/blk/index.js';
 
@@ -61,6 +61,8 @@ export class BlkRig {
   readonly callFd: number;
   readonly errFd: number;
   readonly backend: VhostUserBlkBackend;
+  /** The framework's server of queue 0 (what the daemon's event handler runs). */
+  readonly server: QueueServer;
   readonly logger = new CaptureLogger();
   private bump = RAM + 0x10_0000;
   /** Buffers of each placed head, so IN data can be read back. */
@@ -85,6 +87,7 @@ export class BlkRig {
     v.setStarted(true);
     v.setEnabled(true);
     this.vrings.push(v);
+    this.server = new QueueServer(v, (chain) => this.backend.processChain(0, chain), { maxInFlight: this.backend.maxInFlight(0), logger: this.logger, name: 'vhost-user-blk q0' });
     if (ackAll) this.backend.ackedFeatures(this.backend.features());
   }
 
@@ -127,13 +130,13 @@ export class BlkRig {
 
   /** Kicks queue 0 (as the daemon's event handler would). */
   kick(): void {
-    this.backend.handleEvent(0, POLLIN, this.vrings, 0);
+    this.server.kick();
   }
 
   /** Kicks, waits until nothing is in flight, and returns every used element. */
   async run(): Promise<UsedElement[]> {
     this.kick();
-    await this.backend.quiesce();
+    await this.server.quiesce();
     const out: UsedElement[] = [];
     for (let u; (u = this.drv.popUsed()) !== null;) out.push(u);
     return out;

@@ -144,7 +144,6 @@ export class BlkRequestExecutor {
       // The status is the last writable byte whatever the data part consumed.
       if (w.availableBytes > 1) w.skip(w.availableBytes - 1);
       w.writeU8(status);
-      chain.logWritten(chain.writableBytes);
     } catch (e) {
       this.logger.log('error', `${this.name}: request head ${chain.headIndex}: cannot write status: ${(e as Error).message}`);
       return 0;

@@ -5,11 +5,11 @@
  * @module
  */
 import { randomFillSync } from 'node:crypto';
-import type { VhostUserBackend, Vring } from '../../backend/index.js';
-import { QueueError } from '../../queue/index.js';
+import type { VhostUserBackend } from '../../backend/index.js';
+import type { DescriptorChain } from '../../queue/index.js';
 import { ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES, protocolFeatureMask } from '../../vhost-user/constants.js';
 import { VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC } from '../../virtio/features.js';
-import { defaultLogger, type Logger } from '../../log.js';
+import type { Logger } from '../../log.js';
 
 /** Options of {@link VhostUserRngBackend}. */
 export interface VhostUserRngBackendOptions {
@@ -19,7 +19,7 @@ export interface VhostUserRngBackendOptions {
   periodMs?: number;
   /** Largest queue size (default 256). */
   queueSize?: number;
-  /** Log sink. */
+  /** Unused: malformed chains and failed requests are reported by the daemon's logger. */
   logger?: Logger;
 }
 
@@ -30,10 +30,11 @@ export class VhostUserRngBackend implements VhostUserBackend {
   private readonly maxBytes: number;
   private readonly periodMs: number;
   private readonly queueSize: number;
-  private readonly logger: Logger;
   private periodStart = 0;
   private budget = 0;
   private timer: NodeJS.Timeout | null = null;
+  /** The request waiting for the next rate-limit period (at most one: maxInFlight is 1). */
+  private waiting: { chain: DescriptorChain; resolve: (used: number) => void } | null = null;
   /** Random bytes handed out so far (diagnostics). */
   bytesServed = 0;
 
@@ -41,7 +42,6 @@ export class VhostUserRngBackend implements VhostUserBackend {
     this.maxBytes = opts.maxBytes ?? Infinity;
     this.periodMs = opts.periodMs ?? 1000;
     this.queueSize = opts.queueSize ?? 256;
-    this.logger = opts.logger ?? defaultLogger;
     if (!(this.maxBytes > 0) || !(this.periodMs > 0)) throw new RangeError('maxBytes and periodMs must be positive');
   }
 
@@ -54,18 +54,43 @@ export class VhostUserRngBackend implements VhostUserBackend {
     return protocolFeatureMask(ProtocolFeature.REPLY_ACK) | protocolFeatureMask(ProtocolFeature.CONFIGURE_MEM_SLOTS) |
       protocolFeatureMask(ProtocolFeature.RESET_DEVICE) | protocolFeatureMask(ProtocolFeature.STATUS);
   }
-  setEventIdx(): void {}
-  updateMemory(): void {}
+  /** One request waits for the next period at a time; the queue is not popped meanwhile. */
+  maxInFlight(): number { return 1; }
 
-  handleEvent(deviceEvent: number, _evset: number, vrings: readonly Vring[]): void {
-    const vring = vrings.find((v) => v.index === deviceEvent);
-    if (vring === undefined || !vring.ready) return;
-    this.drain(vring);
+  processChain(_queueIndex: number, chain: DescriptorChain): number | Promise<number> {
+    // The driver must not post device-readable buffers; such a request gets nothing.
+    if (chain.readableBytes > 0) return 0;
+    if (this.available() > 0) return this.fill(chain);
+    // Out of budget: this request completes when the next period starts.
+    return new Promise((resolve) => {
+      this.waiting = { chain, resolve };
+      this.timer = setTimeout(() => {
+        this.timer = null;
+        const w = this.waiting;
+        this.waiting = null;
+        // The timer marks the next period's start (timer and clock granularity differ).
+        this.periodStart = Date.now();
+        this.budget = this.maxBytes;
+        if (w !== null) w.resolve(this.fill(w.chain));
+      }, Math.max(0, this.periodMs - (Date.now() - this.periodStart)));
+    });
+  }
+
+  /**
+   * The ring stops or resets: a request waiting for the next period completes now with what the
+   * budget allows (usually 0 bytes; the driver asks again), so GET_VRING_BASE does not wait for
+   * the period. On reset the framework keeps it off the ring.
+   */
+  queueStopped(): void {
+    if (this.timer !== null) clearTimeout(this.timer);
+    this.timer = null;
+    const w = this.waiting;
+    this.waiting = null;
+    if (w !== null) w.resolve(this.available() > 0 ? this.fill(w.chain) : 0);
   }
 
   resetDevice(): void {
-    if (this.timer !== null) clearTimeout(this.timer);
-    this.timer = null;
+    this.queueStopped();
   }
 
   private available(): number {
@@ -77,44 +102,11 @@ export class VhostUserRngBackend implements VhostUserBackend {
     return this.budget;
   }
 
-  private drain(vring: Vring): void {
-    const q = vring.queue;
-    let served = false;
-    do {
-      q.disableNotification();
-      for (;;) {
-        const budget = this.available();
-        if (budget <= 0) {
-          // Out of budget: resume when the next period starts (kicks meanwhile find nothing new).
-          this.timer ??= setTimeout(() => {
-            this.timer = null;
-            if (vring.ready) this.drain(vring);
-          }, this.periodMs - (Date.now() - this.periodStart));
-          if (served) vring.signalUsedIfNeeded();
-          return;
-        }
-        let chain;
-        try {
-          chain = q.popDescriptorChain();
-        } catch (e) {
-          if (!(e instanceof QueueError)) throw e;
-          this.logger.log('warn', `vhost-user-rng: malformed chain (${e.kind}): ${e.message}`);
-          if (e.headIndex !== null) q.addUsed(e.headIndex, 0);
-          else { q.broken = true; vring.signalError(); }
-          served = true;
-          continue;
-        }
-        if (chain === null) break;
-        // The driver must not post device-readable buffers; such a request gets nothing.
-        const len = chain.readableBytes > 0 ? 0 : Math.min(chain.writableBytes, budget);
-        for (const view of chain.writer.segments(len)) randomFillSync(view);
-        chain.logWritten(len);
-        this.budget -= len;
-        this.bytesServed += len;
-        q.addUsed(chain.headIndex, len);
-        served = true;
-      }
-      if (served) vring.signalUsedIfNeeded();
-    } while (q.enableNotification());
+  private fill(chain: DescriptorChain): number {
+    const len = Math.min(chain.writableBytes, this.budget);
+    for (const view of chain.writer.segments(len)) randomFillSync(view);
+    this.budget -= len;
+    this.bytesServed += len;
+    return len;
   }
 }

@@ -1,0 +1,22 @@
+import { pathToFileURL } from 'node:url';
+import { VhostUserDaemon, type DescriptorChain, type VhostUserBackend } from '../src/index.js';
+
+/** Echoes the bytes of each request back into the request's device-writable buffers. */
+export class EchoDevice implements VhostUserBackend {
+  numQueues() { return 1; }
+  features() { return (1n << 32n) | (1n << 30n); }   // VERSION_1 | VHOST_USER_F_PROTOCOL_FEATURES
+  // One request; return the bytes written. The daemon runs the queue: notifications, malformed
+  // chains, interrupts, dirty logging, ring stop and reset. A throw completes the request with 0.
+  processChain(_queue: number, chain: DescriptorChain) {
+    const data = new Uint8Array(Math.min(chain.readableBytes, chain.writableBytes));
+    chain.reader.read(data);                         // scatter-gather over guest memory
+    chain.writer.write(data);                        // (or chain.writer.segments(n): zero-copy views)
+    return data.length;                              // may also be a Promise<number>
+  }
+}
+
+if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
+  const daemon = new VhostUserDaemon('echo', new EchoDevice());
+  daemon.serve(process.argv[2] ?? '/tmp/echo.sock');
+  await daemon.wait();
+}

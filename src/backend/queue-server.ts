@@ -1,0 +1,277 @@
+/**
+ * Framework-owned serving of one virtqueue: a device supplies a per-request handler and the
+ * {@link QueueServer} owns everything around it — the disable/drain/enable notification loop
+ * (EVENT_IDX included), the malformed-chain policy, the in-flight bound, per-ring quiesce,
+ * interrupt coalescing, memory pinning, dirty-page logging of written buffers and the reset
+ * generation that keeps late completions off a reset ring.
+ * @module
+ */
+import { DescriptorChain, QueueError } from '../queue/index.js';
+import type { GuestMemoryGuard } from '../memory/index.js';
+import { defaultLogger, type Logger } from '../log.js';
+import type { Vring } from './vring.js';
+
+/**
+ * Serves one request. Returns the number of bytes written into the chain's device-writable
+ * buffers (the used length), or a promise of it for asynchronous requests. Throwing or rejecting
+ * completes the request with used length 0 (and logs why): the queue keeps serving.
+ *
+ * The chain (and guest memory views taken from it) stays valid until the returned promise
+ * settles; the memory snapshot is pinned for that long.
+ */
+export type ChainHandler = (chain: DescriptorChain, vring: Vring) => number | Promise<number>;
+
+/** Options of a {@link QueueServer}. */
+export interface QueueServerOptions {
+  /** Requests in flight before the server stops popping (default: unbounded, i.e. the queue size). */
+  maxInFlight?: number;
+  /** Where malformed chains and failed requests are reported. */
+  logger?: Logger;
+  /** Prefix of log lines (default `queue <index>`). */
+  name?: string;
+  /**
+   * Called once when the ring is found broken (e.g. the avail index jumped past the queue size),
+   * after its err eventfd was signalled: the owner stops watching the ring's kick fd.
+   */
+  onBroken?: (vring: Vring) => void;
+}
+
+/** One in-flight request: a recyclable chain plus the bound completion callbacks. */
+class Request {
+  readonly chain = new DescriptorChain();
+  guard: GuestMemoryGuard | null = null;
+  gen = 0;
+  /** Bound once, so starting a request allocates no closure. */
+  readonly done: (used: number) => void;
+  readonly fail: (e: unknown) => void;
+  constructor(server: QueueServer) {
+    this.done = (used) => server.complete(this, used);
+    this.fail = (e) => server.failed(this, e);
+  }
+}
+
+function isThenable(v: unknown): v is PromiseLike<number> {
+  return typeof v === 'object' && v !== null && typeof (v as { then?: unknown }).then === 'function';
+}
+
+/** Serves the requests of one vring through a {@link ChainHandler}. */
+export class QueueServer {
+  private readonly maxInFlight: number;
+  private readonly logger: Logger;
+  private readonly name: string;
+  private readonly onBroken: ((vring: Vring) => void) | null;
+  private inFlightCount = 0;
+  /** Stopped popping at the in-flight bound: the next completion resumes the drain. */
+  private throttled = false;
+  /** Bumped on reset: completions of an older generation leave the ring alone. */
+  private gen = 0;
+  /** Used entries were added since the last interrupt decision. */
+  private needSignal = false;
+  private flushScheduled = false;
+  private draining = false;
+  private readonly free: Request[] = [];
+  private idleWaiters: (() => void)[] = [];
+  private readonly flushBound = (): void => this.flush();
+
+  constructor(readonly vring: Vring, private readonly handler: ChainHandler, opts: QueueServerOptions = {}) {
+    this.maxInFlight = opts.maxInFlight ?? Number.MAX_SAFE_INTEGER;
+    if (!Number.isInteger(this.maxInFlight) || this.maxInFlight < 1) throw new RangeError(`maxInFlight ${this.maxInFlight} must be an integer ≥ 1`);
+    this.logger = opts.logger ?? defaultLogger;
+    this.name = opts.name ?? `queue ${vring.index}`;
+    this.onBroken = opts.onBroken ?? null;
+  }
+
+  /** Requests of this ring currently in flight. */
+  get inFlight(): number {
+    return this.inFlightCount;
+  }
+
+  /** The ring was kicked: serve what is available (no-op when the ring is not ready or is broken). */
+  kick(): void {
+    const v = this.vring;
+    if (!v.ready || v.queue.broken) return;
+    // A kick while requests are throttled finds the bound reached; the completion resumes.
+    if (this.throttled) return;
+    try {
+      this.drain();
+    } catch (e) {
+      // Only a ring that vanished under us (unmapped) gets here; nothing to serve then.
+      this.logger.log('error', `${this.name}: serving failed: ${(e as Error).stack ?? String(e)}`);
+    }
+  }
+
+  /** Resolves once no request of this ring is in flight and its last interrupt decision was made. */
+  quiesce(): Promise<void> {
+    if (this.inFlightCount === 0 && !this.flushScheduled) return Promise.resolve();
+    return new Promise((resolve) => this.idleWaiters.push(resolve));
+  }
+
+  /**
+   * The ring is being reset: requests still in flight complete without touching it (no used entry,
+   * no interrupt). Resolves once they all completed and released their memory.
+   */
+  reset(): Promise<void> {
+    this.gen++;
+    this.throttled = false;
+    this.needSignal = false;
+    return this.quiesce();
+  }
+
+  private drain(): void {
+    if (this.draining) return;
+    this.draining = true;
+    try {
+      this.drainLoop();
+    } finally {
+      this.draining = false;
+    }
+  }
+
+  private drainLoop(): void {
+    const vring = this.vring;
+    const q = vring.queue;
+    let used = false;
+    do {
+      q.disableNotification();
+      for (;;) {
+        if (this.inFlightCount >= this.maxInFlight) {
+          // Notifications stay off: a completion resumes the drain.
+          this.throttled = true;
+          if (used) vring.signalUsedIfNeeded();
+          return;
+        }
+        const req = this.free.pop() ?? new Request(this);
+        let chain: DescriptorChain | null;
+        try {
+          chain = q.popDescriptorChain(req.chain);
+        } catch (e) {
+          this.free.push(req);
+          if (e instanceof QueueError && e.headIndex !== null) {
+            this.logger.log('warn', `${this.name}: malformed chain (head ${e.headIndex}, ${e.kind}): ${e.message}; completed with used length 0`);
+            q.addUsed(e.headIndex, 0);
+            used = true;
+            continue;
+          }
+          this.markBroken(e);
+          if (used) vring.signalUsedIfNeeded();
+          return;
+        }
+        if (chain === null) {
+          this.free.push(req);
+          break;
+        }
+        let r: number | Promise<number>;
+        try {
+          r = this.handler(chain, vring);
+        } catch (e) {
+          this.requestFailed(chain, e);
+          r = 0;
+        }
+        if (isThenable(r)) {
+          req.guard = vring.acquireMemory();
+          req.gen = this.gen;
+          this.inFlightCount++;
+          r.then(req.done, req.fail);
+          continue;
+        }
+        this.finish(chain, r);
+        this.free.push(req);
+        used = true;
+      }
+      if (used) {
+        vring.signalUsedIfNeeded();
+        used = false;
+      }
+    } while (q.enableNotification());
+  }
+
+  /** NEEDS_RESET: the ring is not served again until the front-end resets it. */
+  private markBroken(e: unknown): void {
+    const vring = this.vring;
+    vring.queue.broken = true;
+    const kind = e instanceof QueueError ? e.kind : 'error';
+    this.logger.log('error', `${this.name}: ring is broken (${kind}): ${(e as Error).message}; not served until the front-end resets it`);
+    vring.signalError();
+    this.onBroken?.(vring);
+  }
+
+  private requestFailed(chain: DescriptorChain, e: unknown): void {
+    const level = e instanceof QueueError ? 'warn' : 'error';
+    const why = e instanceof QueueError ? `${e.kind}: ${e.message}` : ((e as Error | undefined)?.stack ?? String(e));
+    this.logger.log(level, `${this.name}: request (head ${chain.headIndex}) failed: ${why}; completed with used length 0`);
+  }
+
+  /** Logs the written range in the dirty log, then publishes the used entry. */
+  private finish(chain: DescriptorChain, usedLen: number): void {
+    let len = usedLen;
+    if (!(Number.isInteger(len) && len >= 0 && len <= chain.writableBytes)) {
+      this.logger.log('warn', `${this.name}: request (head ${chain.headIndex}) reported used length ${String(usedLen)} for ${chain.writableBytes} writable bytes; clamped`);
+      len = Number.isFinite(len) && len > 0 ? Math.min(Math.floor(len), chain.writableBytes) : 0;
+    }
+    const q = this.vring.queue;
+    // Log everything written: the used length, and any writer views handed out beyond it.
+    const log = q.memory?.dirtyLog ?? null;
+    if (log !== null) chain.logWritten(Math.max(len, chain.writer.bytesWritten), log);
+    q.addUsed(chain.headIndex, len);
+  }
+
+  /** @internal Completion of an asynchronous request. */
+  complete(req: Request, used: number): void {
+    try {
+      if (req.gen === this.gen) {
+        this.finish(req.chain, used);
+        this.needSignal = true;
+      }
+    } catch (e) {
+      this.logger.log('error', `${this.name}: cannot complete head ${req.chain.headIndex}: ${(e as Error).message}`);
+    } finally {
+      req.guard?.release();
+      req.guard = null;
+      this.inFlightCount--;
+      this.free.push(req);
+    }
+    // One interrupt decision per event-loop turn: setImmediate runs after every I/O callback of
+    // this poll phase (and after all microtask-completed requests).
+    if (!this.flushScheduled) {
+      this.flushScheduled = true;
+      setImmediate(this.flushBound);
+    }
+    if (this.throttled && this.inFlightCount < this.maxInFlight) {
+      this.throttled = false;
+      this.kick();
+    }
+  }
+
+  /** @internal Rejection of an asynchronous request. */
+  failed(req: Request, e: unknown): void {
+    this.requestFailed(req.chain, e);
+    this.complete(req, 0);
+  }
+
+  /** Signals the guest for entries completed since the last flush, then wakes quiesce() waiters. */
+  private flush(): void {
+    this.flushScheduled = false;
+    if (this.needSignal) {
+      this.needSignal = false;
+      try {
+        this.vring.signalUsedIfNeeded();
+      } catch (e) {
+        this.logger.log('error', `${this.name}: cannot signal: ${(e as Error).message}`);
+      }
+    }
+    // Resolved only here, so no interrupt can follow a resolved quiesce().
+    if (this.inFlightCount === 0 && this.idleWaiters.length > 0) {
+      const w = this.idleWaiters;
+      this.idleWaiters = [];
+      for (const f of w) f();
+    }
+  }
+}
+
+/**
+ * Serves `vring` with `handler` from a low-level `handleEvent` (for devices that dispatch kicks
+ * themselves): returns the {@link QueueServer}; call its `kick()` on every kick of the ring.
+ */
+export function serveQueue(vring: Vring, handler: ChainHandler, opts?: QueueServerOptions): QueueServer {
+  return new QueueServer(vring, handler, opts);
+}
