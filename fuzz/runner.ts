@@ -83,6 +83,13 @@ export interface FuzzSummary {
 /** Cases before the fd/RSS baseline is taken (lazy allocations of the daemon settle first). */
 const WARMUP_CASES = 25;
 
+async function exitsWithin(d: DaemonProcess, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const r = await Promise.race([d.exited.then(() => true), new Promise<boolean>((res) => { timer = setTimeout(() => res(false), ms); })]);
+  clearTimeout(timer);
+  return r;
+}
+
 /** The one-line summary the fuzzer prints. */
 export function summaryLine(s: FuzzSummary): string {
   const rate = (n: number): string => `${Math.round(n / Math.max(s.seconds, 1e-3))}/s`;
@@ -135,7 +142,8 @@ export async function runFuzz(opts: FuzzOptions): Promise<FuzzSummary> {
     try {
       c = RawClient.connect(socketPath);
     } catch {
-      return { ok: false, why: daemon.alive ? 'hang' : 'crash' };
+      // Refused while the process is still being torn down: the caller tells a crash by its exit.
+      return { ok: false, why: 'closed' };
     }
     try {
       const r = await Promise.race([
@@ -203,12 +211,15 @@ export async function runFuzz(opts: FuzzOptions): Promise<FuzzSummary> {
         const p = await probe();
         if (!p.ok) {
           verdict = p.why === 'crash' ? 'crash' : 'hang';
-          detail = p.why === 'closed' ? 'a fresh connection was closed without an answer' : `no GET_FEATURES reply on a fresh connection within ${timeoutMs} ms`;
+          detail = p.why === 'closed' ? 'a fresh connection was refused or closed without an answer' : `no GET_FEATURES reply on a fresh connection within ${timeoutMs} ms`;
         } else if (casesSinceStart === WARMUP_CASES || (s.fdBaseline === null && casesSinceStart > WARMUP_CASES)) {
           s.fdBaseline = p.fds;
           s.rssBaselineKib = p.rss;
         }
       }
+      // A daemon that dies (SIGBUS) refuses or drops connections just before its exit is reported:
+      // give the exit a moment to arrive before calling anything a hang.
+      if (verdict === 'hang' && await exitsWithin(daemon, 1000)) verdict = 'crash';
       if (verdict === 'crash') {
         await daemon.exited;
         record({ caseIndex: i, caseKind: kind, kind: 'crash', detail: `daemon exited: ${JSON.stringify(daemon.exit)}`, stderrTail: daemon.stderrTail() });
