@@ -26,6 +26,8 @@ export interface DaemonOptions {
   queueSize?: number;
   /** RAM disk size in MiB (default 8). */
   ramSizeMib?: number;
+  /** VHOST_USER_LOG of the daemon (default: inherited, else the CLI's own default). */
+  logLevel?: string;
   /** How long the daemon may take to start listening (default 10 s). */
   startTimeoutMs?: number;
 }
@@ -60,7 +62,8 @@ export class DaemonProcess {
       BLK_CLI, '--socket-path', opts.socketPath, '--num-queues', String(opts.numQueues ?? 2),
       '--queue-size', String(opts.queueSize ?? 256), '--ram-size-mib', String(opts.ramSizeMib ?? 8),
     ];
-    const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const env = opts.logLevel !== undefined ? { ...process.env, VHOST_USER_LOG: opts.logLevel } : process.env;
+    const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
     const d = new DaemonProcess(child);
     const timeoutMs = opts.startTimeoutMs ?? 10_000;
     await new Promise<void>((resolve, reject) => {

@@ -6,7 +6,8 @@
  *     FUZZ_SEED=0x1234 FUZZ_CASE=17 npm run fuzz         # replay one saved case
  *
  * Also: FUZZ_TIMEOUT_MS (liveness reply timeout, default 2000), FUZZ_CHAIN_SHARE (0..1, default
- * 0.5), FUZZ_OUT (failure directory, default $TMPDIR/vhost-user-fuzz). Exit status 1 on any crash,
+ * 0.5), FUZZ_OUT (failure directory, default $TMPDIR/vhost-user-fuzz), FUZZ_DAEMON_LOG (the daemon's
+ * VHOST_USER_LOG; default error, debug when replaying one case). Exit status 1 on any crash,
  * hang, other failure or leak.
  * @module
  */
@@ -33,6 +34,7 @@ const summary = await runFuzz({
   timeoutMs: envInt('FUZZ_TIMEOUT_MS'),
   chainShare: envInt('FUZZ_CHAIN_SHARE'),
   outDir: process.env.FUZZ_OUT,
+  daemonLog: process.env.FUZZ_DAEMON_LOG,
   log: (l) => console.log(l),
 });
 console.log(summaryLine(summary));

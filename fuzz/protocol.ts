@@ -283,7 +283,7 @@ export async function protocolCase(rng: Rng, client: RawClient, timeoutMs: numbe
     for (let i = 0; i < n && !client.closed; i++) {
       const bag = new FdBag();
       try {
-        const batch = rng.chance(0.08) ? ringScenario(rng, st, bag) : [bodyMessage(rng, st, bag)];
+        const batch = rng.chance(0.05) ? ringScenario(rng, st, bag) : [bodyMessage(rng, st, bag)];
         for (const m of batch) if (await client.send(m.bytes, m.fds)) stats.messages++;
       } finally {
         bag.close();

@@ -34,6 +34,8 @@ export interface FuzzOptions {
   outDir?: string;
   /** Progress lines (default: none). */
   log?: (line: string) => void;
+  /** Daemon log level (default 'error' for runs: a log line per rejected request costs more than the request; 'debug' when replaying one case). */
+  daemonLog?: string;
   /** Allowed fd growth of the daemon between warm-up and the end (default 2). */
   fdTolerance?: number;
   /** Allowed RSS growth in KiB (default 64 MiB). */
@@ -77,6 +79,8 @@ export interface FuzzSummary {
   /** Leak verdict against the tolerances. */
   leak: boolean;
   seconds: number;
+  /** Time spent in cases that passed, per kind, and what they sent: the clean-path rates. */
+  clean: { protocolSeconds: number; protocolMessages: number; chainSeconds: number; chainChains: number };
   failuresFile: string | null;
 }
 
@@ -97,7 +101,8 @@ export function summaryLine(s: FuzzSummary): string {
     `messages=${s.messages} (${rate(s.messages)}) chains=${s.chains} (${rate(s.chains)}, hostile ${s.hostileChains}, broken rings ${s.brokenRings}) ` +
     `crashes=${s.crashes} hangs=${s.hangs} other-failures=${s.otherFailures} restarts=${s.restarts} ` +
     `fd-delta=${s.fdDelta ?? 'n/a'} rss-delta=${s.rssDeltaKib === null ? 'n/a' : `${s.rssDeltaKib} KiB`} leak=${s.leak} ` +
-    `time=${s.seconds.toFixed(1)}s`;
+    `time=${s.seconds.toFixed(1)}s clean-rates: ${Math.round(s.clean.protocolMessages / Math.max(s.clean.protocolSeconds, 1e-3))} msg/s in protocol cases, ` +
+    `${Math.round(s.clean.chainChains / Math.max(s.clean.chainSeconds, 1e-3))} chains/s in chain cases`;
 }
 
 /** Runs the fuzzer; never throws for a daemon failure (they are in the summary). */
@@ -111,16 +116,18 @@ export async function runFuzz(opts: FuzzOptions): Promise<FuzzSummary> {
   const outDir = opts.outDir ?? join(tmpdir(), 'vhost-user-fuzz');
   const fdTolerance = opts.fdTolerance ?? 2;
   const rssTolerance = opts.rssToleranceKib ?? 64 * 1024;
+  const logLevel = opts.daemonLog ?? (opts.only !== undefined ? 'debug' : 'error');
   const dir = mkdtempSync(join(tmpdir(), 'vu-fuzz-'));
   const socketPath = join(dir, 'blk.sock');
   const s: FuzzSummary = {
     seed, cases: 0, protocolCases: 0, chainCases: 0, messages: 0, chains: 0, hostileChains: 0, brokenRings: 0,
     crashes: 0, hangs: 0, otherFailures: 0, failures: [], restarts: 0, fdDelta: null, rssDeltaKib: null,
     fdBaseline: null, rssBaselineKib: null, leak: false, seconds: 0, failuresFile: null,
+    clean: { protocolSeconds: 0, protocolMessages: 0, chainSeconds: 0, chainChains: 0 },
   };
   const t0 = process.hrtime.bigint();
   const elapsed = (): number => Number(process.hrtime.bigint() - t0) / 1e9;
-  let daemon = await DaemonProcess.start({ socketPath });
+  let daemon = await DaemonProcess.start({ socketPath, logLevel });
   let casesSinceStart = 0;
 
   const record = (f: Omit<FuzzFailure, 'seed' | 'replay'>): void => {
@@ -161,7 +168,7 @@ export async function runFuzz(opts: FuzzOptions): Promise<FuzzSummary> {
 
   const restart = async (): Promise<void> => {
     await daemon.kill();
-    daemon = await DaemonProcess.start({ socketPath });
+    daemon = await DaemonProcess.start({ socketPath, logLevel });
     s.restarts++;
     casesSinceStart = 0;
     s.fdBaseline = s.rssBaselineKib = null;
@@ -175,10 +182,12 @@ export async function runFuzz(opts: FuzzOptions): Promise<FuzzSummary> {
       casesSinceStart++;
       let client: RawClient | null = null;
       // A case must end within this guard even if the daemon stops reading (sends then block).
-      const guardMs = 8 * timeoutMs + 5000;
+      const guardMs = 4 * timeoutMs + 2000;
       let guard: NodeJS.Timeout | undefined;
       const guarded = new Promise<'guard'>((r) => { guard = setTimeout(() => r('guard'), guardMs); });
       let verdict: 'ok' | 'crash' | 'hang' = 'ok';
+      const caseStart = elapsed();
+      const before = { messages: s.messages, chains: s.chains, failures: s.failures.length };
       let detail = '';
       try {
         client = RawClient.connect(socketPath);
@@ -216,6 +225,10 @@ export async function runFuzz(opts: FuzzOptions): Promise<FuzzSummary> {
           s.fdBaseline = p.fds;
           s.rssBaselineKib = p.rss;
         }
+      }
+      if (verdict === 'ok' && s.failures.length === before.failures) {
+        const dt = elapsed() - caseStart;
+        if (kind === 'chains') { s.clean.chainSeconds += dt; s.clean.chainChains += s.chains - before.chains; } else { s.clean.protocolSeconds += dt; s.clean.protocolMessages += s.messages - before.messages; }
       }
       // A daemon that dies (SIGBUS) refuses or drops connections just before its exit is reported:
       // give the exit a moment to arrive before calling anything a hang.
