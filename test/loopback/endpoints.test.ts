@@ -16,6 +16,7 @@ import { encodeFrontendRequest } from '../../src/vhost-user/codec.js';
 import { DeviceStateDirection, DeviceStatePhase, FrontendReq, IotlbType, ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES } from '../../src/vhost-user/constants.js';
 import type { AnyMemoryRegion, CryptoSession, Inflight, IotlbMsg, Log, MemoryRegionWithFd, VringAddr } from '../../src/vhost-user/messages.js';
 import { silentLogger } from '../../src/log.js';
+import { readable } from '../helpers/events.js';
 
 const ALL_PROTOCOL = (1n << 20n) - 1n & ~(1n << BigInt(ProtocolFeature.XEN_MMAP));
 const FEATURES = (1n << 32n) | (1n << BigInt(VHOST_USER_F_PROTOCOL_FEATURES));
@@ -67,7 +68,7 @@ class RecordingHandler implements BackendReqHandler {
   setVringNum(i: number, n: number) { this.rec('setVringNum', i, n); }
   setVringAddr(a: VringAddr) { this.rec('setVringAddr', a.index, a.descUserAddr); }
   setVringBase(i: number, b: number) { this.rec('setVringBase', i, b); }
-  async getVringBase(i: number) { this.rec('getVringBase', i); await new Promise((r) => setTimeout(r, 5)); return 42; }
+  async getVringBase(i: number) { this.rec('getVringBase', i); await new Promise(setImmediate); return 42; }
   setVringKick(i: number, fd: number | null) { this.rec('setVringKick', i, fd === null); this.keep(fd); }
   setVringCall(i: number, fd: number | null) { this.rec('setVringCall', i, fd === null); this.keep(fd); }
   setVringErr(i: number, fd: number | null) { this.rec('setVringErr', i, fd === null); }
@@ -262,15 +263,14 @@ test('loopback: malformed request with NEED_REPLY under REPLY_ACK gets an error 
   const be = new BackendEndpoint(b, new RecordingHandler(), { logger: silentLogger });
   const recvReply = async (): Promise<Buffer> => {
     const reply = Buffer.alloc(20);
-    for (let i = 0; i < 400; i++) {
+    for (;;) {
       const r = sys.recvmsg(a, reply);
       if (r !== null) {
         assert.equal(r.bytes, 20);
         return reply;
       }
-      await new Promise((res) => setTimeout(res, 5));
+      await readable(a, 2000, 'a reply from the back-end');
     }
-    throw new Error('no reply');
   };
   // SET_PROTOCOL_FEATURES (16) = REPLY_ACK, itself with NEED_REPLY: acked with 0 once in effect.
   const spf = encodeFrontendRequest({ request: FrontendReq.SET_PROTOCOL_FEATURES, features: 1n << BigInt(ProtocolFeature.REPLY_ACK) },
