@@ -209,6 +209,10 @@ export async function chainCase(rng: Rng, client: RawClient, timeoutMs: number):
       // (error fd) or nothing is acceptable then, so wait for the error fd alone.
       const res = await runBatch(driver, events, kickFd, jump ? Number.POSITIVE_INFINITY : published, timeoutMs);
       stats.broken = res === 'broken';
+      // A guest kicks again, whatever the device did with the ring (broken or not): the daemon must
+      // neither spin on nor process a broken ring.
+      const kicks = rng.range(1, 3);
+      for (let k = 0; k < kicks; k++) sys.eventfdWrite(kickFd, 1);
       if (res === 'timeout') fail(jump ? 'silent-stall' : 'stall', `hostile batch (${published} heads${jump ? ', avail idx jump' : ''}): neither completed nor error fd`);
       const r = await ask(client, FrontendReq.GET_FEATURES, new Uint8Array(0), [], timeoutMs);
       stats.messages++;

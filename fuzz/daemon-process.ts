@@ -115,6 +115,21 @@ export class DaemonProcess {
     return m ? Number(m[1]) : -1;
   }
 
+  /** RSS split (KiB): anonymous (heap) and shared memory (mapped memfd pages) from /proc/PID/status. */
+  rssSplitKib(): { anon: number; shmem: number } {
+    const st = readFileSync(`/proc/${this.pid}/status`, 'utf8');
+    const get = (k: string): number => Number(new RegExp(`${k}:\\s+(\\d+)\\s+kB`).exec(st)?.[1] ?? -1);
+    return { anon: get('RssAnon'), shmem: get('RssShmem') };
+  }
+
+  /**
+   * Mappings of the fuzzer's memfds in the daemon (/proc/PID/maps lines naming `memfd:fuzz-`): with
+   * no memory table in effect there must be none, whatever the heap does.
+   */
+  guestMappings(): number {
+    return readFileSync(`/proc/${this.pid}/maps`, 'utf8').split('\n').filter((l) => l.includes('/memfd:fuzz-')).length;
+  }
+
   /** User + system CPU time consumed so far, in clock ticks (/proc/PID/stat). */
   cpuTicks(): number {
     const s = readFileSync(`/proc/${this.pid}/stat`, 'utf8');

@@ -76,6 +76,10 @@ export interface FuzzSummary {
   rssDeltaKib: number | null;
   fdBaseline: number | null;
   rssBaselineKib: number | null;
+  /** Mappings of fuzzer memfds left in the idle daemon at the end (must be 0). */
+  guestMappings: number | null;
+  /** The daemon's RSS at the end split into anonymous and shared-memory KiB. */
+  rssSplitKib: { anon: number; shmem: number } | null;
   /** Leak verdict against the tolerances. */
   leak: boolean;
   seconds: number;
@@ -100,7 +104,8 @@ export function summaryLine(s: FuzzSummary): string {
   return `fuzz: seed=0x${s.seed.toString(16)} cases=${s.cases} (protocol ${s.protocolCases}, chains ${s.chainCases}) ` +
     `messages=${s.messages} (${rate(s.messages)}) chains=${s.chains} (${rate(s.chains)}, hostile ${s.hostileChains}, broken rings ${s.brokenRings}) ` +
     `crashes=${s.crashes} hangs=${s.hangs} other-failures=${s.otherFailures} restarts=${s.restarts} ` +
-    `fd-delta=${s.fdDelta ?? 'n/a'} rss-delta=${s.rssDeltaKib === null ? 'n/a' : `${s.rssDeltaKib} KiB`} leak=${s.leak} ` +
+    `fd-delta=${s.fdDelta ?? 'n/a'} rss-delta=${s.rssDeltaKib === null ? 'n/a' : `${s.rssDeltaKib} KiB`} ` +
+    `${s.rssSplitKib === null ? '' : `(end: anon ${s.rssSplitKib.anon} KiB, shmem ${s.rssSplitKib.shmem} KiB) `}guest-mappings-left=${s.guestMappings ?? 'n/a'} leak=${s.leak} ` +
     `time=${s.seconds.toFixed(1)}s clean-rates: ${Math.round(s.clean.protocolMessages / Math.max(s.clean.protocolSeconds, 1e-3))} msg/s in protocol cases, ` +
     `${Math.round(s.clean.chainChains / Math.max(s.clean.chainSeconds, 1e-3))} chains/s in chain cases`;
 }
@@ -122,7 +127,7 @@ export async function runFuzz(opts: FuzzOptions): Promise<FuzzSummary> {
   const s: FuzzSummary = {
     seed, cases: 0, protocolCases: 0, chainCases: 0, messages: 0, chains: 0, hostileChains: 0, brokenRings: 0,
     crashes: 0, hangs: 0, otherFailures: 0, failures: [], restarts: 0, fdDelta: null, rssDeltaKib: null,
-    fdBaseline: null, rssBaselineKib: null, leak: false, seconds: 0, failuresFile: null,
+    fdBaseline: null, rssBaselineKib: null, guestMappings: null, rssSplitKib: null, leak: false, seconds: 0, failuresFile: null,
     clean: { protocolSeconds: 0, protocolMessages: 0, chainSeconds: 0, chainChains: 0 },
   };
   const t0 = process.hrtime.bigint();
@@ -143,7 +148,7 @@ export async function runFuzz(opts: FuzzOptions): Promise<FuzzSummary> {
   };
 
   /** A fresh connection answers GET_FEATURES; measures fds and RSS while that connection is held. */
-  const probe = async (): Promise<{ ok: true; fds: number; rss: number } | { ok: false; why: 'crash' | 'hang' | 'closed' }> => {
+  const probe = async (): Promise<{ ok: true; fds: number; rss: number; maps: number } | { ok: false; why: 'crash' | 'hang' | 'closed' }> => {
     if (!daemon.alive) return { ok: false, why: 'crash' };
     let c: RawClient;
     try {
@@ -160,7 +165,7 @@ export async function runFuzz(opts: FuzzOptions): Promise<FuzzSummary> {
       if (r === 'exited' || !daemon.alive) return { ok: false, why: 'crash' };
       if (r === 'timeout') return { ok: false, why: 'hang' };
       if (r === 'closed') return { ok: false, why: 'closed' };
-      return { ok: true, fds: daemon.fdCount(), rss: daemon.rssKib() };
+      return { ok: true, fds: daemon.fdCount(), rss: daemon.rssKib(), maps: daemon.guestMappings() };
     } finally {
       c.close();
     }
@@ -249,7 +254,9 @@ export async function runFuzz(opts: FuzzOptions): Promise<FuzzSummary> {
     if (p.ok && s.fdBaseline !== null && s.rssBaselineKib !== null) {
       s.fdDelta = p.fds - s.fdBaseline;
       s.rssDeltaKib = p.rss - s.rssBaselineKib;
-      s.leak = s.fdDelta > fdTolerance || s.rssDeltaKib > rssTolerance;
+      s.guestMappings = p.maps;
+      s.rssSplitKib = daemon.rssSplitKib();
+      s.leak = s.fdDelta > fdTolerance || s.rssDeltaKib > rssTolerance || p.maps > 0;
     } else if (!p.ok) {
       record({ caseIndex: s.cases, caseKind: 'protocol', kind: p.why === 'crash' ? 'crash' : 'hang', detail: 'final probe failed', stderrTail: daemon.stderrTail() });
     }
