@@ -8,8 +8,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
-/** Where the CLI is, relative to this compiled module (dist/fuzz/ → dist/src/cli/blk.js). */
-export const BLK_CLI: string = fileURLToPath(new URL('../src/cli/blk.js', import.meta.url));
+/** The blk CLI behind a wrapper that reports the live heap on SIGUSR2 (see daemon-wrapper.ts). */
+export const BLK_CLI: string = fileURLToPath(new URL('./daemon-wrapper.js', import.meta.url));
 
 /** How the daemon ended. */
 export interface DaemonExit {
@@ -59,7 +59,7 @@ export class DaemonProcess {
   /** Starts the daemon and resolves once it prints that it listens (its stdout banner). */
   static async start(opts: DaemonOptions): Promise<DaemonProcess> {
     const args = [
-      BLK_CLI, '--socket-path', opts.socketPath, '--num-queues', String(opts.numQueues ?? 2),
+      '--expose-gc', BLK_CLI, '--socket-path', opts.socketPath, '--num-queues', String(opts.numQueues ?? 2),
       '--queue-size', String(opts.queueSize ?? 256), '--ram-size-mib', String(opts.ramSizeMib ?? 8),
     ];
     const env = opts.logLevel !== undefined ? { ...process.env, VHOST_USER_LOG: opts.logLevel } : process.env;
@@ -78,8 +78,8 @@ export class DaemonProcess {
         clearTimeout(timer);
         child.stdout?.off('data', onData);
         child.off('exit', onExit);
-        // Keep draining stdout so the daemon never blocks on a full pipe.
-        child.stdout?.resume();
+        // Keep reading stdout (the daemon must never block on a full pipe) for heap reports.
+        child.stdout?.on('data', (s: string) => d.onStdout(s));
         resolve();
       };
       const fail = (e: Error): void => {
@@ -173,6 +173,32 @@ export class DaemonProcess {
       clearTimeout(timer);
     }
     return this.exit as DaemonExit;
+  }
+
+  private stdoutPartial = '';
+  private heapWaiters: Array<(bytes: number) => void> = [];
+
+  /**
+   * Live JS heap of the daemon in bytes after a full GC (SIGUSR2 to the wrapper), or null if it
+   * does not answer within `timeoutMs` or has exited.
+   */
+  liveHeap(timeoutMs = 2000): Promise<number | null> {
+    if (!this.alive) return Promise.resolve(null);
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => { this.heapWaiters = this.heapWaiters.filter((w) => w !== done); resolve(null); }, timeoutMs);
+      const done = (bytes: number): void => { clearTimeout(timer); resolve(bytes < 0 ? null : bytes); };
+      this.heapWaiters.push(done);
+      this.child.kill('SIGUSR2');
+    });
+  }
+
+  private onStdout(s: string): void {
+    const lines = (this.stdoutPartial + s).split('\n');
+    this.stdoutPartial = lines.pop() ?? '';
+    for (const l of lines) {
+      const m = /^fuzz-heap (-?\d+)$/.exec(l);
+      if (m) this.heapWaiters.shift()?.(Number(m[1]));
+    }
   }
 
   private onStderr(s: string): void {

@@ -38,8 +38,10 @@ export interface FuzzOptions {
   daemonLog?: string;
   /** Allowed fd growth of the daemon between warm-up and the end (default 2). */
   fdTolerance?: number;
-  /** Allowed RSS growth in KiB (default 64 MiB). */
+  /** Allowed RSS growth in KiB (default 64 MiB: RSS follows the GC's whims, the heap check is the precise one). */
   rssToleranceKib?: number;
+  /** Allowed growth of the live heap after a full GC, KiB (default 4 MiB). */
+  heapToleranceKib?: number;
 }
 
 /** One saved failure. */
@@ -76,6 +78,8 @@ export interface FuzzSummary {
   rssDeltaKib: number | null;
   fdBaseline: number | null;
   rssBaselineKib: number | null;
+  /** Live heap (after a full GC) change of the daemon since the baseline, in KiB. */
+  heapDeltaKib: number | null;
   /** Mappings of fuzzer memfds left in the idle daemon at the end (must be 0). */
   guestMappings: number | null;
   /** The daemon's RSS at the end split into anonymous and shared-memory KiB. */
@@ -105,7 +109,7 @@ export function summaryLine(s: FuzzSummary): string {
     `messages=${s.messages} (${rate(s.messages)}) chains=${s.chains} (${rate(s.chains)}, hostile ${s.hostileChains}, broken rings ${s.brokenRings}) ` +
     `crashes=${s.crashes} hangs=${s.hangs} other-failures=${s.otherFailures} restarts=${s.restarts} ` +
     `fd-delta=${s.fdDelta ?? 'n/a'} rss-delta=${s.rssDeltaKib === null ? 'n/a' : `${s.rssDeltaKib} KiB`} ` +
-    `${s.rssSplitKib === null ? '' : `(end: anon ${s.rssSplitKib.anon} KiB, shmem ${s.rssSplitKib.shmem} KiB) `}guest-mappings-left=${s.guestMappings ?? 'n/a'} leak=${s.leak} ` +
+    `heap-delta=${s.heapDeltaKib === null ? 'n/a' : `${s.heapDeltaKib} KiB`} ${s.rssSplitKib === null ? '' : `(end: anon ${s.rssSplitKib.anon} KiB, shmem ${s.rssSplitKib.shmem} KiB) `}guest-mappings-left=${s.guestMappings ?? 'n/a'} leak=${s.leak} ` +
     `time=${s.seconds.toFixed(1)}s clean-rates: ${Math.round(s.clean.protocolMessages / Math.max(s.clean.protocolSeconds, 1e-3))} msg/s in protocol cases, ` +
     `${Math.round(s.clean.chainChains / Math.max(s.clean.chainSeconds, 1e-3))} chains/s in chain cases`;
 }
@@ -121,13 +125,15 @@ export async function runFuzz(opts: FuzzOptions): Promise<FuzzSummary> {
   const outDir = opts.outDir ?? join(tmpdir(), 'vhost-user-fuzz');
   const fdTolerance = opts.fdTolerance ?? 2;
   const rssTolerance = opts.rssToleranceKib ?? 64 * 1024;
+  const heapTolerance = opts.heapToleranceKib ?? 4 * 1024;
+  let heapBaseline: number | null = null;
   const logLevel = opts.daemonLog ?? (opts.only !== undefined ? 'debug' : 'error');
   const dir = mkdtempSync(join(tmpdir(), 'vu-fuzz-'));
   const socketPath = join(dir, 'blk.sock');
   const s: FuzzSummary = {
     seed, cases: 0, protocolCases: 0, chainCases: 0, messages: 0, chains: 0, hostileChains: 0, brokenRings: 0,
     crashes: 0, hangs: 0, otherFailures: 0, failures: [], restarts: 0, fdDelta: null, rssDeltaKib: null,
-    fdBaseline: null, rssBaselineKib: null, guestMappings: null, rssSplitKib: null, leak: false, seconds: 0, failuresFile: null,
+    fdBaseline: null, rssBaselineKib: null, heapDeltaKib: null, guestMappings: null, rssSplitKib: null, leak: false, seconds: 0, failuresFile: null,
     clean: { protocolSeconds: 0, protocolMessages: 0, chainSeconds: 0, chainChains: 0 },
   };
   const t0 = process.hrtime.bigint();
@@ -177,6 +183,7 @@ export async function runFuzz(opts: FuzzOptions): Promise<FuzzSummary> {
     s.restarts++;
     casesSinceStart = 0;
     s.fdBaseline = s.rssBaselineKib = null;
+    heapBaseline = null;
   };
 
   try {
@@ -229,6 +236,7 @@ export async function runFuzz(opts: FuzzOptions): Promise<FuzzSummary> {
         } else if (casesSinceStart === WARMUP_CASES || (s.fdBaseline === null && casesSinceStart > WARMUP_CASES)) {
           s.fdBaseline = p.fds;
           s.rssBaselineKib = p.rss;
+          heapBaseline = await daemon.liveHeap();
         }
       }
       if (verdict === 'ok' && s.failures.length === before.failures) {
@@ -247,7 +255,10 @@ export async function runFuzz(opts: FuzzOptions): Promise<FuzzSummary> {
         record({ caseIndex: i, caseKind: kind, kind: 'hang', detail: `${detail}${cpu > 0.5 ? ' (spinning)' : ''}`, cpuShare: cpu, stderrTail: daemon.stderrTail() });
         await restart();
       }
-      if (s.cases % 200 === 0) log(`${summaryLine({ ...s, seconds: elapsed() })}`);
+      if (s.cases % 200 === 0 && daemon.alive) {
+        const { anon, shmem } = daemon.rssSplitKib();
+        log(`${summaryLine({ ...s, seconds: elapsed() })} | daemon now: fds ${daemon.fdCount()}, rss anon ${anon} KiB, shmem ${shmem} KiB`);
+      }
     }
     // Leak check: the same state as the baseline (one idle connection held).
     const p = await probe();
@@ -256,7 +267,9 @@ export async function runFuzz(opts: FuzzOptions): Promise<FuzzSummary> {
       s.rssDeltaKib = p.rss - s.rssBaselineKib;
       s.guestMappings = p.maps;
       s.rssSplitKib = daemon.rssSplitKib();
-      s.leak = s.fdDelta > fdTolerance || s.rssDeltaKib > rssTolerance || p.maps > 0;
+      const heap = await daemon.liveHeap();
+      s.heapDeltaKib = heap !== null && heapBaseline !== null ? Math.round((heap - heapBaseline) / 1024) : null;
+      s.leak = s.fdDelta > fdTolerance || s.rssDeltaKib > rssTolerance || p.maps > 0 || (s.heapDeltaKib ?? 0) > heapTolerance;
     } else if (!p.ok) {
       record({ caseIndex: s.cases, caseKind: 'protocol', kind: p.why === 'crash' ? 'crash' : 'hang', detail: 'final probe failed', stderrTail: daemon.stderrTail() });
     }
