@@ -279,7 +279,7 @@ export async function protocolCase(rng: Rng, client: RawClient, timeoutMs: numbe
   const stats: ProtocolCaseStats = { messages: 0, kicks: 0, framed: false, check: 'skipped' };
   try {
     for (const m of negotiation(rng)) if (await client.send(m)) stats.messages++;
-    const n = rng.chance(0.8) ? rng.range(10, 150) : rng.range(150, 600);
+    const n = rng.chance(0.7) ? rng.range(20, 400) : rng.range(400, 2000);
     for (let i = 0; i < n && !client.closed; i++) {
       const bag = new FdBag();
       try {

@@ -142,7 +142,7 @@ export async function runFuzz(opts: FuzzOptions): Promise<FuzzSummary> {
   let casesSinceStart = 0;
 
   const record = (f: Omit<FuzzFailure, 'seed' | 'replay'>): void => {
-    const full: FuzzFailure = { seed, ...f, replay: `FUZZ_SEED=0x${seed.toString(16)} FUZZ_CASE=${f.caseIndex} npm run fuzz` };
+    const full: FuzzFailure = { seed, ...f, replay: `FUZZ_SEED=0x${seed.toString(16)} FUZZ_CASE=${f.caseIndex} npm run fuzz (alone; if it needs the daemon's history: FUZZ_SEED=0x${seed.toString(16)} FUZZ_CASES=${f.caseIndex + 1})` };
     s.failures.push(full);
     if (f.kind === 'crash') s.crashes++;
     else if (f.kind === 'hang') s.hangs++;
