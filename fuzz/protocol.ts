@@ -47,7 +47,7 @@ class SessionState {
 }
 
 /** A valid request with flags version 1 (+ NEED_REPLY with probability `ack`). */
-function req(rng: Rng, request: number, payload: Uint8Array, ack = 0.9): Uint8Array {
+function req(rng: Rng, request: number, payload: Uint8Array, ack = 0.97): Uint8Array {
   return message(request, VERSION_1 | (rng.chance(ack) ? NEED_REPLY_FLAG : 0), payload);
 }
 
