@@ -13,7 +13,8 @@ import { SplitQueueDriver, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_
 import { FrontendReq } from '../src/vhost-user/constants.js';
 import { VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC } from '../src/virtio/features.js';
 import { VERSION_1, NEED_REPLY_FLAG, message, type RawClient, type WaitResult } from './client.js';
-import { BLK_FRONTEND_FEATURES, FUZZ_PROTOCOL_FEATURES } from './protocol.js';
+import { FUZZ_PROTOCOL_FEATURES } from './protocol.js';
+import { FEATURES_NEEDING_FRONTEND_SUPPORT } from '../src/vhost-user/negotiate.js';
 import type { Rng } from './rng.js';
 import { memTablePayload, u64Payload, vringAddr, vringState, type WireRegion } from './wire.js';
 
@@ -156,7 +157,9 @@ export async function chainCase(rng: Rng, client: RawClient, timeoutMs: number):
     if (offered === 0n) return fail('setup', 'GET_FEATURES got no answer');
     if (!(await client.send(message(FrontendReq.SET_PROTOCOL_FEATURES, VERSION_1, u64Payload(offeredPf & FUZZ_PROTOCOL_FEATURES))))) return fail('setup', 'closed at SET_PROTOCOL_FEATURES');
     stats.messages += 3;
-    let features = offered & BLK_FRONTEND_FEATURES;
+    // Everything offered that a plain split-ring front-end can take (FLUSH included: the valid
+    // batches send flushes), as negotiate() does.
+    let features = offered & ~FEATURES_NEEDING_FRONTEND_SUPPORT;
     if (rng.chance(0.3)) features &= ~bit(VIRTIO_RING_F_EVENT_IDX);
     if (rng.chance(0.2)) features &= ~bit(VIRTIO_RING_F_INDIRECT_DESC);
     const eventIdx = (features & bit(VIRTIO_RING_F_EVENT_IDX)) !== 0n;

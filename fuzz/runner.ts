@@ -198,6 +198,9 @@ export async function runFuzz(opts: FuzzOptions): Promise<FuzzSummary> {
       let guard: NodeJS.Timeout | undefined;
       const guarded = new Promise<'guard'>((r) => { guard = setTimeout(() => r('guard'), guardMs); });
       let verdict: 'ok' | 'crash' | 'hang' = 'ok';
+      // The case connection stopped answering: a hang if a fresh connection gets no answer either,
+      // else a stalled connection (still a failure, told apart in the record).
+      let stalled: string | null = null;
       const caseStart = elapsed();
       const before = { messages: s.messages, chains: s.chains, failures: s.failures.length };
       let detail = '';
@@ -211,12 +214,12 @@ export async function runFuzz(opts: FuzzOptions): Promise<FuzzSummary> {
             s.hostileChains += st.hostileChains;
             if (st.broken) s.brokenRings++;
             if (st.failure !== null) record({ caseIndex: i, caseKind: kind, kind: st.failure.kind, detail: st.failure.detail });
-            if (st.check === 'timeout') { verdict = 'hang'; detail = 'no GET_FEATURES reply on the case connection after the hostile batch'; }
+            if (st.check === 'timeout') stalled = 'no GET_FEATURES reply on the case connection after the hostile batch';
           })
           : protocolCase(rng, client, timeoutMs).then((st) => {
             s.protocolCases++;
             s.messages += st.messages;
-            if (st.check === 'timeout') { verdict = 'hang'; detail = `no GET_FEATURES reply on the case connection after ${st.messages} messages`; }
+            if (st.check === 'timeout') stalled = `no GET_FEATURES reply on the case connection after ${st.messages} messages`;
           });
         const r = await Promise.race([run.then(() => 'done' as const), guarded, daemon.exited.then(() => 'exited' as const)]);
         if (r === 'exited') verdict = 'crash';
@@ -232,7 +235,9 @@ export async function runFuzz(opts: FuzzOptions): Promise<FuzzSummary> {
         const p = await probe();
         if (!p.ok) {
           verdict = p.why === 'crash' ? 'crash' : 'hang';
-          detail = p.why === 'closed' ? 'a fresh connection was refused or closed without an answer' : `no GET_FEATURES reply on a fresh connection within ${timeoutMs} ms`;
+          detail = stalled !== null ? `${stalled}, nor on a fresh connection` : p.why === 'closed' ? 'a fresh connection was refused or closed without an answer' : `no GET_FEATURES reply on a fresh connection within ${timeoutMs} ms`;
+        } else if (stalled !== null) {
+          record({ caseIndex: i, caseKind: kind, kind: 'connection-stall', detail: `${stalled}; a fresh connection was answered`, stderrTail: daemon.stderrTail() });
         } else if (casesSinceStart === WARMUP_CASES || (s.fdBaseline === null && casesSinceStart > WARMUP_CASES)) {
           s.fdBaseline = p.fds;
           s.rssBaselineKib = p.rss;
