@@ -204,7 +204,7 @@ export async function chainCase(rng: Rng, client: RawClient, timeoutMs: number):
 
     // --- a hostile batch, then the same connection must answer ---------------------------------
     if (rng.chance(0.85)) {
-      const { published, jump } = hostileBatch(rng, driver, mem, qsize, indirect);
+      const { published, jump } = hostileBatch(rng, driver, mem, qsize);
       stats.hostileChains += published;
       stats.chains += published;
       stats.batches++;
@@ -254,7 +254,7 @@ function validBatch(rng: Rng, d: SplitQueueDriver, mem: CaseMemory, qsize: numbe
     mem.memory.writeU32(hdr + 4, 0);
     mem.memory.writeU64(hdr + 8, BigInt(sector));
     mem.memory.writeU8(STATUS_GPA + s, 0xff);
-    const dataFlags = type === VIRTIO_BLK_T_OUT ? 0 : VIRTIO_BLK_F_WRITE_ONLY;
+    const dataFlags = type === VIRTIO_BLK_T_OUT ? 0 : VIRTQ_DESC_F_WRITE;
     const bufs: Array<[number, number, number]> = [[hdr, 16, 0]];
     if (type !== VIRTIO_BLK_T_FLUSH) bufs.push([DATA_GPA + DATA_STRIDE * s, len, dataFlags]);
     bufs.push([STATUS_GPA + s, 1, VIRTQ_DESC_F_WRITE]);
@@ -274,13 +274,12 @@ function validBatch(rng: Rng, d: SplitQueueDriver, mem: CaseMemory, qsize: numbe
   }
   return placed;
 }
-const VIRTIO_BLK_F_WRITE_ONLY = VIRTQ_DESC_F_WRITE;
 
 /**
  * Writes a batch of hostile chains (and some valid ones among them) and publishes their heads;
  * sometimes jumps avail.idx past the queue size. Returns the heads published and whether it jumped.
  */
-function hostileBatch(rng: Rng, d: SplitQueueDriver, mem: CaseMemory, qsize: number, indirect: boolean): { published: number; jump: boolean } {
+function hostileBatch(rng: Rng, d: SplitQueueDriver, mem: CaseMemory, qsize: number): { published: number; jump: boolean } {
   let published = 0;
   const n = rng.range(1, Math.min(16, qsize));
   const per = Math.max(1, Math.floor(qsize / n));
@@ -357,7 +356,6 @@ function hostileBatch(rng: Rng, d: SplitQueueDriver, mem: CaseMemory, qsize: num
     d.publish(head);
     published++;
   }
-  void indirect;
   // The guest can write any avail index: jump by 1..2^16-1 beyond what was published.
   if (rng.chance(0.15)) {
     d.setAvailIdx(d.availIdx + qsize + rng.range(1, 0xffff - qsize));

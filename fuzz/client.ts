@@ -123,8 +123,9 @@ export class RawClient {
   /** Sends a request with NEED_REPLY and waits for its reply (an ack or the request's own reply). */
   async roundTrip(bytes: Uint8Array, fds: readonly number[], timeoutMs: number): Promise<WaitResult> {
     const request = new DataView(bytes.buffer, bytes.byteOffset).getUint32(0, true);
+    // Wait first: the reply may be read while send() is still waiting for room in the socket.
     const reply = this.waitReply(request, timeoutMs);
-    if (!(await this.send(bytes, fds))) return reply;
+    await this.send(bytes, fds);
     return reply;
   }
 
