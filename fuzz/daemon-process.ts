@@ -64,6 +64,10 @@ export class DaemonProcess {
     ];
     const env = opts.logLevel !== undefined ? { ...process.env, VHOST_USER_LOG: opts.logLevel } : process.env;
     const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
+    // Never leave a daemon behind, even when the fuzzer itself is stopped.
+    const reap = (): void => { child.kill('SIGKILL'); };
+    process.once('exit', reap);
+    child.once('exit', () => process.off('exit', reap));
     const d = new DaemonProcess(child);
     const timeoutMs = opts.startTimeoutMs ?? 10_000;
     await new Promise<void>((resolve, reject) => {

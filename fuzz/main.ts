@@ -22,6 +22,9 @@ function envInt(name: string): number | undefined {
   return n;
 }
 
+// Leave through process.exit so the daemon child is reaped (see DaemonProcess).
+for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => process.exit(130));
+
 const seed = envInt('FUZZ_SEED') ?? randomInt(0, 2 ** 32);
 const only = envInt('FUZZ_CASE');
 const cases = envInt('FUZZ_CASES');
