@@ -55,7 +55,8 @@ test('QEMU killed mid-I/O: our daemon survives and serves a second QEMU', async 
   await vm1.waitFor(/^VTEST-PROGRESS blk-stress iter=3\n/m, 90_000);
   vm1.kill('SIGKILL');
   assert.equal((await vm1.exited).signal, 'SIGKILL');
-  await new Promise((r) => setTimeout(r, 300));
+  // The daemon logs the disconnect once it has torn the connection down: alive after that event.
+  await daemon.proc.waitForText(/front-end disconnected/, 10_000, () => daemon.proc.stderr);
   assert.equal(daemon.proc.exitStatusNow, undefined, `daemon died with its front-end\n${daemon.proc.diagnostics()}`);
   const offset = 9 * MiB;
   const length = MiB;

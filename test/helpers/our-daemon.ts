@@ -4,7 +4,7 @@
  */
 import type { TestContext } from 'node:test';
 import { join } from 'node:path';
-import { ManagedProcess, waitForUnixListener, type ExitStatus } from './process.js';
+import { ManagedProcess, type ExitStatus } from './process.js';
 import { repoRoot } from './tools.js';
 
 /** A running daemon of ours. */
@@ -17,7 +17,8 @@ export interface OurDaemon {
 }
 
 /**
- * Starts `node dist/src/cli/<cli>.js --socket-path SOCK ...args` and waits for the socket to listen.
+ * Starts `node dist/src/cli/<cli>.js --socket-path SOCK ...args` and waits until it listens: the CLIs
+ * print their `<program>: serving ... on SOCK` banner once the socket is listening (an event, no polling).
  * The process is stopped when the test `t` ends.
  */
 export async function startOurDaemon(
@@ -34,7 +35,7 @@ export async function startOurDaemon(
   };
   t?.after(async () => { await d.stop(); });
   try {
-    await waitForUnixListener(socketPath, timeoutMs, proc);
+    await proc.waitForText(/^[\w-]+: serving .*\n/m, timeoutMs);
   } catch (e) {
     await d.stop();
     throw e;

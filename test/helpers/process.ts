@@ -233,7 +233,10 @@ export async function isUnixListening(path: string): Promise<boolean> {
 
 /**
  * Polls (every 25 ms, not a busy loop) until a listener is bound at `path`. Rejects on timeout, or
- * early when `proc` exits first, with its diagnostics.
+ * early when `proc` exits first, with its diagnostics. Only for programs that announce nothing when
+ * they start listening (qemu-storage-daemon, testpmd): listen() has no observable event, and
+ * connecting to find out would be a connection the program serves. Our daemons print a banner:
+ * wait for it instead (`startOurDaemon`).
  */
 export async function waitForUnixListener(path: string, timeoutMs: number, proc?: ManagedProcess): Promise<void> {
   const deadline = performance.now() + timeoutMs;

@@ -8,6 +8,7 @@ import { mkdtempSync, rmSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { Signal } from '../helpers/events.js';
 
 const run = promisify(execFile);
 const root = fileURLToPath(new URL('../../..', import.meta.url));
@@ -37,9 +38,11 @@ test('README command: the RAM-disk daemon serves a probe, prints the QEMU comman
   const sock = join(dir, 'blk.sock');
   const child = spawn(process.execPath, [blk, '--socket-path', sock], { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
-  child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+  const printed = new Signal();
+  child.stdout.on('data', (d: Buffer) => { out += d.toString(); printed.notify(); });
   const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
-  for (let i = 0; i < 200 && !out.includes('vhost-user-blk-pci'); i++) await new Promise((r) => setTimeout(r, 25));
+  // The banner is printed once the socket listens.
+  await printed.until(() => out.includes('vhost-user-blk-pci'), 10_000, 'the daemon banner');
   assert.match(out, /64 MiB RAM disk/);
   assert.match(out, /memory-backend-memfd,.*share=on/);
   assert.match(out, new RegExp(`-chardev socket,id=\\w+,path=${sock.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')} -device vhost-user-blk-pci`));

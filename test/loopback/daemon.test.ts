@@ -14,6 +14,7 @@ import type { GuestMemoryAtomic } from '../../src/memory/index.js';
 import { ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES, protocolFeatureMask } from '../../src/vhost-user/constants.js';
 import { VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX } from '../../src/virtio/features.js';
 import { silentLogger } from '../../src/log.js';
+import { Signal, kickHandled } from '../helpers/events.js';
 
 const bit = (n: number): bigint => 1n << BigInt(n);
 const LISTENER_EVENT = 100;
@@ -26,6 +27,8 @@ class ReverseDevice implements VhostUserBackend {
   listenerEvents = 0;
   memoryUpdates = 0;
   exitFd = sys.eventfd();
+  /** Notified on every reset and listener event, so tests await them instead of polling. */
+  readonly changed = new Signal();
   numQueues() { return 2; }
   maxQueueSize() { return 256; }
   features() { return bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_RING_F_EVENT_IDX) | bit(VHOST_USER_F_PROTOCOL_FEATURES); }
@@ -43,7 +46,7 @@ class ReverseDevice implements VhostUserBackend {
   queuesPerThread() { return [0b01, 0b10]; }
   exitEvent(t: number) { return t === 0 ? this.exitFd : null; }
   handleEvent(ev: number, _evset: number, vrings: readonly Vring[]) {
-    if (ev === LISTENER_EVENT) { this.listenerEvents++; return; }
+    if (ev === LISTENER_EVENT) { this.listenerEvents++; this.changed.notify(); return; }
     const vring = vrings.find((v) => v.index === ev);
     assert.ok(vring, `event ${ev} delivered to the thread that owns it`);
     const q = vring.queue;
@@ -61,7 +64,7 @@ class ReverseDevice implements VhostUserBackend {
       vring.signalUsedIfNeeded();
     } while (q.enableNotification());
   }
-  resetDevice() { this.resets++; }
+  resetDevice() { this.resets++; this.changed.notify(); }
 }
 
 async function negotiate(fe: Frontend, dev: ReverseDevice, mem: FrontendMemory, eventIdx: boolean) {
@@ -116,7 +119,8 @@ for (const eventIdx of [false, true]) {
     put(mem, 0x42000, 'abc');
     q1.driver.addChain([{ gpa: 0x42000, len: 3 }], [{ gpa: 0x43000, len: 3 }]);
     q1.kick(true);
-    await new Promise((r) => setTimeout(r, 50));
+    // The daemon runs on this thread: a round trip after the kick orders its kick handling first.
+    assert.ok(await kickHandled(q1.kickFd, () => fe.getQueueNum()), 'the disabled ring consumed the kick');
     assert.equal(q1.driver.popUsed(), null, 'disabled ring must not be processed');
     // ...until the ring is enabled, which processes what was queued.
     await fe.setVringEnable(1, true);
@@ -141,13 +145,14 @@ for (const eventIdx of [false, true]) {
     put(mem, 0x44000, 'zz');
     q0.driver.addChain([{ gpa: 0x44000, len: 2 }], [{ gpa: 0x45000, len: 2 }]);
     sys.eventfdWrite(q0.kickFd, 1);
-    await new Promise((r) => setTimeout(r, 50));
+    // Same-thread daemon: once this round trip returns, a kick it watched would have been handled.
+    await fe.getQueueNum();
     assert.equal(q0.driver.popUsed(), null, 'a stopped ring must not be processed');
 
     assert.equal(dev.processed, 102);
     fe.close();
     // The daemon resets the device after the front-end left, then accepts the next one.
-    for (let i = 0; i < 100 && dev.resets === 0; i++) await new Promise((r) => setTimeout(r, 10));
+    await dev.changed.until(() => dev.resets > 0, 5000, 'the device reset after the front-end left');
     assert.equal(dev.resets, 1);
     const fe2 = await Frontend.connect(sock);
     await negotiate(fe2, dev, mem, eventIdx);
@@ -196,12 +201,13 @@ test('daemon loopback: device listeners and the exit event', async (t) => {
   assert.throws(() => h0.registerListener(efd, sys.POLLIN, 1), RangeError, 'data must not collide with a queue index');
   h0.registerListener(efd, sys.POLLIN, LISTENER_EVENT);
   sys.eventfdWrite(efd, 1);
-  for (let i = 0; i < 100 && dev.listenerEvents === 0; i++) await new Promise((r) => setTimeout(r, 5));
+  await dev.changed.until(() => dev.listenerEvents > 0, 5000, 'the listener event');
   assert.ok(dev.listenerEvents >= 1);
   sys.eventfdRead(efd);
   h0.unregisterListener(efd);
   sys.eventfdWrite(dev.exitFd, 1);
-  for (let i = 0; i < 100 && h0.running; i++) await new Promise((r) => setTimeout(r, 5));
+  // Same-thread handler: a round trip after the write orders the exit event's handling first.
+  await fe.getQueueNum();
   assert.equal(h0.running, false, 'exit event stops the thread handler');
   sys.close(efd);
   fe.close();

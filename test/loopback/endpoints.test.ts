@@ -20,6 +20,7 @@ import { VhostUserError } from '../../src/vhost-user/errors.js';
 import { negotiate } from '../../src/vhost-user/negotiate.js';
 import type { AnyMemoryRegion, CryptoSession, Inflight, IotlbMsg, Log, MemoryRegionWithFd, VringAddr } from '../../src/vhost-user/messages.js';
 import { silentLogger } from '../../src/log.js';
+import { readable } from '../helpers/events.js';
 
 const ALL_PROTOCOL = PROTOCOL_FEATURES_KNOWN & ~(1n << BigInt(ProtocolFeature.XEN_MMAP));
 // VIRTIO_F_VERSION_1, VIRTIO_F_IOMMU_PLATFORM (gates IOTLB_MSG), VHOST_USER_F_PROTOCOL_FEATURES.
@@ -72,8 +73,7 @@ class RecordingHandler implements BackendReqHandler {
   setVringNum(i: number, n: number) { this.rec('setVringNum', i, n); }
   setVringAddr(a: VringAddr) { this.rec('setVringAddr', a.index, a.descUserAddr); }
   setVringBase(i: number, b: number) { this.rec('setVringBase', i, b); }
-  // Settles on a later turn of the event loop: the endpoint must wait for an async handler.
-  async getVringBase(i: number) { this.rec('getVringBase', i); await new Promise((r) => setImmediate(r)); return 42; }
+  async getVringBase(i: number) { this.rec('getVringBase', i); await new Promise(setImmediate); return 42; }
   setVringKick(i: number, fd: number | null) { this.rec('setVringKick', i, fd === null); this.keep(fd); }
   setVringCall(i: number, fd: number | null) { this.rec('setVringCall', i, fd === null); this.keep(fd); }
   setVringErr(i: number, fd: number | null) { this.rec('setVringErr', i, fd === null); }
@@ -278,16 +278,6 @@ test('loopback: a malformed message closes the connection without leaking fds', 
 test('loopback: malformed request with NEED_REPLY under REPLY_ACK gets an error ack', async () => {
   const [a, b] = sys.socketpair();
   const be = new BackendEndpoint(b, new RecordingHandler(), { logger: silentLogger });
-  // Waits for the socket to become readable (an event, with a timeout only as a guard).
-  const readable = (): Promise<void> => new Promise((resolve, reject) => {
-    const guard = setTimeout(() => { w.close(); reject(new Error('no reply within 2 s')); }, 2000);
-    const w = sys.watchFd(a, sys.POLLIN, (status) => {
-      clearTimeout(guard);
-      w.close();
-      if (status < 0) reject(new Error(`watch failed: ${status}`));
-      else resolve();
-    });
-  });
   const recvReply = async (): Promise<Buffer> => {
     const reply = Buffer.alloc(20);
     for (;;) {
@@ -296,7 +286,7 @@ test('loopback: malformed request with NEED_REPLY under REPLY_ACK gets an error 
         assert.equal(r.bytes, 20);
         return reply;
       }
-      await readable();
+      await readable(a, 2000, 'a reply from the back-end');
     }
   };
   // GET_FEATURES first: SET_PROTOCOL_FEATURES is only legal once VHOST_USER_F_PROTOCOL_FEATURES was offered.

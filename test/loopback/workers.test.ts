@@ -20,6 +20,7 @@ import { ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES, VHOST_VRING_F_LOG, pro
 import { VHOST_F_LOG_ALL, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX } from '../../src/virtio/features.js';
 import { splitRingLayout } from '../../src/queue/driver.js';
 import type { Logger, LogLevel } from '../../src/log.js';
+import { Signal } from '../helpers/events.js';
 import { ReverseServer } from './fixtures/worker-reverse.js';
 
 const bit = (n: number): bigint => 1n << BigInt(n);
@@ -43,14 +44,21 @@ class SplitDevice implements VhostUserBackend {
     assert.ok(v && ev === 0, `main thread got event ${ev}`);
     this.main.handle(v);
   }
-  resetDevice() { this.resets++; }
+  /** Notified on every reset, so tests await it instead of polling. */
+  readonly changed = new Signal();
+  resetDevice() { this.resets++; this.changed.notify(); }
 }
 
 /** Records errors so a test can check what the daemon logged. */
 class RecordingLogger implements Logger {
   readonly lines: string[] = [];
+  /** Notified on every recorded line. */
+  readonly changed = new Signal();
   log(level: LogLevel, message: string): void {
-    if (level === 'error' || level === 'warn') this.lines.push(`${level}: ${message}`);
+    if (level === 'error' || level === 'warn') {
+      this.lines.push(`${level}: ${message}`);
+      this.changed.notify();
+    }
   }
 }
 
@@ -129,24 +137,27 @@ for (const eventIdx of [false, true]) {
       assert.equal(Buffer.from(out.subarray(0, text.length)).toString(), [...text].reverse().join(''));
       assert.notEqual(new DataView(out.buffer, out.byteOffset).getUint32(text.length, true), mainThreadId);
     }
-    // Old snapshots were handed back by the worker and unmapped: only the front-end's and the
-    // daemon's current mapping are left.
-    for (let i = 0; i < 100 && memfdMappings() > 2; i++) await new Promise((r) => setTimeout(r, 10));
-    assert.equal(memfdMappings(), 2, 'replaced tables are unmapped once the worker released them');
-
     // GET_VRING_BASE of the worker queue: the worker's ring position (1 + 40 requests).
     assert.equal(await fe.getVringBase(1), 41);
     assert.equal(await fe.getVringBase(0), 1);
+    // The worker posted 'released' for the old snapshots in the callbacks that completed the
+    // requests, before it answered the stop above (one port, in order): they are unmapped by now,
+    // leaving only the front-end's and the daemon's current mapping.
+    assert.equal(memfdMappings(), 2, 'replaced tables are unmapped once the worker released them');
     mem.memory.write(0x44000, Buffer.from('zz'));
     q1.driver.addChain([{ gpa: 0x44000, len: 2 }], [{ gpa: 0x44800, len: 8 }]);
     sys.eventfdWrite(q1.kickFd, 1);
-    await new Promise((r) => setTimeout(r, 30));
+    // Two requests the worker must answer (SET_VRING_ERR without fd waits for every worker): the
+    // second reaches the worker in a loop iteration after the one that saw the kick, so a kick it
+    // watched would have been handled by then.
+    await fe.setVringErr(1, null);
+    await fe.setVringErr(1, null);
     assert.equal(q1.driver.popUsed(), null, 'a stopped worker ring is not processed');
 
     // Disconnect and reconnect: a fresh worker serves the new connection.
     fe.close();
     for (const q of [q0, q1]) q.close();
-    for (let i = 0; i < 200 && dev.resets === 0; i++) await new Promise((r) => setTimeout(r, 10));
+    await dev.changed.until(() => dev.resets > 0, 5000, 'the device reset after the front-end left');
     assert.equal(dev.resets, 1);
     ({ fe, q0, q1 } = await connect(sock, mem, eventIdx));
     const c = await request(mem, q1, 0x42000, 'again');
@@ -193,10 +204,12 @@ test('workers: a worker stuck in device code is terminated when its connection e
   mem.memory.write(0x40000, Buffer.from('hang'));
   q1.driver.addChain([{ gpa: 0x40000, len: 4 }], [{ gpa: 0x40800, len: 16 }]);
   q1.kick(true);
+  // The worker must be stuck before the connection ends. Nothing observable marks that moment (the
+  // device spins right after popping the chain), so this is a bounded window, not a check.
   await new Promise((r) => setTimeout(r, 20));
   fe.close();
   for (const q of [q0, q1]) q.close();
-  for (let i = 0; i < 300 && !logger.lines.some((l) => /reset failed/.test(l)); i++) await new Promise((r) => setTimeout(r, 10));
+  await logger.changed.until(() => logger.lines.some((l) => /reset failed/.test(l)), 5000, 'the failed reset to be logged');
   assert.ok(logger.lines.some((l) => /reset failed: .*no answer in 200 ms/.test(l)), logger.lines.join('\n'));
   assert.ok(logger.lines.some((l) => /shutdown: .*no answer in 200 ms/.test(l)), logger.lines.join('\n'));
   assert.equal(dev.resets, 0, 'the device reset did not run past the stuck worker');
