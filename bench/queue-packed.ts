@@ -54,7 +54,7 @@ function splitRig(s: Shape): Rig {
     fill: () => {
       let n = 0;
       while (drv.freeCount >= perChain) {
-        if (s.indirect) drv.addIndirectChain(table + 0x100 * n, r, w);
+        if (s.indirect) drv.addIndirectChain(table + 0x40 * n, r, w);
         else drv.addChain(r, w);
         n++;
       }
@@ -67,7 +67,7 @@ function splitRig(s: Shape): Rig {
 }
 
 function packedRig(s: Shape): Rig {
-  const l = packedRingLayout(SIZE, RAM);
+  const l = packedRingLayout(SIZE, RAM + 0x2000); // after the split ring: both rigs stay set up
   const drv = new PackedQueueDriver(mem, SIZE, l.descGpa, l.driverGpa, l.deviceGpa);
   const q = new PackedQueue(SIZE);
   q.setMemory(mem);
@@ -80,7 +80,7 @@ function packedRig(s: Shape): Rig {
     fill: () => {
       let n = 0;
       while (drv.freeCount >= perChain) {
-        if (s.indirect) drv.addIndirectChain(table + 0x100 * n, r, w);
+        if (s.indirect) drv.addIndirectChain(table + 0x40 * n, r, w);
         else drv.addChain(r, w);
         n++;
       }

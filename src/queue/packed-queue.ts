@@ -32,7 +32,7 @@ function where(idx: number, inTable: boolean): string {
  * flags word with Atomics.load (acquire) before any other field, copies every address and
  * length out of the ring, and records the id as in flight with the number of ring descriptors
  * it took. `addUsed(id, len)` writes one used descriptor at the device's used position (id and
- * len first, flags last with Atomics.store: release) and skips that position forward by the
+ * len and id first, flags last with Atomics.store: release) and skips that position forward by the
  * chain's descriptor count, so chains may complete in any order.
  *
  * Error policy: a chain whose extent or id cannot be trusted (no end within `size` descriptors,
@@ -71,6 +71,8 @@ export class PackedQueue implements VirtQueue {
   private seenWritable = false;
   private mem: GuestMemory | null = null;
   private desc32: Uint32Array | null = null;
+  /** Same ring as u16s: flags and ids are accessed as u16 so Atomics stay on small integers. */
+  private desc16: Uint16Array | null = null;
   private driverEvent32: Uint32Array | null = null;
   private deviceEvent32: Uint32Array | null = null;
   private indirect32 = new Uint32Array(64);
@@ -138,11 +140,13 @@ export class PackedQueue implements VirtQueue {
 
   private dropViews(): void {
     this.desc32 = this.driverEvent32 = this.deviceEvent32 = null;
+    this.desc16 = null;
   }
 
   private mapRings(): void {
     const mem = this.mem as GuestMemory;
     this.desc32 = ringView(mem, this.descGpa, 16 * this.size, 'descriptor ring', Uint32Array);
+    this.desc16 = ringView(mem, this.descGpa, 16 * this.size, 'descriptor ring', Uint16Array);
     this.driverEvent32 = ringView(mem, this.driverGpa, VIRTQ_PACKED_EVENT_SIZE, 'driver event suppression area', Uint32Array);
     this.deviceEvent32 = ringView(mem, this.deviceGpa, VIRTQ_PACKED_EVENT_SIZE, 'device event suppression area', Uint32Array);
   }
@@ -210,8 +214,8 @@ export class PackedQueue implements VirtQueue {
 
   /** True when the descriptor at the device's next read position is available. */
   hasPending(): boolean {
-    const d = this.desc32;
-    return d !== null && isAvailable(Atomics.load(d, 4 * this.nextAvail + 3) >>> 16, this.availWrap);
+    const d = this.desc16;
+    return d !== null && isAvailable(Atomics.load(d, 8 * this.nextAvail + 7), this.availWrap);
   }
 
   /**
@@ -221,34 +225,39 @@ export class PackedQueue implements VirtQueue {
    */
   popDescriptorChain(reuse?: DescriptorChain): DescriptorChain | null {
     const desc32 = this.desc32;
-    if (!this.ready || this.broken || desc32 === null) return null;
+    const desc16 = this.desc16;
+    if (!this.ready || this.broken || desc32 === null || desc16 === null) return null;
     const size = this.size;
     let pos = this.nextAvail;
     let wrap = this.availWrap;
     // Acquire: the head's flags are published last; everything else of the chain is visible after.
-    let word3 = Atomics.load(desc32, 4 * pos + 3);
-    if (!isAvailable(word3 >>> 16, wrap)) return null;
+    let flags = Atomics.load(desc16, 8 * pos + 7);
+    if (!isAvailable(flags, wrap)) return null;
     const chain = reuse ?? new DescriptorChain();
     chain.reset(0, this.mem as GuestMemory);
     this.seenWritable = false;
     let bad: QueueError | null = null;
     let n = 0;
     for (;;) {
-      const flags = word3 >>> 16;
       n++;
-      if (bad === null) bad = this.take(chain, desc32, 4 * pos, flags, n > 1);
+      if (bad === null) {
+        const b = 4 * pos;
+        bad = (flags & VIRTQ_DESC_F_INDIRECT) === 0
+          ? this.buffer(chain, desc32[b] as number, desc32[b + 1] as number, desc32[b + 2] as number, (flags & VIRTQ_DESC_F_WRITE) !== 0, pos, false)
+          : this.takeIndirect(chain, desc32, b, flags, n > 1);
+      }
       if ((flags & VIRTQ_DESC_F_NEXT) === 0) break;
       if (n === size) return this.stop('chain-too-long', `chain at ring position ${this.nextAvail} has no end within the queue size ${size}`);
       if (++pos === size) {
         pos = 0;
         wrap = !wrap;
       }
-      word3 = desc32[4 * pos + 3] as number;
-      if (!isAvailable(word3 >>> 16, wrap)) {
-        return this.stop('descriptor-not-available', `descriptor ${pos} (${n + 1}th of the chain at ${this.nextAvail}) is not available for wrap counter ${wrap ? 1 : 0} (flags 0x${(word3 >>> 16).toString(16)})`);
+      flags = desc16[8 * pos + 7] as number;
+      if (!isAvailable(flags, wrap)) {
+        return this.stop('descriptor-not-available', `descriptor ${pos} (${n + 1}th of the chain at ${this.nextAvail}) is not available for wrap counter ${wrap ? 1 : 0} (flags 0x${flags.toString(16)})`);
       }
     }
-    const id = word3 & 0xffff;
+    const id = desc16[8 * pos + 6] as number;
     if (id >= size) return this.stop('bad-buffer-id', `buffer id ${id} of the chain at ring position ${this.nextAvail} ≥ queue size ${size}`);
     if (this.inflight[id] !== 0) return this.stop('buffer-id-in-use', `buffer id ${id} of the chain at ring position ${this.nextAvail} is already in flight`);
     // The extent and id are sound: consume the chain and account for it.
@@ -273,12 +282,11 @@ export class PackedQueue implements VirtQueue {
     throw new QueueError(kind, message, null);
   }
 
-  /** Validates one ring descriptor (expanding an indirect table) into `chain`; returns the error instead of throwing. */
-  private take(chain: DescriptorChain, t: Uint32Array, b: number, flags: number, linked: boolean): QueueError | null {
+  /** Validates an indirect ring descriptor and expands its table into `chain`; returns the error instead of throwing. */
+  private takeIndirect(chain: DescriptorChain, t: Uint32Array, b: number, flags: number, linked: boolean): QueueError | null {
     const lo = t[b] as number;
     const hi = t[b + 1] as number;
     const len = t[b + 2] as number;
-    if ((flags & VIRTQ_DESC_F_INDIRECT) === 0) return this.buffer(chain, lo, hi, len, (flags & VIRTQ_DESC_F_WRITE) !== 0, b >>> 2, false);
     if (linked || (flags & VIRTQ_DESC_F_NEXT) !== 0) {
       return new QueueError('indirect-with-next', `indirect descriptor ${b >>> 2} is part of a NEXT-linked list`);
     }
@@ -326,14 +334,15 @@ export class PackedQueue implements VirtQueue {
   }
 
   /**
-   * Completes the in-flight chain with buffer id `id`: writes a used descriptor (len, then id and
-   * flags together with Atomics.store: release) at the used position, then skips it forward by
+   * Completes the in-flight chain with buffer id `id`: writes a used descriptor (len and id, then
+   * flags with Atomics.store: release) at the used position, then skips it forward by
    * the chain's descriptor count. `len` is the number of bytes written into the chain. Throws
    * `bad-buffer-id` for an id that is out of range or not in flight.
    */
   addUsed(id: number, len: number): void {
     const desc32 = this.desc32;
-    if (desc32 === null) throw new QueueError('not-ready', 'queue rings are not mapped');
+    const desc16 = this.desc16;
+    if (desc32 === null || desc16 === null) throw new QueueError('not-ready', 'queue rings are not mapped');
     if (!(id >= 0 && id < this.size) || !Number.isInteger(id) || this.inflight[id] === 0) {
       throw new QueueError('bad-buffer-id', `used id ${id} is not a buffer in flight (queue size ${this.size})`);
     }
@@ -342,7 +351,8 @@ export class PackedQueue implements VirtQueue {
     // WRITE in a used descriptor says whether len is meaningful (§2.8.4).
     const flags = (this.usedWrap ? USED_FLAGS_WRAP1 : 0) | (len !== 0 ? VIRTQ_DESC_F_WRITE : 0);
     desc32[b + 2] = len >>> 0;
-    Atomics.store(desc32, b + 3, (id | (flags << 16)) >>> 0);
+    desc16[2 * b + 6] = id;
+    Atomics.store(desc16, 2 * b + 7, flags);
     this.inflight[id] = 0;
     this.inflightCount--;
     const n = this.chainLen[id] as number;
