@@ -5,6 +5,7 @@ import {
   VIRTQ_DESC_F_AVAIL, VIRTQ_DESC_F_USED, VIRTQ_DESC_F_WRITE, decodePackedState, encodePackedState, splitRingLayout,
   type DescriptorChain, type GuestBuffer, type VirtQueue,
 } from '../../src/queue/index.js';
+import { DirtyLog, arrayBufferBacking } from '../../src/memory/index.js';
 import { decodePackedVringBase, encodePackedVringBase } from '../../src/vhost-user/constants.js';
 import { DATA, RAM, RAM_SIZE, mapShared, pop, rig, type Mems } from './packed-rig.js';
 
@@ -341,4 +342,29 @@ test('SplitQueue and PackedQueue serve the same loop through the VirtQueue inter
     for (let i = 0; i < 3; i++) assert.equal(reap()?.len, 1);
     assert.equal(m.drvMem.readU8(DATA + 0x12), 42);
   }
+});
+
+test('dirty logging: used descriptors logged at their place in the descriptor ring, device area writes at theirs', () => {
+  const logBuf = new ArrayBuffer(64); // covers 512 pages = 2 MiB
+  const devMem = mems.devMem.withDirtyLog(new DirtyLog(arrayBufferBacking(logBuf), 0, 64));
+  const { q, drv } = rig({ devMem, drvMem: mems.drvMem, dispose: () => undefined }, 512);
+  const bits = new Uint8Array(logBuf);
+  const isSet = (gpa: number): boolean => ((bits[gpa >> 15] as number) >> ((gpa >> 12) & 7) & 1) === 1;
+  // 512 descriptors: 8 KiB of ring over pages RAM and RAM + 0x1000; device area on the next page.
+  drv.addChain([{ gpa: DATA, len: 1 }]);
+  q.addUsed(pop(q).headIndex, 0);
+  q.disableNotification();
+  assert.equal(bits.some((b) => b !== 0), false, 'logging off: nothing marked');
+  q.setUsedLog(q.deviceGpa);
+  for (let i = 0; i < 300; i++) {
+    drv.addChain([{ gpa: DATA, len: 1 }]);
+    q.addUsed(pop(q).headIndex, 0);
+    drv.popUsed();
+  }
+  assert.equal(isSet(q.descGpa), true);
+  assert.equal(isSet(q.descGpa + 0x1000), true, 'used descriptors past position 256 are on the second page');
+  assert.equal(isSet(q.deviceGpa), false);
+  q.enableNotification();
+  assert.equal(isSet(q.deviceGpa), true);
+  assert.equal(isSet(DATA), false);
 });
