@@ -36,7 +36,8 @@ function where(idx: number, inTable: boolean): string {
  * chain's descriptor count, so chains may complete in any order.
  *
  * Error policy: a chain whose extent or id cannot be trusted (no end within `size` descriptors,
- * a later descriptor not marked available, id ≥ size, id already in flight) throws with
+ * a later descriptor not marked available, id ≥ size, id already in flight, a chain overlapping
+ * descriptors still in flight) throws with
  * `headIndex` null, leaves the ring untouched and sets `broken`: the device stops. A chain with
  * a sound extent and id but bad contents (addresses, lengths, indirect rules, ordering) is
  * consumed and throws with `headIndex` = its buffer id, to be completed with `addUsed(id, 0)`.
@@ -68,6 +69,8 @@ export class PackedQueue implements VirtQueue {
   private readonly inflight: Uint8Array;
   private readonly chainLen: Uint16Array;
   private inflightCount = 0;
+  /** Ring descriptors held by in-flight chains (≤ size). */
+  private inflightDescs = 0;
   private seenWritable = false;
   private mem: GuestMemory | null = null;
   private desc32: Uint32Array | null = null;
@@ -188,6 +191,7 @@ export class PackedQueue implements VirtQueue {
   private clearInflight(): void {
     this.inflight.fill(0);
     this.inflightCount = 0;
+    this.inflightDescs = 0;
     this.usedSinceSignal = 0;
     this.signalledValid = false;
   }
@@ -260,6 +264,11 @@ export class PackedQueue implements VirtQueue {
     const id = desc16[8 * pos + 6] as number;
     if (id >= size) return this.stop('bad-buffer-id', `buffer id ${id} of the chain at ring position ${this.nextAvail} ≥ queue size ${size}`);
     if (this.inflight[id] !== 0) return this.stop('buffer-id-in-use', `buffer id ${id} of the chain at ring position ${this.nextAvail} is already in flight`);
+    if (this.inflightDescs + n > size) {
+      // Some of these positions still belong to chains the device has not completed: the driver
+      // cannot have made them available again (it lapped the device).
+      return this.stop('descriptor-not-available', `chain of ${n} at ring position ${this.nextAvail} overlaps the ${this.inflightDescs} descriptors still in flight (queue size ${size})`);
+    }
     // The extent and id are sound: consume the chain and account for it.
     if (++pos === size) {
       pos = 0;
@@ -270,6 +279,7 @@ export class PackedQueue implements VirtQueue {
     this.inflight[id] = 1;
     this.chainLen[id] = n;
     this.inflightCount++;
+    this.inflightDescs += n;
     chain.headIndex = id;
     if (bad !== null) throw new QueueError(bad.kind, `buffer id ${id}: ${bad.message}`, id);
     chain.finish();
@@ -356,6 +366,7 @@ export class PackedQueue implements VirtQueue {
     this.inflight[id] = 0;
     this.inflightCount--;
     const n = this.chainLen[id] as number;
+    this.inflightDescs -= n;
     let next = pos + n;
     if (next >= this.size) {
       next -= this.size;

@@ -109,6 +109,19 @@ function lastPublished(r: Rig): { pos: number; wrap: boolean } {
   return p === 0 ? { pos: r.drv.size - 1, wrap: !r.drv.availWrapCounter } : { pos: p - 1, wrap: r.drv.availWrapCounter };
 }
 
+test('a driver lapping the device (positions of chains still in flight made available again): stop', () => {
+  const r = rig(mems, 4);
+  r.drv.writeDesc(1, DATA, 4, 0, AV1);
+  r.drv.writeDesc(0, DATA, 4, 0, AV1 | VIRTQ_DESC_F_NEXT);
+  assert.equal(pop(r.q).headIndex, 0); // positions 0-1 in flight
+  r.drv.writeDesc(2, DATA, 4, 1, AV1);
+  assert.equal(pop(r.q).headIndex, 1); // position 2 in flight
+  // Positions 3 (wrap 1) and 0 (wrap 0, still held by buffer 0) as one chain with a fresh id.
+  r.drv.writeDesc(0, DATA, 4, 2, PackedQueueDriver.availFlags(false));
+  r.drv.writeDesc(3, DATA, 4, 2, AV1 | VIRTQ_DESC_F_NEXT);
+  expectStopped(r, 'descriptor-not-available');
+});
+
 test('buffer out of guest memory, address ≥ 2^53, address + length wrapping past 2^64: completed', () => {
   const r = rig(mems, 4);
   expectCompleted(r, r.drv.addChain([{ gpa: RAM + RAM_SIZE - 2, len: 4 }]), 'out-of-range');
