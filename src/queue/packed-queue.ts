@@ -69,6 +69,9 @@ export class PackedQueue implements VirtQueue {
   private readonly inflight: Uint8Array;
   private readonly chainLen: Uint16Array;
   private inflightCount = 0;
+  /** Position of the first used descriptor written by addUsedDeferred and not yet published, or -1. */
+  private pendingPos = -1;
+  private pendingFlags = 0;
   /** Ring descriptors held by in-flight chains (≤ size). */
   private inflightDescs = 0;
   private seenWritable = false;
@@ -102,6 +105,7 @@ export class PackedQueue implements VirtQueue {
     PackedQueue.checkSize(n);
     if (n > this.maxSize) throw new QueueError('invalid-size', `queue size ${n} exceeds the device maximum ${this.maxSize}`);
     this.size = n;
+    this.pendingPos = -1;
     this.dropViews();
   }
 
@@ -116,11 +120,15 @@ export class PackedQueue implements VirtQueue {
     this.descGpa = descGpa;
     this.driverGpa = driverGpa;
     this.deviceGpa = deviceGpa;
+    this.pendingPos = -1; // a deferred publish belongs to the old ring
     this.dropViews();
     if (this.mem !== null) this.mapRings();
   }
 
-  /** Uses `mem` from now on: re-validates and maps the ring parts (`bad-ring`/`misaligned`). */
+  /**
+   * Uses `mem` from now on: re-validates and maps the ring parts (`bad-ring`/`misaligned`). A
+   * pending deferred publish is kept and lands through the new mapping.
+   */
   setMemory(mem: GuestMemory): void {
     this.mem = mem;
     this.dropViews();
@@ -192,6 +200,7 @@ export class PackedQueue implements VirtQueue {
     this.inflight.fill(0);
     this.inflightCount = 0;
     this.inflightDescs = 0;
+    this.pendingPos = -1;
     this.usedSinceSignal = 0;
     this.signalledValid = false;
   }
@@ -350,6 +359,18 @@ export class PackedQueue implements VirtQueue {
    * `bad-buffer-id` for an id that is out of range or not in flight.
    */
   addUsed(id: number, len: number): void {
+    this.addUsedDeferred(id, len);
+    this.publishUsed();
+  }
+
+  /**
+   * Like addUsed, but the first used descriptor of a batch stays invisible to the driver until
+   * `publishUsed()` (or `needsNotification()`): later ones are written with plain stores, and the
+   * single release store of the first one's flags publishes them all, since the driver only polls
+   * its next used position (§2.8.6, as DPDK's vhost flushes its shadow used ring). One atomic per
+   * batch instead of one per chain.
+   */
+  addUsedDeferred(id: number, len: number): void {
     const desc32 = this.desc32;
     const desc16 = this.desc16;
     if (desc32 === null || desc16 === null) throw new QueueError('not-ready', 'queue rings are not mapped');
@@ -362,7 +383,12 @@ export class PackedQueue implements VirtQueue {
     const flags = (this.usedWrap ? USED_FLAGS_WRAP1 : 0) | (len !== 0 ? VIRTQ_DESC_F_WRITE : 0);
     desc32[b + 2] = len >>> 0;
     desc16[2 * b + 6] = id;
-    Atomics.store(desc16, 2 * b + 7, flags);
+    if (this.pendingPos < 0) {
+      this.pendingPos = pos;
+      this.pendingFlags = flags;
+    } else {
+      desc16[2 * b + 7] = flags;
+    }
     this.inflight[id] = 0;
     this.inflightCount--;
     const n = this.chainLen[id] as number;
@@ -377,6 +403,15 @@ export class PackedQueue implements VirtQueue {
     if (this.logging) this.mem?.dirtyLog?.markDirty(this.descGpa + 16 * pos, 16);
   }
 
+  /** Makes the used descriptors written by addUsedDeferred visible to the driver (release). */
+  publishUsed(): void {
+    const pos = this.pendingPos;
+    if (pos < 0) return;
+    this.pendingPos = -1;
+    const d = this.desc16;
+    if (d !== null) Atomics.store(d, 8 * pos + 7, this.pendingFlags);
+  }
+
   /**
    * Whether the driver wants a used-buffer notification for what was used since the last call:
    * driver area flags ENABLE → yes, DISABLE → no, DESC (with EVENT_IDX) → whether the used
@@ -387,6 +422,7 @@ export class PackedQueue implements VirtQueue {
   needsNotification(): boolean {
     const ev = this.driverEvent32;
     if (ev === null) throw new QueueError('not-ready', 'queue rings are not mapped');
+    this.publishUsed();
     const v = Atomics.load(ev, 0);
     const moved = this.usedSinceSignal;
     const valid = this.signalledValid;

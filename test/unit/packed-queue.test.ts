@@ -368,3 +368,32 @@ test('dirty logging: used descriptors logged at their place in the descriptor ri
   assert.equal(isSet(q.deviceGpa), true);
   assert.equal(isSet(DATA), false);
 });
+
+test('deferred used descriptors: invisible to the driver until one publish, then all reaped in order', () => {
+  const { q, drv } = rig(mems, 8, true);
+  const ids = [drv.addChain([{ gpa: DATA, len: 1 }]), drv.addChain([{ gpa: DATA, len: 1 }], [{ gpa: DATA + 8, len: 4 }]), drv.addChain([{ gpa: DATA, len: 1 }])];
+  const chains = [pop(q), pop(q), pop(q)].map((c) => c.headIndex);
+  assert.deepEqual(chains, ids);
+  q.addUsedDeferred(ids[1] as number, 4);
+  q.addUsedDeferred(ids[0] as number, 0);
+  assert.equal(drv.popUsed(), null, 'first used descriptor of the batch not yet published');
+  q.publishUsed();
+  assert.deepEqual(drv.popUsed(), { id: ids[1], len: 4 });
+  assert.deepEqual(drv.popUsed(), { id: ids[0], len: 0 });
+  assert.equal(drv.popUsed(), null);
+  // needsNotification publishes a pending batch before deciding.
+  drv.enableInterrupts();
+  q.addUsedDeferred(ids[2] as number, 0);
+  assert.equal(drv.hasUsed(), false);
+  assert.equal(q.needsNotification(), true);
+  assert.deepEqual(drv.popUsed(), { id: ids[2], len: 0 });
+  // A batch that wraps the ring.
+  for (let round = 0; round < 5; round++) {
+    const got: number[] = [];
+    for (let i = 0; i < 3; i++) got.push(drv.addChain([{ gpa: DATA, len: 1 }], [{ gpa: DATA + 8, len: 1 }]));
+    for (let c = q.popDescriptorChain(); c !== null; c = q.popDescriptorChain()) q.addUsedDeferred(c.headIndex, 1);
+    assert.equal(drv.hasUsed(), false);
+    q.publishUsed();
+    assert.deepEqual([drv.popUsed()?.id, drv.popUsed()?.id, drv.popUsed()?.id], got);
+  }
+});
