@@ -7,4 +7,4 @@ export { SplitQueueDriver, splitRingLayout, type GuestBuffer, type UsedElement, 
 export * from './packed-constants.js';
 export { PackedQueue } from './packed-queue.js';
 export { PackedQueueDriver, packedRingLayout, type PackedRingLayout, type PackedEventSuppression } from './packed-driver.js';
-export type { VirtQueue } from './virtqueue.js';
+export type { VirtQueue, VirtQueueDriver } from './virtqueue.js';

@@ -1,5 +1,6 @@
 import type { GuestMemory } from '../memory/index.js';
 import type { DescriptorChain } from './chain.js';
+import type { GuestBuffer, UsedElement } from './driver.js';
 
 /**
  * Device-side operations common to split and packed virtqueues, so a device framework can hold
@@ -46,4 +47,27 @@ export interface VirtQueue {
   disableNotification(): void;
   /** Asks the driver to notify; true if buffers arrived meanwhile. */
   enableNotification(): boolean;
+}
+
+/**
+ * Driver-side operations common to SplitQueueDriver and PackedQueueDriver, so a front-end
+ * harness can drive either ring format.
+ */
+export interface VirtQueueDriver {
+  /** Queue size. */
+  readonly size: number;
+  /** EVENT_IDX semantics on. */
+  eventIdx: boolean;
+  /** Free descriptors. */
+  readonly freeCount: number;
+  /** Makes a chain of readable then writable buffers available; returns its id. */
+  addChain(readable: readonly GuestBuffer[], writable?: readonly GuestBuffer[]): number;
+  /** Makes a chain available through an indirect table written at `tableGpa`; returns its id. */
+  addIndirectChain(tableGpa: number, readable: readonly GuestBuffer[], writable?: readonly GuestBuffer[]): number;
+  /** Whether the device wants a notification for what was added since the last call. */
+  kickNeeded(): boolean;
+  /** Reaps one used buffer, or null. */
+  popUsed(): UsedElement | null;
+  /** Asks for a used-buffer notification on the next completion. */
+  enableInterrupts(): void;
 }

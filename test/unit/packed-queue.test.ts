@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import {
   PackedQueue, PackedQueueDriver, RING_EVENT_FLAGS_DESC, RING_EVENT_FLAGS_DISABLE, RING_EVENT_FLAGS_ENABLE, SplitQueue, SplitQueueDriver,
   VIRTQ_DESC_F_AVAIL, VIRTQ_DESC_F_USED, VIRTQ_DESC_F_WRITE, decodePackedState, encodePackedState, splitRingLayout,
-  type DescriptorChain, type GuestBuffer, type VirtQueue,
+  type DescriptorChain, type GuestBuffer, type VirtQueue, type VirtQueueDriver,
 } from '../../src/queue/index.js';
 import { DirtyLog, arrayBufferBacking } from '../../src/memory/index.js';
 import { decodePackedVringBase, encodePackedVringBase } from '../../src/vhost-user/constants.js';
@@ -310,7 +310,7 @@ test('non-power-of-two sizes work; misaligned areas and bad sizes are refused', 
   assert.throws(() => q.setAddresses(RAM + RAM_SIZE - 0x20, RAM, RAM + 4), /descriptor ring/);
 });
 
-test('SplitQueue and PackedQueue serve the same loop through the VirtQueue interface', () => {
+test('SplitQueue and PackedQueue (and their drivers) work through the VirtQueue and VirtQueueDriver interfaces', () => {
   const serve = (q: VirtQueue): number => {
     let n = 0;
     let reuse: DescriptorChain | undefined;
@@ -332,14 +332,12 @@ test('SplitQueue and PackedQueue serve the same loop through the VirtQueue inter
   sq.setMemory(m.devMem);
   sq.setAddresses(sl.descGpa, sl.availGpa, sl.usedGpa);
   sq.ready = true;
-  for (const [q, add, reap] of [
-    [pq, (b: GuestBuffer, w: GuestBuffer) => pd.addChain([b], [w]), () => pd.popUsed()],
-    [sq, (b: GuestBuffer, w: GuestBuffer) => sd.addChain([b], [w]), () => sd.popUsed()],
-  ] as const) {
+  const pairs: [VirtQueue, VirtQueueDriver][] = [[pq, pd], [sq, sd]];
+  for (const [q, d] of pairs) {
     m.drvMem.writeU8(DATA, 41);
-    for (let i = 0; i < 3; i++) add({ gpa: DATA, len: 1 }, { gpa: DATA + 0x10 + i, len: 1 });
+    for (let i = 0; i < 3; i++) d.addChain([{ gpa: DATA, len: 1 }], [{ gpa: DATA + 0x10 + i, len: 1 }]);
     assert.equal(serve(q), 3);
-    for (let i = 0; i < 3; i++) assert.equal(reap()?.len, 1);
+    for (let i = 0; i < 3; i++) assert.equal(d.popUsed()?.len, 1);
     assert.equal(m.drvMem.readU8(DATA + 0x12), 42);
   }
 });
