@@ -46,7 +46,12 @@ export type QueueErrorKind =
   | 'readable-after-writable'
   | 'out-of-range'
   | 'overflow'
-  | 'buffer-too-small';
+  | 'buffer-too-small'
+  // Packed ring (VIRTIO 1.2 §2.8): a chain descriptor after the first is not marked available, a
+  // buffer id is ≥ the queue size, or a buffer id is made available again while still in flight.
+  | 'descriptor-not-available'
+  | 'bad-buffer-id'
+  | 'buffer-id-in-use';
 
 /**
  * Error for a misconfigured queue or a malformed request. For chain errors `headIndex` is the

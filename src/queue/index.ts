@@ -3,3 +3,8 @@ export * from './constants.js';
 export { DescriptorChain, Reader, Writer } from './chain.js';
 export { SplitQueue, type SplitQueueState } from './split-queue.js';
 export { SplitQueueDriver, splitRingLayout, type GuestBuffer, type UsedElement, type SplitRingLayout } from './driver.js';
+// Packed virtqueue (VIRTIO 1.2 §2.8) and the interface both ring formats share.
+export * from './packed-constants.js';
+export { PackedQueue } from './packed-queue.js';
+export { PackedQueueDriver, packedRingLayout, type PackedRingLayout, type PackedEventSuppression } from './packed-driver.js';
+export type { VirtQueue, VirtQueueDriver } from './virtqueue.js';
