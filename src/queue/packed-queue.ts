@@ -309,8 +309,10 @@ export class PackedQueue implements VirtQueue {
     if (linked || (flags & VIRTQ_DESC_F_NEXT) !== 0) {
       return new QueueError('indirect-with-next', `indirect descriptor ${b >>> 2} is part of a NEXT-linked list`);
     }
-    if (len === 0 || len % 16 !== 0 || len > 16 * VIRTQ_MAX_INDIRECT) {
-      return new QueueError('bad-indirect-len', `indirect table length ${len} is not a non-zero multiple of 16 up to ${16 * VIRTQ_MAX_INDIRECT}`);
+    // As the split ring: at most max(queue size, 1024) entries (a chain must not outgrow the queue).
+    const maxEntries = Math.min(VIRTQ_MAX_INDIRECT, Math.max(this.size, 1024));
+    if (len === 0 || len % 16 !== 0 || len > 16 * maxEntries) {
+      return new QueueError('bad-indirect-len', `indirect table length ${len} is not a non-zero multiple of 16 up to ${16 * maxEntries}`);
     }
     const mem = this.mem as GuestMemory;
     const addr = hi * TWO32 + lo;

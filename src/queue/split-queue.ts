@@ -43,6 +43,9 @@ function ringView<T extends Uint16Array | Uint32Array>(
  * recycled). Those views alias the snapshot's mappings: keep that snapshot pinned (a
  * GuestMemoryGuard) for as long as the queue uses it.
  */
+/** Indirect table entries accepted even on small queues (QEMU's VIRTQUEUE_MAX_SIZE). */
+const MAX_INDIRECT_SEGMENTS = 1024;
+
 export class SplitQueue {
   /** Largest size this queue accepts (device maximum). */
   readonly maxSize: number;
@@ -291,8 +294,12 @@ export class SplitQueue {
       if ((flags & VIRTQ_DESC_F_INDIRECT) !== 0) {
         if (inIndirect) throw new QueueError('nested-indirect', `indirect descriptor ${idx} inside an indirect table`, head);
         if ((flags & VIRTQ_DESC_F_NEXT) !== 0) throw new QueueError('indirect-with-next', `descriptor ${idx} has both INDIRECT and NEXT`, head);
-        if (len === 0 || len % 16 !== 0 || len > 16 * VIRTQ_MAX_INDIRECT) {
-          throw new QueueError('bad-indirect-len', `indirect table length ${len} is not a non-zero multiple of 16 up to ${16 * VIRTQ_MAX_INDIRECT}`, head);
+        // At most max(queue size, 1024) entries: a driver must not build a chain longer than the
+        // queue (VIRTIO 1.2 §2.7.5.3.1), QEMU maps at most 1024 segments, and a bound keeps a
+        // hostile table from growing every recycled chain's buffers to 64Ki entries.
+        const maxEntries = Math.min(VIRTQ_MAX_INDIRECT, Math.max(this.size, MAX_INDIRECT_SEGMENTS));
+        if (len === 0 || len % 16 !== 0 || len > 16 * maxEntries) {
+          throw new QueueError('bad-indirect-len', `indirect table length ${len} is not a non-zero multiple of 16 up to ${16 * maxEntries}`, head);
         }
         if (!mem.checkRange(addr, len)) {
           throw new QueueError('out-of-range', `indirect table 0x${addr.toString(16)}+0x${len.toString(16)} is outside guest memory`, head);

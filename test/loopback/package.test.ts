@@ -3,9 +3,9 @@
 // addon must load and the bins must run.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import { promisify } from 'node:util';
-import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -16,8 +16,15 @@ const root = fileURLToPath(new URL('../../..', import.meta.url));
 test('npm pack, install with --ignore-scripts: import works from the prebuilt addon and the bins run', { timeout: 300_000 }, async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'vu-pack-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
-  // prepack builds dist/ and the prebuilt addon.
-  const { stdout } = await run('npm', ['pack', '--pack-destination', dir, '--silent'], { cwd: root, maxBuffer: 16 << 20 });
+  // A copy of the checkout (what git tracks or would track) with its node_modules linked: prepack
+  // builds dist/ and the prebuilt addon there, leaving this checkout's build/ alone.
+  const src = join(dir, 'src');
+  const files = execFileSync('git', ['ls-files', '-co', '--exclude-standard', '-z'], { cwd: root }).toString().split('\0').filter((f) => f && existsSync(join(root, f)));
+  execFileSync('tar', ['-cf', join(dir, 'src.tar'), '--null', '-T', '-'], { cwd: root, input: files.join('\0') });
+  execFileSync('mkdir', [src]);
+  execFileSync('tar', ['-xf', join(dir, 'src.tar')], { cwd: src });
+  symlinkSync(join(root, 'node_modules'), join(src, 'node_modules'));
+  const { stdout } = await run('npm', ['pack', '--pack-destination', dir, '--silent'], { cwd: src, maxBuffer: 16 << 20 });
   const tarball = join(dir, stdout.trim().split('\n').pop()!);
   assert.ok(existsSync(tarball), tarball);
   const app = join(dir, 'app');

@@ -70,6 +70,7 @@ const cases: Case[] = [
   } },
   { name: 'indirect table of length 0', kind: 'bad-indirect-len', build: (d) => { d.writeDesc(10, TABLE, 0, IND, 0); return 10; } },
   { name: 'indirect table length not a multiple of 16', kind: 'bad-indirect-len', build: (d) => { d.writeDesc(10, TABLE, 24, IND, 0); return 10; } },
+  { name: 'indirect table longer than max(queue size, 1024) entries', kind: 'bad-indirect-len', build: (d) => { d.writeDesc(10, TABLE, 16 * 1025, IND, 0); return 10; } },
   { name: 'indirect table outside guest memory', kind: 'out-of-range', build: (d) => { d.writeDesc(10, RAM + RAM_SIZE - 16, 32, IND, 0); return 10; } },
   { name: 'loop inside an indirect table', kind: 'chain-too-long', build: (d) => {
     d.writeIndirectDesc(TABLE, 0, DATA, 4, NEXT, 1);

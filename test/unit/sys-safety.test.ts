@@ -92,9 +92,9 @@ test('mmap: a range beyond the end of the file is refused (EINVAL), so it can ne
 
 test('the addon itself refuses foreign handles (a watcher handle given as a mapping and vice versa)', () => {
   // Run in a child so that the raw addon can be loaded directly, as a hostile caller would.
-  const addon = new URL('../../../build/Release/vhost_user_native.node', import.meta.url).pathname;
+  const root = new URL('../../..', import.meta.url).pathname;
   const code = `
-    const n = require(${JSON.stringify(addon)});
+    const n = require('node-gyp-build')(${JSON.stringify(root)});
     const fd = n.memfdCreate('t', 1); n.ftruncate(fd, 4096);
     const [mh] = n.mmap(fd, 0, 4096, n.constants.PROT_READ | n.constants.PROT_WRITE, 1);
     const efd = n.eventfd(0, n.constants.EFD_NONBLOCK);
