@@ -29,6 +29,11 @@ export function defaultProtocolFeatures(backend: VhostUserBackend): bigint {
 export interface VhostUserBackend {
   /** Number of virtqueues the device has. */
   numQueues(): number;
+  /**
+   * The device type as the feature tables name it (`blk`, `net`, `rng`...): device-specific
+   * feature bits are then logged by name.
+   */
+  deviceType?(): string;
   /** Largest queue size the device accepts (power of two). Default {@link DEFAULT_MAX_QUEUE_SIZE}. */
   maxQueueSize?(): number;
   /**

@@ -11,6 +11,7 @@ import { StderrLogger, toLogger, type Logger, type PinoLikeLogger } from '../log
 import { onGuestMemoryFault } from '../memory/index.js';
 import type { VhostUserBackend } from './backend.js';
 import { VhostUserHandler } from './handler.js';
+import { formatQueueStats, type QueueStatsSnapshot } from './stats.js';
 import type { VringEventHandler } from './event-handler.js';
 
 /** Options of a {@link VhostUserDaemon}. */
@@ -112,6 +113,24 @@ export class VhostUserDaemon {
     });
   }
 
+  /**
+   * Per-queue counters of the front-end being served (empty when none is): requests, bytes in and
+   * out, errors, kicks, interrupts, requests in flight.
+   */
+  stats(): QueueStatsSnapshot[] {
+    return this.handler?.stats() ?? [];
+  }
+
+  /** Logs the current front-end's per-queue counters (one record per queue). */
+  logStats(reason: string): void {
+    const h = this.handler;
+    if (h === null) {
+      this.logger.log('info', `${reason}: no front-end connected`);
+      return;
+    }
+    for (const s of h.stats()) this.logger.log('info', `${reason}: ${formatQueueStats(s)}`, { ...s });
+  }
+
   /** The per-thread event handlers of the current connection (rust-vmm's `get_epoll_handlers`). */
   getEpollHandlers(): readonly VringEventHandler[] {
     return this.handler?.eventHandlers ?? [];
@@ -211,6 +230,7 @@ export class VhostUserDaemon {
     });
     this.sessionEnd = endpoint.closed().then(async (err) => {
       stopFaults();
+      for (const st of handler.stats()) this.logger.log('info', `connection ${id} ${formatQueueStats(st)}`, { connection: id, ...st });
       this.logger.log('info', `front-end disconnected (connection ${id})${err ? `: ${err.message}` : ''}`, { connection: id });
       try {
         await handler.close();

@@ -4,22 +4,24 @@
  * @module
  */
 import * as sys from '../sys/index.js';
-import { GuestMemory, GuestMemoryAtomic, mapDirtyLog, mapGuestRegion, u64ToNumber, type GuestRegion } from '../memory/index.js';
+import { GuestMemory, GuestMemoryAtomic, GuestMemoryError, mapDirtyLog, mapGuestRegion, u64ToNumber, type GuestRegion } from '../memory/index.js';
 import type { BackendReqHandler } from '../vhost-user/backend-handler.js';
 import type { BackendChannel } from '../vhost-user/backend-channel.js';
 import {
   ProtocolFeature,
   VHOST_USER_F_PROTOCOL_FEATURES,
   VHOST_VRING_F_LOG,
+  decodeProtocolFeatures,
   decodeSplitVringBase,
   protocolFeatureMask,
 } from '../vhost-user/constants.js';
-import { VHOST_F_LOG_ALL, VIRTIO_RING_F_EVENT_IDX } from '../virtio/features.js';
+import { VHOST_F_LOG_ALL, VIRTIO_RING_F_EVENT_IDX, decodeFeatures } from '../virtio/features.js';
 import type { AnyMemoryRegion, CryptoSession, Log, MemoryRegionWithFd, ShmemConfig, VringAddr } from '../vhost-user/messages.js';
 import { VhostUserError } from '../vhost-user/errors.js';
 import { descTableSize, availRingSize, usedRingSize } from '../queue/index.js';
 import { DEFAULT_MAX_QUEUE_SIZE, defaultProtocolFeatures, type VhostUserBackend } from './backend.js';
 import { Vring } from './vring.js';
+import type { QueueStatsSnapshot } from './stats.js';
 import { VringEventHandler } from './event-handler.js';
 import { WorkerVringGroup, type VringSyncExtra } from './worker-group.js';
 import type { Logger } from '../log.js';
@@ -147,6 +149,7 @@ export class VhostUserHandler implements BackendReqHandler {
       throw new VhostUserError('invalid-argument', '', `front-end acked features 0x${(features & ~offered).toString(16)} that were not offered`);
     }
     this.acked = features;
+    this.logger.log('info', `features negotiated: ${featureNames(features, this.backend.deviceType?.()).join(' ')}`, { features: `0x${features.toString(16)}` });
     const eventIdx = (features & bit(VIRTIO_RING_F_EVENT_IDX)) !== 0n;
     for (const v of this.vrings) v.queue.eventIdx = eventIdx;
     this.backend.setEventIdx?.(eventIdx);
@@ -171,6 +174,7 @@ export class VhostUserHandler implements BackendReqHandler {
       throw new VhostUserError('invalid-argument', '', `front-end set protocol features 0x${(features & ~offered).toString(16)} that were not offered`);
     }
     this.protocolNegotiated = true;
+    this.logger.log('info', `protocol features negotiated: ${decodeProtocolFeatures(features).join(' ') || 'none'}`, { protocolFeatures: `0x${features.toString(16)}` });
   }
 
   getQueueNum(): bigint {
@@ -194,6 +198,7 @@ export class VhostUserHandler implements BackendReqHandler {
       throw e;
     }
     this.memory.replace(next);
+    this.logger.log('info', `memory table: ${mapped.length} region(s): ${mapped.map((r) => `gpa 0x${r.guestPhysAddr.toString(16)}+0x${r.size.toString(16)}`).join(', ')}`);
     return this.memoryChanged();
   }
 
@@ -269,7 +274,17 @@ export class VhostUserHandler implements BackendReqHandler {
       this.logger.log('warn', `vring ${addr.index}: VHOST_VRING_F_LOG set without VHOST_F_LOG_ALL negotiated`);
     }
     v.ringUserAddrs = { desc: addr.descUserAddr, avail: addr.availUserAddr, used: addr.usedUserAddr, log: logging ? addr.logGuestAddr : null };
-    this.translateRing(v);
+    try {
+      this.translateRing(v);
+    } catch (e) {
+      // The usual cause in practice: QEMU's guest RAM is not shared with us, so the rings live in
+      // memory the front-end never sent.
+      if (e instanceof GuestMemoryError && e.kind === 'out-of-range') {
+        throw new VhostUserError('invalid-argument', '', `${e.message} (the rings are not in the memory the front-end shared: ` +
+          'QEMU needs guest RAM from a shared memory backend, e.g. -object memory-backend-memfd,id=mem,size=1G,share=on -numa node,memdev=mem)');
+      }
+      throw e;
+    }
     v.setMemory(this.memory);
     // Like libvhost-user: the used index the driver last saw is the device's starting point, which
     // keeps a reconnecting back-end consistent with completions it made before.
@@ -319,6 +334,7 @@ export class VhostUserHandler implements BackendReqHandler {
     // kick may already be pending from before a reconnect, so process once now.
     v.setStarted(true);
     h.watchKick(v);
+    this.logger.log('info', `queue ${index} started: size ${v.queue.size}, event idx ${v.queue.eventIdx ? 'on' : 'off'}`, { queue: index });
     setImmediate(() => h.kick(v));
     return this.workersSynced();
   }
@@ -359,6 +375,19 @@ export class VhostUserHandler implements BackendReqHandler {
   vringKick(index: number): void {
     const v = this.vring(index);
     this.handlerOf(v).kick(v);
+  }
+
+  /** Counters of every queue since this front-end connected, with requests in flight. */
+  stats(): QueueStatsSnapshot[] {
+    return this.vrings.map((v) => {
+      const h = this.handlerOf(v);
+      const inFlight = h instanceof VringEventHandler ? h.queueServer(v.index)?.inFlight ?? 0 : 0;
+      const st = v.stats;
+      return {
+        queue: v.index, requests: st.requests, bytesIn: st.bytesIn, bytesOut: st.bytesOut, errors: st.errors,
+        kicks: st.kicks, interrupts: st.interrupts, broken: st.broken, inFlight,
+      };
+    });
   }
 
   // --- device --------------------------------------------------------------------------------
@@ -460,5 +489,14 @@ export class VhostUserHandler implements BackendReqHandler {
       for (const v of this.vrings) v.reset();
       this.memory.close();
     }
+  }
+}
+
+/** Feature names, device-specific ones too when the device type is known to the tables. */
+function featureNames(features: bigint, deviceType: string | undefined): string[] {
+  try {
+    return decodeFeatures(features, deviceType);
+  } catch {
+    return decodeFeatures(features);
   }
 }

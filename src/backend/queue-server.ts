@@ -89,6 +89,7 @@ export class QueueServer {
   /** The ring was kicked: serve what is available (no-op when the ring is not ready or is broken). */
   kick(): void {
     const v = this.vring;
+    v.stats.kicks++;
     if (!v.ready || v.queue.broken) return;
     // A kick while requests are throttled finds the bound reached; the completion resumes.
     if (this.throttled) return;
@@ -149,6 +150,8 @@ export class QueueServer {
           if (e instanceof QueueError && e.headIndex !== null) {
             this.logger.log('warn', `${this.name}: malformed chain (head ${e.headIndex}, ${e.kind}): ${e.message}; completed with used length 0`);
             q.addUsed(e.headIndex, 0);
+            vring.stats.requests++;
+            vring.stats.errors++;
             used = true;
             continue;
           }
@@ -189,6 +192,7 @@ export class QueueServer {
   private markBroken(e: unknown): void {
     const vring = this.vring;
     vring.queue.broken = true;
+    vring.stats.broken++;
     const kind = e instanceof QueueError ? e.kind : 'error';
     this.logger.log('error', `${this.name}: ring is broken (${kind}): ${(e as Error).message}; not served until the front-end resets it`);
     vring.signalError();
@@ -196,6 +200,7 @@ export class QueueServer {
   }
 
   private requestFailed(chain: DescriptorChain, e: unknown): void {
+    this.vring.stats.errors++;
     const level = e instanceof QueueError ? 'warn' : 'error';
     const why = e instanceof QueueError ? `${e.kind}: ${e.message}` : ((e as Error | undefined)?.stack ?? String(e));
     this.logger.log(level, `${this.name}: request (head ${chain.headIndex}) failed: ${why}; completed with used length 0`);
@@ -213,6 +218,10 @@ export class QueueServer {
     const log = q.memory?.dirtyLog ?? null;
     if (log !== null) chain.logWritten(Math.max(len, chain.writer.bytesWritten), log);
     q.addUsed(chain.headIndex, len);
+    const st = this.vring.stats;
+    st.requests++;
+    st.bytesIn += chain.readableBytes;
+    st.bytesOut += len;
   }
 
   /** @internal Completion of an asynchronous request. */

@@ -4,6 +4,7 @@
  * @module
  */
 import * as sys from '../sys/index.js';
+import { QueueStats } from './stats.js';
 import { SplitQueue } from '../queue/index.js';
 import type { GuestMemory, GuestMemoryAtomic, GuestMemoryGuard } from '../memory/index.js';
 
@@ -13,6 +14,8 @@ export class Vring {
   readonly index: number;
   /** The split virtqueue. */
   readonly queue: SplitQueue;
+  /** Counters since the front-end connected (requests, bytes, errors, kicks, interrupts). */
+  readonly stats = new QueueStats();
   private kick: number | null = null;
   private call: number | null = null;
   private err: number | null = null;
@@ -55,12 +58,18 @@ export class Vring {
 
   /** Interrupts the guest: writes the call eventfd. */
   signalUsedQueue(): void {
-    if (this.call !== null) sys.eventfdWrite(this.call, 1);
+    if (this.call !== null) {
+      sys.eventfdWrite(this.call, 1);
+      this.stats.interrupts++;
+    }
   }
 
   /** Interrupts the guest only if the driver asked for it (EVENT_IDX / NO_INTERRUPT). */
   signalUsedIfNeeded(): void {
-    if (this.call !== null && this.queue.needsNotification()) sys.eventfdWrite(this.call, 1);
+    if (this.call !== null && this.queue.needsNotification()) {
+      sys.eventfdWrite(this.call, 1);
+      this.stats.interrupts++;
+    }
   }
 
   /** Signals a ring error on the err eventfd. */

@@ -89,6 +89,7 @@ const COMMON_OPTIONS = {
   'print-capabilities': { type: 'boolean' },
   version: { type: 'boolean', short: 'V' },
   'log-level': { type: 'string' },
+  stats: { type: 'string' },
   'log-format': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const;
@@ -172,13 +173,16 @@ export async function runBackendCli(spec: BackendCliSpec, argv: string[] = proce
       `  --print-capabilities    print the back-end capabilities as JSON and exit\n` +
       `  --log-level LEVEL       debug, info (default), warn or error (env VHOST_USER_LOG overrides)\n` +
       `  --log-format FORMAT     text (default: timestamped lines) or json (one object per line)\n` +
+      `  --stats SECONDS         log per-queue counters every SECONDS (also on SIGUSR1 and at disconnect)\n` +
       `  --version               print the version and exit\n` +
       `  -h, --help              print this help and exit\n` +
       `${spec.usage}\n`);
     return 0;
   }
   let endpoint: Endpoint;
+  let statsEvery: number | undefined;
   try {
+    statsEvery = intOption(values, 'stats', 1, 86_400);
     endpoint = parseEndpoint(values);
   } catch (e) {
     return fail((e as Error).message, e instanceof UsageError ? EXIT_USAGE : EXIT_FAILURE);
@@ -240,6 +244,10 @@ export async function runBackendCli(spec: BackendCliSpec, argv: string[] = proce
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
+  const onUsr1 = (): void => daemon.logStats('SIGUSR1');
+  process.on('SIGUSR1', onUsr1);
+  const statsTimer = statsEvery === undefined ? null : setInterval(() => daemon.logStats('stats'), statsEvery * 1000);
+  statsTimer?.unref();
   // Only now: whoever waits for the banner may signal us right away.
   process.stdout.write(`${device.describe(socketPath ?? null)}\n`);
   try {
@@ -251,5 +259,7 @@ export async function runBackendCli(spec: BackendCliSpec, argv: string[] = proce
   await device.close?.();
   process.off('SIGINT', onSignal);
   process.off('SIGTERM', onSignal);
+  process.off('SIGUSR1', onUsr1);
+  if (statsTimer !== null) clearInterval(statsTimer);
   return 0;
 }

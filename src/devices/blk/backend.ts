@@ -93,6 +93,10 @@ export class VhostUserBlkBackend implements VhostUserBackend {
     this.updateCacheMode();
   }
 
+  deviceType(): string {
+    return 'blk';
+  }
+
   numQueues(): number {
     return this.nQueues;
   }

@@ -45,6 +45,10 @@ export class VhostUserRngBackend implements VhostUserBackend {
     if (!(this.maxBytes > 0) || !(this.periodMs > 0)) throw new RangeError('maxBytes and periodMs must be positive');
   }
 
+  deviceType(): string {
+    return 'rng';
+  }
+
   numQueues(): number { return 1; }
   maxQueueSize(): number { return this.queueSize; }
   features(): bigint {

@@ -1,0 +1,53 @@
+/**
+ * Per-queue counters of a connection: what operators read on disconnect, on exit, on SIGUSR1 and
+ * periodically (`--stats`). Plain number fields updated on the hot path (no allocation).
+ * @module
+ */
+
+/** Counters of one virtqueue since the front-end connected. */
+export class QueueStats {
+  /** Requests completed (a used entry written), malformed ones included. */
+  requests = 0;
+  /** Bytes of device-readable buffers of completed requests (guest to device). */
+  bytesIn = 0;
+  /** Bytes reported written into device-writable buffers (used lengths; device to guest). */
+  bytesOut = 0;
+  /** Malformed chains and failed requests (completed with used length 0). */
+  errors = 0;
+  /** Kicks that reached the queue. */
+  kicks = 0;
+  /** Interrupts sent to the guest (call eventfd writes). */
+  interrupts = 0;
+  /** Times the ring was found broken (NEEDS_RESET). */
+  broken = 0;
+
+  /** Back to zero (the ring was reset for a new front-end). */
+  clear(): void {
+    this.requests = 0;
+    this.bytesIn = 0;
+    this.bytesOut = 0;
+    this.errors = 0;
+    this.kicks = 0;
+    this.interrupts = 0;
+    this.broken = 0;
+  }
+}
+
+/** A snapshot of one queue's counters, with its requests in flight. */
+export interface QueueStatsSnapshot {
+  queue: number;
+  requests: number;
+  bytesIn: number;
+  bytesOut: number;
+  errors: number;
+  kicks: number;
+  interrupts: number;
+  broken: number;
+  inFlight: number;
+}
+
+/** One line per queue, `key=value` pairs, for text logs. */
+export function formatQueueStats(s: QueueStatsSnapshot): string {
+  return `queue ${s.queue}: requests=${s.requests} in=${s.bytesIn}B out=${s.bytesOut}B errors=${s.errors} inflight=${s.inFlight} ` +
+    `kicks=${s.kicks} interrupts=${s.interrupts}${s.broken > 0 ? ` broken=${s.broken}` : ''}`;
+}
