@@ -8,11 +8,11 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { Frontend, FrontendMemory, VhostUserDaemon, setupQueue } from '../src/index.js';
-import { negotiate } from '../src/vhost-user/negotiate.js';
+import { Frontend, VhostUserDaemon, negotiate } from 'vhost-user';
+import { FrontendMemory, setupQueue } from 'vhost-user/driver';
 import {
   RamDisk, VhostUserBlkBackend, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, decodeBlkConfig,
-} from '../src/devices/blk/index.js';
+} from 'vhost-user/devices/blk';
 
 /** The device this example serves: virtio-blk over a 16 MiB RAM disk. */
 export function createRamDiskDevice(): VhostUserBlkBackend {

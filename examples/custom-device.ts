@@ -8,7 +8,7 @@
 import {
   Frontend, FrontendMemory, VhostUserDaemon, setupQueue, protocolFeatureMask, ProtocolFeature,
   VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1, type DescriptorChain, type VhostUserBackend,
-} from '../src/index.js';
+} from 'vhost-user';
 import { pathToFileURL } from 'node:url';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';

@@ -8,11 +8,7 @@
  * here with SET_MEM_TABLE and the SET_VRING_* requests (see test/interop/frontend-qsd.test.ts).
  * @module
  */
-import { Frontend } from '../src/vhost-user/frontend.js';
-import { negotiate } from '../src/vhost-user/negotiate.js';
-import { formatFeatures } from '../src/virtio/features.js';
-import { decodeProtocolFeatures } from '../src/vhost-user/constants.js';
-import { ProtocolFeature, hasProtocolFeature } from '../src/vhost-user/constants.js';
+import { Frontend, ProtocolFeature, decodeProtocolFeatures, formatFeatures, hasProtocolFeature, negotiate } from 'vhost-user';
 
 const [socketPath, deviceType] = process.argv.slice(2);
 if (socketPath === undefined) {

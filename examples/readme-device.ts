@@ -1,5 +1,5 @@
 import { pathToFileURL } from 'node:url';
-import { VhostUserDaemon, type DescriptorChain, type VhostUserBackend } from '../src/index.js';
+import { VhostUserDaemon, type DescriptorChain, type VhostUserBackend } from 'vhost-user';
 
 /** Echoes the bytes of each request back into the request's device-writable buffers. */
 export class EchoDevice implements VhostUserBackend {

@@ -4,7 +4,7 @@
  * each request and appends the worker's thread id.
  */
 import { threadId } from 'node:worker_threads';
-import type { DescriptorChain, VringWorker } from '../src/index.js';
+import type { DescriptorChain, VringWorker } from 'vhost-user';
 
 /** Called once in the worker with the `data` of VhostUserBackend.workerModule(). */
 export function createVringWorker(data: unknown): VringWorker {

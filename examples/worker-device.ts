@@ -9,7 +9,7 @@ import {
   Frontend, FrontendMemory, VhostUserDaemon, setupQueue, protocolFeatureMask, ProtocolFeature,
   VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1, type FrontendQueue, type VhostUserBackend,
   type DescriptorChain, type Vring, type VringWorker, type VringWorkerModule,
-} from '../src/index.js';
+} from 'vhost-user';
 import { pathToFileURL } from 'node:url';
 import { createVringWorker } from './worker-device-queue.js';
 import { mkdtempSync, rmSync } from 'node:fs';

@@ -21,8 +21,16 @@ export {
   VhostUserProtocolError, VhostUserError, VHOST_USER_ERROR_ERRNO, toVhostUserError, type ProtocolErrorKind, type VhostUserErrorCode,
 } from './vhost-user/errors.js';
 export { REQUEST_GATES, checkGate, describeGate, type FeatureGate } from './vhost-user/gating.js';
-export { Connection, type RawMessage, type ConnectionHandler } from './vhost-user/connection.js';
-export { UnixListener, connectUnixWithRetry } from './vhost-user/listener.js';
+export {
+  Connection, ConnectionTimeoutError, DEFAULT_MAX_QUEUED_BYTES, DEFAULT_MESSAGE_TIMEOUT_MS,
+  type RawMessage, type ConnectionHandler, type ConnectionOptions,
+} from './vhost-user/connection.js';
+export {
+  UnixListener, connectUnixWithRetry, checkSocketPath, DEFAULT_SOCKET_MODE, UNIX_PATH_MAX, type UnixListenOptions,
+} from './vhost-user/listener.js';
+export {
+  negotiate, DEFAULT_PROTOCOL_FEATURES, FEATURES_NEEDING_FRONTEND_SUPPORT, type Negotiated, type NegotiateOptions,
+} from './vhost-user/negotiate.js';
 export { Frontend, VhostUserRequestFailedError, type FrontendOptions } from './vhost-user/frontend.js';
 export { VhostUserTimeoutError, VhostUserClosedError } from './vhost-user/requester.js';
 export { BackendEndpoint, NotSupportedError, type BackendEndpointOptions } from './vhost-user/backend-endpoint.js';
@@ -32,4 +40,7 @@ export {
 } from './vhost-user/backend-channel.js';
 export { FrontendMemory, FrontendQueue, setupQueue } from './driver/frontend-driver.js';
 export * from './backend/index.js';
-export { StderrLogger, RateLimitedLogger, silentLogger, defaultLogger, type Logger, type LogLevel } from './log.js';
+export {
+  StderrLogger, RateLimitedLogger, silentLogger, defaultLogger, toLogger, isLogLevel, LOG_LEVELS,
+  type Logger, type LogLevel, type LogFields, type PinoLikeLogger, type StderrLoggerOptions,
+} from './log.js';

@@ -11,7 +11,7 @@ import { StderrLogger, toLogger, type Logger, type PinoLikeLogger } from '../log
 import { onGuestMemoryFault } from '../memory/index.js';
 import type { VhostUserBackend } from './backend.js';
 import { VhostUserHandler } from './handler.js';
-import { formatQueueStats, type QueueStatsSnapshot } from './stats.js';
+import { statsFields, type QueueStatsSnapshot } from './stats.js';
 import type { VringEventHandler } from './event-handler.js';
 
 /** Options of a {@link VhostUserDaemon}. */
@@ -128,7 +128,7 @@ export class VhostUserDaemon {
       this.logger.log('info', `${reason}: no front-end connected`);
       return;
     }
-    for (const s of h.stats()) this.logger.log('info', `${reason}: ${formatQueueStats(s)}`, { ...s });
+    for (const s of h.stats()) this.logger.log('info', `${reason}: queue ${s.queue}:`, statsFields(s));
   }
 
   /** The per-thread event handlers of the current connection (rust-vmm's `get_epoll_handlers`). */
@@ -230,7 +230,7 @@ export class VhostUserDaemon {
     });
     this.sessionEnd = endpoint.closed().then(async (err) => {
       stopFaults();
-      for (const st of handler.stats()) this.logger.log('info', `connection ${id} ${formatQueueStats(st)}`, { connection: id, ...st });
+      for (const st of handler.stats()) this.logger.log('info', `connection ${id} queue ${st.queue}:`, { connection: id, ...statsFields(st) });
       this.logger.log('info', `front-end disconnected (connection ${id})${err ? `: ${err.message}` : ''}`, { connection: id });
       try {
         await handler.close();

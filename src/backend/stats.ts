@@ -46,8 +46,10 @@ export interface QueueStatsSnapshot {
   inFlight: number;
 }
 
-/** One line per queue, `key=value` pairs, for text logs. */
-export function formatQueueStats(s: QueueStatsSnapshot): string {
-  return `queue ${s.queue}: requests=${s.requests} in=${s.bytesIn}B out=${s.bytesOut}B errors=${s.errors} inflight=${s.inFlight} ` +
-    `kicks=${s.kicks} interrupts=${s.interrupts}${s.broken > 0 ? ` broken=${s.broken}` : ''}`;
+/** The counters as log fields (the queue index goes in the message). */
+export function statsFields(s: QueueStatsSnapshot): Omit<QueueStatsSnapshot, 'queue'> {
+  return {
+    requests: s.requests, bytesIn: s.bytesIn, bytesOut: s.bytesOut, errors: s.errors, inFlight: s.inFlight,
+    kicks: s.kicks, interrupts: s.interrupts, broken: s.broken,
+  };
 }
