@@ -31,6 +31,13 @@ wanted_modules=(
   scsi_mod sd_mod virtio_scsi
   fuse virtiofs
 )
+# Shipped in /modules/extra/ but not loaded at boot: tests insmod them (load_extra_modules in
+# lib.sh). Kernel vhost back-ends (tun, vhost_*) and the 9p share that exposes the host's root
+# read-only, so a guest test can run the host's node on this checkout.
+extra_modules=(
+  tun vhost vhost_net vhost_vsock
+  9pnet 9pnet_virtio 9p
+)
 
 newest_input() {
   # Newest mtime (epoch seconds) among this script and the guest files.
@@ -153,7 +160,15 @@ fetch_kernel() {
   local m
   for m in "${wanted_modules[@]}"; do add_module "$m"; done
   printf '%s\n' "${order[@]}" > "$out/modules.new/order"
-  echo "${wanted_modules[*]}" > "$out/modules.new/wanted"
+  # Extras after the boot set: their dependencies already loaded at boot are not repeated.
+  local boot_order=("${order[@]}")
+  order=()
+  for m in "${extra_modules[@]}"; do add_module "$m"; done
+  mkdir -p "$out/modules.new/extra"
+  for m in "${order[@]}"; do mv "$out/modules.new/$m.ko" "$out/modules.new/extra/"; done
+  printf '%s\n' "${order[@]}" > "$out/modules.new/extra/order"
+  echo "${wanted_modules[*]} ${extra_modules[*]}" > "$out/modules.new/wanted"
+  order=("${boot_order[@]}" "${order[@]}")
   rm -rf "$out/modules"
   mv "$out/modules.new" "$out/modules"
   cp "$vmlinuz" "$out/vmlinuz"
@@ -163,7 +178,7 @@ fetch_kernel() {
 
 # The kernel is refetched only when it is missing or the wanted module list changed.
 if [ ! -f "$out/vmlinuz" ] || [ ! -f "$out/modules/order" ] || [ ! -f "$out/kernel-version" ] \
-   || [ "$(cat "$out/modules/wanted" 2>/dev/null)" != "${wanted_modules[*]}" ]; then
+   || [ "$(cat "$out/modules/wanted" 2>/dev/null)" != "${wanted_modules[*]} ${extra_modules[*]}" ]; then
   fetch_kernel
 fi
 
@@ -177,6 +192,11 @@ for applet in $("$busybox" --list); do
 done
 ln -s bin "$root/sbin"
 cp "$out"/modules/*.ko "$out/modules/order" "$root/modules/"
+copy_extra_modules() {
+  mkdir -p "$root/modules/extra"
+  cp "$out"/modules/extra/*.ko "$out/modules/extra/order" "$root/modules/extra/"
+}
+copy_extra_modules
 cp "$guestsrc/init" "$root/init"
 cp "$guestsrc/lib.sh" "$root/lib/vtest.sh"
 cp "$guestsrc"/tests/*.sh "$root/tests/"

@@ -20,3 +20,25 @@ vt_wait_dev() {
   while [ ! -e "$1" ] && [ "$n" -gt 0 ]; do usleep 100000; n=$((n - 1)); done
   [ -e "$1" ]
 }
+
+# vt_load_extra_modules name... : insmod modules shipped in /modules/extra (not loaded at boot),
+# with their dependencies, in the order build-guest.sh computed.
+vt_load_extra_modules() {
+  for m in $(cat /modules/extra/order); do
+    for want in "$@"; do
+      [ "$m" = "$want" ] || continue
+      insmod "/modules/extra/$m.ko" 2>/tmp/insmod.err || grep -q 'File exists' /tmp/insmod.err \
+        || { echo "VTEST-WARN insmod $m: $(cat /tmp/insmod.err)"; return 1; }
+    done
+  done
+}
+
+# vt_mount_host DIR : mount the host's root (QEMU fsdev mount_tag=hostroot, read-only) at DIR with
+# this guest's /dev, /proc, /sys and a fresh /tmp bound inside, ready for `chroot DIR`.
+vt_mount_host() {
+  vt_load_extra_modules 9pnet 9pnet_virtio 9p || return 1
+  mkdir -p "$1"
+  mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=512000 hostroot "$1" || return 1
+  mount -o bind /dev "$1/dev" && mount -o bind /proc "$1/proc" && mount -o bind /sys "$1/sys" \
+    && mount -t tmpfs tmpfs "$1/tmp"
+}

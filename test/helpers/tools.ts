@@ -20,6 +20,7 @@ const PACKAGE_OF: Readonly<Record<string, string>> = {
   'dpkg-deb': 'dpkg',
   'apt-get': 'apt',
   gzip: 'gzip',
+  gcc: 'gcc',
 };
 
 /** Tools needed to build and boot the test guest (see {@link ensureGuest}). */
