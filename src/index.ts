@@ -27,3 +27,9 @@ export {
 export { FrontendMemory, FrontendQueue, setupQueue } from './driver/frontend-driver.js';
 export * from './backend/index.js';
 export { StderrLogger, RateLimitedLogger, silentLogger, defaultLogger, type Logger, type LogLevel } from './log.js';
+export { VhostKernNet } from './kernel/net.js';
+export { VhostKernVsock } from './kernel/vsock.js';
+export { VhostKernVdpa, type IovaRange } from './kernel/vdpa.js';
+export { VhostUserBackendAdapter } from './kernel/vhost-user-adapter.js';
+export { openTap, type Tap, type TapOptions } from './kernel/tap.js';
+export { VhostBackendError, type VhostBackend, type VhostMemoryRegion, type VhostDirtyLog, type VhostVringConfig } from './kernel/vhost-backend.js';
