@@ -7,6 +7,8 @@
  *   node dist/examples/any-dataplane.js vhost-vsock    /dev/vhost-vsock, guest CID 3
  *   node dist/examples/any-dataplane.js /dev/vhost-vdpa-0
  *
+ * Several arguments run one after the other (the e2e test runs `vhost-net vhost-vsock` in a guest).
+ *
  * Run: npx tsc -p . && node dist/examples/any-dataplane.js vhost-user
  */
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -67,19 +69,24 @@ function used(q: Queue): Promise<{ id: number; len: number }> {
 }
 
 async function main(): Promise<void> {
-  const which = process.argv[2] ?? 'vhost-user';
+  const dataplanes = process.argv.slice(2);
+  for (const which of dataplanes.length > 0 ? dataplanes : ['vhost-user']) await run(which);
+}
+
+/** Sets up a device on one dataplane, uses it a little, and releases everything. */
+async function run(which: string): Promise<void> {
   const memFd = sys.memfdCreate('guest-ram');
   sys.ftruncate(memFd, RAM_SIZE);
   const map = sys.mmap(memFd, 0, RAM_SIZE);
   const mem = new GuestMemory([new GuestRegion({ guestPhysAddr: 0, size: RAM_SIZE, userAddr: Number(map.address), backing: map })]);
-  const cleanup: (() => void)[] = [() => map.unmap(), () => sys.close(memFd)];
+  const cleanup: (() => void | Promise<void>)[] = [() => map.unmap(), () => sys.close(memFd)];
   try {
     if (which === 'vhost-user') {
       const dir = mkdtempSync(join(tmpdir(), 'vu-any-'));
       cleanup.push(() => rmSync(dir, { recursive: true, force: true }));
       const daemon = new VhostUserDaemon('rng', new VhostUserRngBackend());
       daemon.serve(join(dir, 'rng.sock'));
-      cleanup.push(() => { void daemon.close(); });
+      cleanup.push(() => daemon.stop());
       const dev = new VhostUserBackendAdapter(await Frontend.connect(join(dir, 'rng.sock')));
       cleanup.unshift(() => dev.close());
       const [q] = await setupDevice(dev, mem, memFd, map.address, 1);
@@ -112,7 +119,7 @@ async function main(): Promise<void> {
       throw new Error(`unknown dataplane '${which}' (vhost-user, vhost-net, vhost-vsock or /dev/vhost-vdpa-N)`);
     }
   } finally {
-    for (const c of cleanup) c();
+    for (const c of cleanup) await c();
   }
 }
 
