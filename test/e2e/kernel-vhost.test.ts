@@ -37,6 +37,7 @@ test('guest kernel vhost-net and vhost-vsock driven by VhostKernNet / VhostKernV
   assert.equal(d['kernel-vhost-net.net'], 'ok', r.line);
   assert.equal(d['kernel-vhost-net.tx_base'], '1', 'TX ring consumed one chain');
   assert.ok(Number(d['kernel-vhost-net.dirty_pages']) >= 2, `dirty pages ${d['kernel-vhost-net.dirty_pages']}`);
+  assert.equal(d['kernel-vhost-net.bad_input'], 'ok', r.line);
   assert.equal(d['kernel-vhost-vsock.vsock'], 'ok', r.line);
   assert.match(d['kernel-vhost-vsock.request_src'] ?? '', /^2:\d+$/, 'OP_REQUEST comes from the host CID 2');
   assert.equal(d['any-dataplane.rc'], '0', r.line);

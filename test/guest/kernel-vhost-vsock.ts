@@ -2,7 +2,7 @@
  * Runs INSIDE the QEMU test guest: drives the guest kernel's /dev/vhost-vsock with VhostKernVsock as
  * a VMM would. With guest CID 3 set and running, an AF_VSOCK connect() to CID 3 (made by python3,
  * node has no AF_VSOCK) arrives as OP_REQUEST on our RX queue; our OP_RESPONSE on TX completes the
- * connect; then bytes flow both ways (OP_RW each way).
+ * connect; then bytes flow both ways (OP_RW each way). A second device cannot take the same CID.
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -61,6 +61,9 @@ runGuestScript(async () => {
   await tx.attach(dev);
   await dev.setGuestCid(GUEST_CID);
   await dev.setRunning(true);
+  const other = VhostKernVsock.open();
+  await assert.rejects(other.setGuestCid(GUEST_CID), (e: unknown) => e instanceof Error && /EADDRINUSE.*VHOST_VSOCK_SET_GUEST_CID/.test(e.message), 'CID 3 is taken');
+  other.close();
   const rxGpa = new Map<number, number>();
   for (let i = 0; i < 8; i++) rxGpa.set(rx.q.addChain([], [{ gpa: 0x20000 + i * PAGE, len: PAGE }]), 0x20000 + i * PAGE);
   rx.notify();

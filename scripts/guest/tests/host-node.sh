@@ -14,7 +14,7 @@ rc=0
 for item in $(echo "$VTEST_script" | tr ',' ' '); do
   cmd="$(echo "$item" | tr '+' ' ')"
   script="${cmd%% *}"
-  ( chroot /host /bin/sh -c "cd '${VTEST_cwd:-/}' && TMPDIR=/dev/shm exec /usr/bin/node $cmd" 2>&1
+  ( chroot /host /bin/sh -c "cd '${VTEST_cwd:-/}' && PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin TMPDIR=/dev/shm exec /usr/bin/node $cmd" 2>&1
     echo "$?" > /tmp/node.rc ) | tee /tmp/node.out
   r="$(cat /tmp/node.rc)"
   base="$(basename "$script" .js)"
