@@ -38,6 +38,11 @@ extra_modules=(
   tun vhost vhost_net vhost_vsock
   9pnet 9pnet_virtio 9p
 )
+# Extras shipped only by newer kernels (Debian 6.1 has no vDPA; the 6.12 backports kernel has):
+# added to /modules/extra when the kernel ships them, skipped otherwise.
+optional_extra_modules=(
+  vdpa vduse vhost_vdpa virtio_vdpa
+)
 
 newest_input() {
   # Newest mtime (epoch seconds) among this script and the guest files.
@@ -164,10 +169,13 @@ fetch_kernel() {
   local boot_order=("${order[@]}")
   order=()
   for m in "${extra_modules[@]}"; do add_module "$m"; done
+  for m in "${optional_extra_modules[@]}"; do
+    if [ -n "${path_of[$m]:-}" ] || [ -n "${builtin[$m]:-}" ]; then add_module "$m"; fi
+  done
   mkdir -p "$out/modules.new/extra"
   for m in "${order[@]}"; do mv "$out/modules.new/$m.ko" "$out/modules.new/extra/"; done
   printf '%s\n' "${order[@]}" > "$out/modules.new/extra/order"
-  echo "${wanted_modules[*]} ${extra_modules[*]}" > "$out/modules.new/wanted"
+  echo "${wanted_modules[*]} ${extra_modules[*]} ${optional_extra_modules[*]}" > "$out/modules.new/wanted"
   order=("${boot_order[@]}" "${order[@]}")
   rm -rf "$out/modules"
   mv "$out/modules.new" "$out/modules"
@@ -178,7 +186,7 @@ fetch_kernel() {
 
 # The kernel is refetched only when it is missing or the wanted module list changed.
 if [ ! -f "$out/vmlinuz" ] || [ ! -f "$out/modules/order" ] || [ ! -f "$out/kernel-version" ] \
-   || [ "$(cat "$out/modules/wanted" 2>/dev/null)" != "${wanted_modules[*]} ${extra_modules[*]}" ]; then
+   || [ "$(cat "$out/modules/wanted" 2>/dev/null)" != "${wanted_modules[*]} ${extra_modules[*]} ${optional_extra_modules[*]}" ]; then
   fetch_kernel
 fi
 

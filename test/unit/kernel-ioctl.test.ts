@@ -9,6 +9,7 @@ import { execFileSync } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { test } from 'node:test';
 import * as k from '../../src/kernel/ioctl.js';
+import * as vduse from '../../src/kernel/vduse.js';
 import { requireTools } from '../helpers/tools.js';
 import { makeTempDir } from '../helpers/tmp.js';
 
@@ -139,4 +140,24 @@ test('ioctl encoders reject values that do not fit their C fields', () => {
   assert.throws(() => k.ioc(k.IOC_READ, 0xaf, 0, 1 << 14), /does not fit in 14 bits/);
   assert.equal(k.vhostIoctlName(k.VHOST_GET_VRING_BASE), 'VHOST_GET_VRING_BASE');
   assert.equal(k.vhostIoctlName(0x1234), '0x1234');
+});
+
+test('VDUSE ioctl numbers and struct sizes equal linux/vduse.h', (t) => {
+  if (!requireTools(t, 'gcc')) return;
+  const dir = makeTempDir(t, 'vduse');
+  const names = ['VDUSE_GET_API_VERSION', 'VDUSE_SET_API_VERSION', 'VDUSE_CREATE_DEV', 'VDUSE_DESTROY_DEV', 'VDUSE_VQ_SETUP',
+    'VDUSE_DEV_GET_FEATURES', 'VDUSE_VQ_GET_INFO', 'VDUSE_GET_VQ_STATE', 'VDUSE_SET_STATUS', 'VDUSE_UPDATE_IOTLB', 'VDUSE_API_VERSION'] as const;
+  const src = ['#include <stdio.h>', '#include <stddef.h>', '#include <linux/ioctl.h>', '#include <linux/vduse.h>', 'int main(void) {',
+    ...names.map((n) => `  printf("${n} %lu\\n", (unsigned long)(${n}));`),
+    '  printf("config %zu %zu %zu\\n", sizeof(struct vduse_dev_config), offsetof(struct vduse_dev_config, features), offsetof(struct vduse_dev_config, config_size));',
+    '  printf("vq %zu msg %zu %zu\\n", sizeof(struct vduse_vq_config), sizeof(struct vduse_dev_request), sizeof(struct vduse_dev_response));',
+    '  printf("req %zu %zu\\n", offsetof(struct vduse_dev_request, s), offsetof(struct vduse_dev_response, vq_state.split.avail_index));',
+    '  return 0;', '}'].join('\n');
+  writeFileSync(dir.file('v.c'), src);
+  execFileSync('gcc', ['-Wall', '-Werror', '-o', dir.file('v'), dir.file('v.c')]);
+  const out = execFileSync(dir.file('v'), { encoding: 'utf8' });
+  const ours = vduse as unknown as Record<string, number>;
+  const expected = [...names.map((n) => `${n} ${ours[n]}`),
+    `config ${vduse.VDUSE_DEV_CONFIG_SIZE} 264 332`, `vq ${vduse.VDUSE_VQ_CONFIG_SIZE} msg ${vduse.VDUSE_MSG_SIZE} ${vduse.VDUSE_MSG_SIZE}`, 'req 24 28'];
+  assert.deepEqual(out.trim().split('\n'), expected);
 });
