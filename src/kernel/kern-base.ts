@@ -26,12 +26,16 @@ export function openVhostDevice(path: string): number {
  * VHOST_SET_OWNER`) and whose `code` is the errno name.
  */
 export abstract class VhostKernBase implements VhostBackend {
+  /** Dataplane name used in errors: 'vhost-net', 'vhost-vsock', 'vhost-vdpa'. */
   abstract readonly kind: string;
   #fd: number;
   #regions: readonly VhostMemoryRegion[] = [];
   // One buffer per argument shape, reused by every call (no allocation per ioctl).
+  /** Argument buffer for u64/u32/int/u8 ioctls. */
   protected readonly u64Buf = new Uint8Array(8);
+  /** Argument buffer for struct vhost_vring_state. */
   protected readonly stateBuf = new Uint8Array(k.VHOST_VRING_STATE_SIZE);
+  /** Argument buffer for struct vhost_vring_file. */
   protected readonly fileBuf = new Uint8Array(k.VHOST_VRING_FILE_SIZE);
   private readonly addrBuf = new Uint8Array(k.VHOST_VRING_ADDR_SIZE);
   private memBuf = new Uint8Array(k.vhostMemorySize(8));
@@ -63,11 +67,13 @@ export abstract class VhostKernBase implements VhostBackend {
     }
   }
 
+  /** An ioctl returning a u64 through its pointer argument. */
   protected getU64(request: number): bigint {
     this.ioctl(request, this.u64Buf);
     return new DataView(this.u64Buf.buffer).getBigUint64(0, true);
   }
 
+  /** An ioctl taking a pointer to a u64. */
   protected setU64(request: number, value: bigint): void {
     if (value < 0n || value > 0xffffffffffffffffn) throw new RangeError(`${k.vhostIoctlName(request)}: ${value} is not a u64`);
     new DataView(this.u64Buf.buffer).setBigUint64(0, value, true);
@@ -80,6 +86,7 @@ export abstract class VhostKernBase implements VhostBackend {
     this.ioctl(request, this.u64Buf);
   }
 
+  /** An ioctl taking struct vhost_vring_file (null fd = -1, unbind). */
   protected setVringFile(request: number, index: number, fd: number | null): void {
     this.ioctl(request, k.encodeVringFile(this.fileBuf, index, fd ?? -1));
   }

@@ -10,6 +10,7 @@ import { VhostKernBase, openVhostDevice } from './kern-base.js';
 
 /** The kernel vhost-net device (rust-vmm: `vhost_kern::net::Net`). */
 export class VhostKernNet extends VhostKernBase {
+  /** Dataplane name. */
   readonly kind = 'vhost-net';
 
   /** Opens /dev/vhost-net (or `path`). */

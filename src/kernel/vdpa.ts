@@ -25,6 +25,7 @@ export interface IovaRange {
 
 /** The kernel vhost-vdpa device (rust-vmm: `vhost_kern::vdpa::VhostKernVdpa`). */
 export class VhostKernVdpa extends VhostKernBase {
+  /** Dataplane name. */
   readonly kind = 'vhost-vdpa';
   /** Address space used for IOTLB messages (0 unless VHOST_BACKEND_F_IOTLB_ASID is used). */
   asid = 0;

@@ -19,6 +19,7 @@ const VRING_F_LOG = 1 << 0;
  * wrapping, the adapter does not hide the Frontend.
  */
 export class VhostUserBackendAdapter implements VhostBackend {
+  /** Dataplane name. */
   readonly kind = 'vhost-user';
   #regions: readonly VhostMemoryRegion[] = [];
 

@@ -13,6 +13,7 @@ export const VMADDR_CID_FIRST_GUEST = 3n;
 
 /** The kernel vhost-vsock device (rust-vmm: `vhost_kern::vsock::Vsock`). */
 export class VhostKernVsock extends VhostKernBase {
+  /** Dataplane name. */
   readonly kind = 'vhost-vsock';
 
   /** Opens /dev/vhost-vsock (or `path`). */
