@@ -31,5 +31,5 @@ test('VhostKernVdpa drives a VDUSE blk device through /dev/vhost-vdpa-0 (6.12 gu
   assert.match(r.details['vdpa-vduse.vduse_messages'] ?? '', /(^|\/)1:3(\/|$)/);
   assert.match(r.details['vdpa-vduse.vduse_messages'] ?? '', /(^|\/)2:[0-9a-f]+-[0-9a-f]+/);
   await expectCleanExit(vm);
-  t.diagnostic(`guest result after ${Math.round(r.elapsedMs)} ms; whole test ${Math.round(performance.now() - started)} ms`);
+  t.diagnostic(`guest result after ${Math.round(r.elapsedMs)} ms; whole test ${Math.round(performance.now() - started)} ms; ${r.line.trim()}`);
 });
