@@ -8,7 +8,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { closeSync, existsSync, openSync, watch, constants as fsConstants } from 'node:fs';
+import { closeSync, existsSync, openSync, readFileSync, watch, constants as fsConstants } from 'node:fs';
 import { Worker } from 'node:worker_threads';
 import * as sys from '../../src/sys/index.js';
 import { VhostKernVdpa } from '../../src/kernel/vdpa.js';
@@ -30,7 +30,10 @@ function waitForFile(path: string): Promise<void> {
   });
 }
 
+const uptime = (): string => readFileSync('/proc/uptime', 'utf8').split(' ')[0] ?? '';
+
 runGuestScript(async () => {
+  detail('started_at', uptime());
   const ctl = openSync('/dev/vduse/control', fsConstants.O_RDWR);
   const u64 = new Uint8Array(8);
   sys.ioctl(ctl, VDUSE_SET_API_VERSION, u64);
@@ -57,6 +60,7 @@ runGuestScript(async () => {
   execFileSync('vdpa', ['dev', 'add', 'name', NAME, 'mgmtdev', 'vduse']);
   await waitForFile('/dev/vhost-vdpa-0');
   detail('vhost_vdpa', 'present');
+  detail('vdpa_added_at', uptime());
 
   const vdpa = VhostKernVdpa.open('/dev/vhost-vdpa-0');
   await vdpa.setOwner();
@@ -90,5 +94,12 @@ runGuestScript(async () => {
   await seen((m) => m.type === VDUSE_SET_STATUS && m.status === 3, 'VDUSE SET_STATUS 3');
   await seen((m) => m.type === VDUSE_UPDATE_IOTLB, 'VDUSE UPDATE_IOTLB');
   detail('vduse_messages', messages.map((m) => `${m.type}:${m.type === VDUSE_SET_STATUS ? m.status : `${m.start}-${m.last}`}`).join('/'));
+  // Closing /dev/vhost-vdpa-0 resets the device: VDUSE asks for SET_STATUS 0 and the kernel waits
+  // for the answer (up to msg_timeout, 30 s), so close while the worker still answers.
+  const resets = messages.filter((m) => m.type === VDUSE_SET_STATUS && m.status === 0).length;
+  vdpa.close();
+  await seen(() => messages.filter((m) => m.type === VDUSE_SET_STATUS && m.status === 0).length > resets, 'reset on close');
+  ram.close();
   detail('vdpa', 'ok');
+  detail('finished_at', uptime());
 });
