@@ -9,6 +9,8 @@
 # Cached: nothing is done when the outputs are newer than this script and every file under
 # scripts/guest/. The kernel (~70 MB .deb) is fetched once; only the initramfs is rebuilt when the
 # guest files change. Set GUEST_KERNEL_DEB=/path/to/linux-image-*.deb to skip the download.
+# GUEST_KERNEL_SUITE=bookworm-backports takes the newest linux-image-*-amd64-unsigned of that suite
+# instead (6.12: vDPA/VDUSE), through a private apt state in OUTDIR/apt (system sources untouched).
 # Needs: apt-get (or GUEST_KERNEL_DEB), dpkg-deb, busybox (static), cpio, gzip.
 set -euo pipefail
 
@@ -30,6 +32,18 @@ wanted_modules=(
   vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport
   scsi_mod sd_mod virtio_scsi
   fuse virtiofs
+)
+# Shipped in /modules/extra/ but not loaded at boot: tests insmod them (load_extra_modules in
+# lib.sh). Kernel vhost back-ends (tun, vhost_*) and the 9p share that exposes the host's root
+# read-only, so a guest test can run the host's node on this checkout.
+extra_modules=(
+  tun vhost vhost_net vhost_vsock
+  9pnet 9pnet_virtio 9p
+)
+# Extras shipped only by newer kernels (Debian 6.1 has no vDPA; the 6.12 backports kernel has):
+# added to /modules/extra when the kernel ships them, skipped otherwise.
+optional_extra_modules=(
+  vdpa vduse vhost_vdpa virtio_vdpa
 )
 
 newest_input() {
@@ -82,8 +96,29 @@ work="$(mktemp -d "${TMPDIR:-/tmp}/build-guest.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 
 # ---------------------------------------------------------------- kernel + modules (cached)
+# Downloads the newest Debian kernel image of suite $1 into $work with a private apt state; prints
+# the .deb path.
+fetch_suite_kernel() {
+  local suite="$1" st="$out/apt"
+  mkdir -p "$st/lists/partial" "$st/cache/archives/partial"
+  echo "deb http://deb.debian.org/debian $suite main" > "$st/sources.list"
+  local opts=(-o "Dir::Etc::sourcelist=$st/sources.list" -o Dir::Etc::sourceparts=- -o "Dir::State::Lists=$st/lists"
+    -o "Dir::Cache=$st/cache" -o APT::Sandbox::User=root)
+  log "apt-get update ($suite, private state in $st)"
+  apt-get "${opts[@]}" update -qq >&2
+  local pkg
+  pkg="$(apt-cache "${opts[@]}" search --names-only '^linux-image-[0-9.]+\+deb[0-9]+-amd64-unsigned$' | awk '{print $1}' | sort -V | tail -1)"
+  [ -n "$pkg" ] || die "no linux-image-*-amd64-unsigned in $suite"
+  log "downloading $pkg from $suite"
+  (cd "$work" && apt-get "${opts[@]}" download -q "$pkg" >&2)
+  ls "$work"/linux-image-*.deb | head -1
+}
+
 fetch_kernel() {
   local deb="${GUEST_KERNEL_DEB:-}"
+  if [ -z "$deb" ] && [ -n "${GUEST_KERNEL_SUITE:-}" ]; then
+    deb="$(fetch_suite_kernel "$GUEST_KERNEL_SUITE")"
+  fi
   if [ -z "$deb" ]; then
     command -v apt-get >/dev/null || die "no apt-get: set GUEST_KERNEL_DEB=/path/to/linux-image-*-amd64.deb"
     local pkg
@@ -153,7 +188,18 @@ fetch_kernel() {
   local m
   for m in "${wanted_modules[@]}"; do add_module "$m"; done
   printf '%s\n' "${order[@]}" > "$out/modules.new/order"
-  echo "${wanted_modules[*]}" > "$out/modules.new/wanted"
+  # Extras after the boot set: their dependencies already loaded at boot are not repeated.
+  local boot_order=("${order[@]}")
+  order=()
+  for m in "${extra_modules[@]}"; do add_module "$m"; done
+  for m in "${optional_extra_modules[@]}"; do
+    if [ -n "${path_of[$m]:-}" ] || [ -n "${builtin[$m]:-}" ]; then add_module "$m"; fi
+  done
+  mkdir -p "$out/modules.new/extra"
+  for m in "${order[@]}"; do mv "$out/modules.new/$m.ko" "$out/modules.new/extra/"; done
+  printf '%s\n' "${order[@]}" > "$out/modules.new/extra/order"
+  echo "${wanted_modules[*]} ${extra_modules[*]} ${optional_extra_modules[*]} suite=${GUEST_KERNEL_SUITE:-}" > "$out/modules.new/wanted"
+  order=("${boot_order[@]}" "${order[@]}")
   rm -rf "$out/modules"
   mv "$out/modules.new" "$out/modules"
   cp "$vmlinuz" "$out/vmlinuz"
@@ -163,7 +209,7 @@ fetch_kernel() {
 
 # The kernel is refetched only when it is missing or the wanted module list changed.
 if [ ! -f "$out/vmlinuz" ] || [ ! -f "$out/modules/order" ] || [ ! -f "$out/kernel-version" ] \
-   || [ "$(cat "$out/modules/wanted" 2>/dev/null)" != "${wanted_modules[*]}" ]; then
+   || [ "$(cat "$out/modules/wanted" 2>/dev/null)" != "${wanted_modules[*]} ${extra_modules[*]} ${optional_extra_modules[*]} suite=${GUEST_KERNEL_SUITE:-}" ]; then
   fetch_kernel
 fi
 
@@ -177,6 +223,11 @@ for applet in $("$busybox" --list); do
 done
 ln -s bin "$root/sbin"
 cp "$out"/modules/*.ko "$out/modules/order" "$root/modules/"
+copy_extra_modules() {
+  mkdir -p "$root/modules/extra"
+  cp "$out"/modules/extra/*.ko "$out/modules/extra/order" "$root/modules/extra/"
+}
+copy_extra_modules
 cp "$guestsrc/init" "$root/init"
 cp "$guestsrc/lib.sh" "$root/lib/vtest.sh"
 cp "$guestsrc"/tests/*.sh "$root/tests/"

@@ -44,3 +44,9 @@ export {
   StderrLogger, RateLimitedLogger, silentLogger, defaultLogger, toLogger, isLogLevel, LOG_LEVELS,
   type Logger, type LogLevel, type LogFields, type PinoLikeLogger, type StderrLoggerOptions,
 } from './log.js';
+export { VhostKernNet } from './kernel/net.js';
+export { VhostKernVsock } from './kernel/vsock.js';
+export { VhostKernVdpa, type IovaRange } from './kernel/vdpa.js';
+export { VhostUserBackendAdapter } from './kernel/vhost-user-adapter.js';
+export { openTap, type Tap, type TapOptions } from './kernel/tap.js';
+export { VhostBackendError, type VhostBackend, type VhostMemoryRegion, type VhostDirtyLog, type VhostVringConfig } from './kernel/vhost-backend.js';

@@ -209,3 +209,28 @@ export function vhostUserNetArgs(socketPath: string, opts: { id?: string; queues
     '-device', dev.join(','),
   ];
 }
+
+/**
+ * QEMU arguments sharing the host's root directory read-only over virtio-9p (mount tag
+ * `hostroot`), for the guest test `host-node`, which mounts it and runs the host's node on this
+ * checkout chrooted there (scripts/guest/lib.sh: vt_mount_host). `multidevs=remap` keeps inode
+ * numbers unique across the host's mounts.
+ */
+export function hostRootShareArgs(): string[] {
+  return [
+    '-fsdev', 'local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap',
+    '-device', 'virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot',
+  ];
+}
+
+/**
+ * The `vtest.script` parameter of guest test `host-node`: node scripts run in turn in one boot,
+ * each as [path, ...args]. Paths and arguments may not contain spaces, ',' or '+' (the kernel
+ * command line and the list syntax use them).
+ */
+export function hostNodeScripts(scripts: readonly (readonly string[])[]): string {
+  for (const w of scripts.flat()) {
+    if (/[\s,+]/.test(w) || w === '') throw new Error(`host-node script word '${w}' is empty or contains a space, ',' or '+'`);
+  }
+  return scripts.map((s) => s.join('+')).join(',');
+}

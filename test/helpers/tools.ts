@@ -19,7 +19,9 @@ const PACKAGE_OF: Readonly<Record<string, string>> = {
   cpio: 'cpio',
   'dpkg-deb': 'dpkg',
   'apt-get': 'apt',
+  vdpa: 'iproute2',
   gzip: 'gzip',
+  gcc: 'gcc',
 };
 
 /** Tools needed to build and boot the test guest (see {@link ensureGuest}). */
@@ -99,12 +101,24 @@ export function ensureGuest(): Promise<GuestImages> {
   return guestPromise;
 }
 
-async function buildGuest(): Promise<GuestImages> {
+let backportsGuestPromise: Promise<GuestImages> | undefined;
+
+/**
+ * Like {@link ensureGuest} with Debian's bookworm-backports kernel (6.12: vdpa, vduse, vhost_vdpa,
+ * virtio_vdpa), in <repo>/.guest-backports. The package comes through a private apt state in that
+ * directory, so the machine's apt sources are left alone. The first build downloads ~106 MB.
+ */
+export function ensureBackportsGuest(): Promise<GuestImages> {
+  backportsGuestPromise ??= buildGuest(join(repoRoot(), '.guest-backports'), { GUEST_KERNEL_SUITE: 'bookworm-backports' });
+  return backportsGuestPromise;
+}
+
+async function buildGuest(outDirArg?: string, env: Readonly<Record<string, string>> = {}): Promise<GuestImages> {
   const root = repoRoot();
-  const outDir = process.env.VTEST_GUEST_DIR ?? join(root, '.guest');
+  const outDir = outDirArg ?? process.env.VTEST_GUEST_DIR ?? join(root, '.guest');
   const script = join(root, 'scripts', 'build-guest.sh');
   await new Promise<string>((resolve, reject) => {
-    const child = spawn('bash', [script, outDir], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn('bash', [script, outDir], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
     let text = '';
     child.stdout.on('data', (b: Buffer) => { text += b.toString(); });
     child.stderr.on('data', (b: Buffer) => { text += b.toString(); });

@@ -118,3 +118,9 @@ test('README "Writing a device" shows exactly examples/readme-device.ts', () => 
   const source = readFileSync(join(root, 'examples', 'readme-device.ts'), 'utf8').replace("'../src/index.js'", "'vhost-user'");
   assert.equal(m[1], source);
 });
+
+test('examples/any-dataplane sets a device up through VhostBackend over vhost-user', () => {
+  const script = fileURLToPath(new URL('../../examples/any-dataplane.js', import.meta.url));
+  const out = execFileSync(process.execPath, [script, 'vhost-user'], { env: { ...process.env, VHOST_USER_LOG: 'warn' }, timeout: 20_000 }).toString();
+  assert.match(out, /^vhost-user: features 0x[0-9a-f]+ offered, 1 queue\(s\) set up\nvhost-user: 32 random bytes from the rng device\n$/);
+});
