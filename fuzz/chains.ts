@@ -356,9 +356,11 @@ function hostileBatch(rng: Rng, d: SplitQueueDriver, mem: CaseMemory, qsize: num
     d.publish(head);
     published++;
   }
-  // The guest can write any avail index: jump by 1..2^16-1 beyond what was published.
-  if (rng.chance(0.15)) {
-    d.setAvailIdx(d.availIdx + qsize + rng.range(1, 0xffff - qsize));
+  // The guest can write any avail index: jump so that, counted from what the device last saw
+  // (before this batch), more than the queue size is pending. A larger jump wraps modulo 2^16 back
+  // into a legal distance, which is then an ordinary (if odd) batch, not a jump.
+  if (rng.chance(0.15) && 0xffff - qsize - published >= 1) {
+    d.setAvailIdx(d.availIdx + qsize + rng.range(1, 0xffff - qsize - published));
     return { published, jump: true };
   }
   return { published, jump: false };
