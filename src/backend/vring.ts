@@ -24,7 +24,16 @@ export class Vring {
   private guard: GuestMemoryGuard | null = null;
   private atomic: GuestMemoryAtomic | null = null;
   /** Ring addresses as the front-end sent them (user addresses), re-translated on memory changes. */
-  ringUserAddrs: { desc: bigint; avail: bigint; used: bigint; log: bigint | null } | null = null;
+  ringUserAddrs: {
+    /** Descriptor table / ring. */
+    desc: bigint;
+    /** Available ring / driver event suppression area. */
+    avail: bigint;
+    /** Used ring / device event suppression area. */
+    used: bigint;
+    /** Guest-physical address for used-ring logging, or null when VHOST_VRING_F_LOG was not set. */
+    log: bigint | null;
+  } | null = null;
 
   constructor(index: number, maxQueueSize: number) {
     this.index = index;

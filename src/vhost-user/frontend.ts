@@ -89,6 +89,7 @@ export class Frontend {
   get timeoutMs(): number {
     return this.requester.timeoutMs;
   }
+  /** Changes the reply timeout in ms (0 = none) for the requests that follow. */
   set timeoutMs(ms: number) {
     this.requester.timeoutMs = ms;
   }
@@ -275,7 +276,12 @@ export class Frontend {
   // --- inflight, postcopy, shared objects, device state ------------------------------------
 
   /** VHOST_USER_GET_INFLIGHT_FD: resolves with the area and its fd (caller owns; null if none). */
-  async getInflightFd(numQueues: number, queueSize: number): Promise<{ inflight: Inflight; fd: number | null }> {
+  async getInflightFd(numQueues: number, queueSize: number): Promise<{
+    /** The area as the back-end described it (size, offset, queue count and size). */
+    inflight: Inflight;
+    /** Fd of the area to mmap and keep for SET_INFLIGHT_FD after a reconnect; the caller owns it. Null when none. */
+    fd: number | null;
+  }> {
     const { request: _r, fd, ...inflight } = await this.get(FrontendReq.GET_INFLIGHT_FD, {
       request: FrontendReq.GET_INFLIGHT_FD, mmapSize: 0n, mmapOffset: 0n, numQueues, queueSize,
     });
