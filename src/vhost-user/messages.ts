@@ -94,7 +94,7 @@ export interface VhostUserMemory {
 
 /** Single memory region description (ADD_MEM_REG / REM_MEM_REG); the padding is implicit. */
 export interface SingleMemRegion {
-  /** The region. */
+  /** The region to add or remove (its fd, for ADD_MEM_REG, travels beside it). */
   region: AnyMemoryRegion;
 }
 
