@@ -12,7 +12,10 @@ import type { GuestMemory, GuestMemoryAtomic, GuestMemoryGuard } from '../memory
 export class Vring {
   /** Queue index within the device. */
   readonly index: number;
-  /** The split virtqueue. */
+  /**
+   * The device side of the ring (pop chains, add used entries). The framework's {@link QueueServer}
+   * drives it; a device that serves chains through a handler does not need to touch it.
+   */
   readonly queue: SplitQueue;
   /** Counters since the front-end connected (requests, bytes, errors, kicks, interrupts). */
   readonly stats = new QueueStats();

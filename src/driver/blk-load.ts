@@ -51,7 +51,7 @@ export interface BlkLoadOptions {
   backendPid?: number;
   /** Called about every `progressIntervalMs` with the figures so far. */
   onProgress?: (p: BlkLoadProgress) => void;
-  /** Default 1000. */
+  /** Period of `onProgress` calls in ms (default 1000). */
   progressIntervalMs?: number;
 }
 

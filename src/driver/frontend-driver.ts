@@ -12,7 +12,10 @@ import type { MemoryRegionWithFd } from '../vhost-user/messages.js';
 
 /** Guest RAM as a memfd: the back-end maps it via SET_MEM_TABLE, the driver through `memory`. */
 export class FrontendMemory {
-  /** The memfd (owned). */
+  /**
+   * The memfd, owned by this object and closed by close(). {@link FrontendMemory.regions} puts it
+   * in SET_MEM_TABLE, which sends the back-end its own copy; do not close it yourself.
+   */
   readonly fd: number;
   /** The driver's view of guest memory. */
   readonly memory: GuestMemory;
@@ -127,7 +130,7 @@ export class FrontendQueue {
     });
   }
 
-  /** Closes the eventfds. */
+  /** Closes the kick and call eventfds and wakes anyone waiting for an interrupt. */
   close(): void {
     this.watcher?.close();
     this.watcher = null;

@@ -232,7 +232,7 @@ export const VHOST_USER_MAX_FDS = 8;
 /** `vhost_vring_addr.flags` bit: the log address is valid and used-ring writes must be logged. */
 export const VHOST_VRING_F_LOG = 0;
 
-/** IOTLB permission flags (`vhost_iotlb_msg.perm`). */
+/** IOTLB permission (`vhost_iotlb_msg.perm`): no access. */
 export const VHOST_ACCESS_NONE = 0x0;
 /** Read access. */
 export const VHOST_ACCESS_RO = 0x1;
