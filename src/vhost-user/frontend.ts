@@ -57,6 +57,13 @@ export interface FrontendOptions {
  * A vhost-user front-end connection. Requests are serialised (the protocol is synchronous);
  * each method resolves once the back-end replied or, for requests without a reply, once written —
  * or acknowledged, when REPLY_ACK is negotiated (set `replyAck = false` to skip acks).
+ *
+ * Fds passed to a method stay the caller's: they travel by SCM_RIGHTS, which gives the back-end
+ * its own copies, so close yours when you no longer need them. Fds a method resolves with belong
+ * to the caller. Methods reject with {@link VhostUserRequestFailedError} when the back-end
+ * answers with a non-zero status, {@link VhostUserTimeoutError} when no reply arrives within
+ * `timeoutMs` (the connection is then closed, being out of step), and
+ * {@link VhostUserClosedError} once the connection is closed.
  */
 export class Frontend {
   private readonly requester: Requester;
