@@ -3,7 +3,7 @@ import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['dist/**', 'build/**', 'node_modules/**', 'guest/**', '.guest/**'] },
+  { ignores: ['dist/**', 'build/**', 'node_modules/**', 'guest/**', '.guest/**', 'docs/api/**', 'coverage/**'] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {

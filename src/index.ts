@@ -20,7 +20,7 @@ export * from './vhost-user/codec.js';
 export {
   VhostUserProtocolError, VhostUserError, VHOST_USER_ERROR_ERRNO, toVhostUserError, type ProtocolErrorKind, type VhostUserErrorCode,
 } from './vhost-user/errors.js';
-export { REQUEST_GATES, checkGate, describeGate, type FeatureGate } from './vhost-user/gating.js';
+export { REQUEST_GATES, checkGate, describeGate, type FeatureGate, type NegotiationState } from './vhost-user/gating.js';
 export {
   Connection, ConnectionTimeoutError, DEFAULT_MAX_QUEUED_BYTES, DEFAULT_MESSAGE_TIMEOUT_MS,
   type RawMessage, type ConnectionHandler, type ConnectionOptions,

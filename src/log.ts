@@ -27,10 +27,18 @@ export interface Logger {
  * {@link toLogger}.
  */
 export interface PinoLikeLogger {
+  /** Logs at debug level; `obj` holds the record's fields (bigints already converted to strings). */
   debug(obj: object, msg: string): void;
+  /** Logs at info level. */
   info(obj: object, msg: string): void;
+  /** Logs at warn level. */
   warn(obj: object, msg: string): void;
+  /** Logs at error level. */
   error(obj: object, msg: string): void;
+  /**
+   * Whether `level` would be written; lets callers skip building costly fields. When absent every
+   * level counts as enabled and the logger filters.
+   */
   isLevelEnabled?(level: string): boolean;
 }
 

@@ -57,7 +57,10 @@ export interface VhostUserBackend {
   setBackendReqFd?(channel: BackendChannel): void;
   /** Reads `size` bytes of device config space at `offset` (throws when out of range). */
   getConfig?(offset: number, size: number): Uint8Array;
-  /** Writes device config space. */
+  /**
+   * Writes `data` at `offset` of the device config space (SET_CONFIG). Throw to refuse the write;
+   * the front-end then gets a failure. Without this hook the config space is read-only.
+   */
   setConfig?(offset: number, data: Uint8Array): void;
   /**
    * Bit masks assigning queues to event-handler threads: mask i has bit q set when queue q is
@@ -71,7 +74,10 @@ export interface VhostUserBackend {
    * serves them. Guest memory must be mmap'ed (it is shared with the worker by address).
    */
   workerModule?(threadIndex: number): VringWorkerModule | null;
-  /** An eventfd per thread; when it becomes readable the thread's handler stops. */
+  /**
+   * An eventfd per thread (or null): when it becomes readable the thread's handler reads it and
+   * stops. The device keeps ownership of the fd.
+   */
   exitEvent?(threadIndex: number): number | null;
   /**
    * Serves one request of queue `queueIndex` (the safe, request-level API). Return the number of
@@ -130,6 +136,6 @@ export interface VhostUserBackend {
    * (>= 0); throwing makes the reply carry a negative id.
    */
   createCryptoSession?(session: CryptoSession): bigint | Promise<bigint>;
-  /** CLOSE_CRYPTO_SESSION. */
+  /** CLOSE_CRYPTO_SESSION: release session `sessionId`; a throw fails the request (non-zero REPLY_ACK). */
   closeCryptoSession?(sessionId: bigint): void | Promise<void>;
 }

@@ -56,6 +56,7 @@ const bit = (n: number): bigint => 1n << BigInt(n);
 
 /** The per-connection protocol state of a daemon. */
 export class VhostUserHandler implements BackendReqHandler {
+  /** One vring per queue of the backend, indexed by queue index; the handler owns their fds. */
   readonly vrings: Vring[];
   private readonly memory = new GuestMemoryAtomic();
   private handlers: VringEventHandler[] = [];

@@ -6,5 +6,5 @@ export { VringEventHandler } from './event-handler.js';
 export { VhostUserHandler, MAX_MEM_SLOTS, DAEMON_PROTOCOL_FEATURES } from './handler.js';
 export { VhostUserDaemon, DEFAULT_HANDSHAKE_TIMEOUT_MS, MAX_WAITING_FRONTENDS, type VhostUserDaemonOptions } from './daemon.js';
 export { QueueStats, statsFields, type QueueStatsSnapshot } from './stats.js';
-export { WorkerVringGroup } from './worker-group.js';
+export { WorkerVringGroup, type VringSyncExtra } from './worker-group.js';
 export type { VringWorker, VringWorkerModule, CreateVringWorker } from './worker-protocol.js';

@@ -73,6 +73,11 @@ export class QueueServer {
   private idleWaiters: (() => void)[] = [];
   private readonly flushBound = (): void => this.flush();
 
+  /**
+   * @param vring the ring served; its memory, fds and state stay owned by the vring
+   * @param handler called once per popped chain; resolves to the used length written
+   * @param opts in-flight bound, logger, log prefix and broken-ring callback
+   */
   constructor(readonly vring: Vring, private readonly handler: ChainHandler, opts: QueueServerOptions = {}) {
     this.maxInFlight = opts.maxInFlight ?? Number.MAX_SAFE_INTEGER;
     if (!Number.isInteger(this.maxInFlight) || this.maxInFlight < 1) throw new RangeError(`maxInFlight ${this.maxInFlight} must be an integer ≥ 1`);

@@ -35,14 +35,23 @@ export class QueueStats {
 
 /** A snapshot of one queue's counters, with its requests in flight. */
 export interface QueueStatsSnapshot {
+  /** Virtqueue index. */
   queue: number;
+  /** See {@link QueueStats.requests}. */
   requests: number;
+  /** See {@link QueueStats.bytesIn}. */
   bytesIn: number;
+  /** See {@link QueueStats.bytesOut}. */
   bytesOut: number;
+  /** See {@link QueueStats.errors}. */
   errors: number;
+  /** See {@link QueueStats.kicks}. */
   kicks: number;
+  /** See {@link QueueStats.interrupts}. */
   interrupts: number;
+  /** See {@link QueueStats.broken}. */
   broken: number;
+  /** Requests popped from the ring and not yet completed when the snapshot was taken. */
   inFlight: number;
 }
 

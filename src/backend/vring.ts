@@ -12,7 +12,10 @@ import type { GuestMemory, GuestMemoryAtomic, GuestMemoryGuard } from '../memory
 export class Vring {
   /** Queue index within the device. */
   readonly index: number;
-  /** The split virtqueue. */
+  /**
+   * The device side of the ring (pop chains, add used entries). The framework's {@link QueueServer}
+   * drives it; a device that serves chains through a handler does not need to touch it.
+   */
   readonly queue: SplitQueue;
   /** Counters since the front-end connected (requests, bytes, errors, kicks, interrupts). */
   readonly stats = new QueueStats();
@@ -24,7 +27,16 @@ export class Vring {
   private guard: GuestMemoryGuard | null = null;
   private atomic: GuestMemoryAtomic | null = null;
   /** Ring addresses as the front-end sent them (user addresses), re-translated on memory changes. */
-  ringUserAddrs: { desc: bigint; avail: bigint; used: bigint; log: bigint | null } | null = null;
+  ringUserAddrs: {
+    /** Descriptor table / ring. */
+    desc: bigint;
+    /** Available ring / driver event suppression area. */
+    avail: bigint;
+    /** Used ring / device event suppression area. */
+    used: bigint;
+    /** Guest-physical address for used-ring logging, or null when VHOST_VRING_F_LOG was not set. */
+    log: bigint | null;
+  } | null = null;
 
   constructor(index: number, maxQueueSize: number) {
     this.index = index;

@@ -51,40 +51,83 @@ export interface BlkLoadOptions {
   backendPid?: number;
   /** Called about every `progressIntervalMs` with the figures so far. */
   onProgress?: (p: BlkLoadProgress) => void;
-  /** Default 1000. */
+  /** Period of `onProgress` calls in ms (default 1000). */
   progressIntervalMs?: number;
 }
 
 /** Figures reported while running. */
 export interface BlkLoadProgress {
+  /** Milliseconds since the measured run started. */
   elapsedMs: number;
+  /** Requests completed so far (all queues). */
   requests: number;
+  /** Requests completed with a status other than VIRTIO_BLK_S_OK so far. */
   errors: number;
+  /** Average completions per second since the start (not an instantaneous rate). */
   iops: number;
 }
 
 /** What a run measured. */
 export interface BlkLoadResult {
+  /** I/O pattern that ran. */
   rw: BlkRw;
+  /** Bytes per request. */
   bs: number;
+  /** Requests in flight per queue. */
   iodepth: number;
+  /** Queues actually driven. */
   numQueues: number;
+  /** Whether VIRTIO_RING_F_EVENT_IDX was negotiated. */
   eventIdx: boolean;
+  /** Measured wall-clock time in ms (excludes set-up and the `verify` read-back). */
   runtimeMs: number;
+  /** Requests completed during the measured time. */
   requests: number;
+  /** Reads among `requests`. */
   reads: number;
+  /** Writes among `requests`. */
   writes: number;
   /** Requests completed with a status other than VIRTIO_BLK_S_OK. */
   errors: number;
+  /** Completed requests per second over `runtimeMs`. */
   iops: number;
   /** MiB/s of data moved. */
   mibPerSec: number;
   /** Completion latency in µs. */
-  latencyUs: { mean: number; min: number; p50: number; p99: number; p999: number; max: number };
+  latencyUs: {
+    /** Mean. */
+    mean: number;
+    /** Fastest completion. */
+    min: number;
+    /** Median. */
+    p50: number;
+    /** 99th percentile. */
+    p99: number;
+    /** 99.9th percentile. */
+    p999: number;
+    /** Slowest completion. */
+    max: number;
+  };
   /** With `verify`: blocks checked and stamps that did not match. */
-  verify: { checkedReads: number; readBackBlocks: number; mismatches: number; firstMismatch: string | null } | null;
+  verify: {
+    /** Reads whose data was checked against the stamps (measured run plus read-back). */
+    checkedReads: number;
+    /** Blocks read back after the measured run. */
+    readBackBlocks: number;
+    /** Reads that returned a stamp other than the last one written; non-zero means data corruption. */
+    mismatches: number;
+    /** Description of the first mismatch (block, word, stamp found and expected), or null. */
+    firstMismatch: string | null;
+  } | null;
   /** With `backendPid`: the back-end's CPU time (user + system) per completed request. */
-  backend: { pid: number; cpuSeconds: number; cpuUsPerRequest: number } | null;
+  backend: {
+    /** The pid that was measured. */
+    pid: number;
+    /** User + system CPU seconds the back-end used during the measured run. */
+    cpuSeconds: number;
+    /** `cpuSeconds` per completed request, in µs. */
+    cpuUsPerRequest: number;
+  } | null;
 }
 
 const VIRTIO_BLK_T_IN = 0;

@@ -12,14 +12,20 @@ import type { MemoryRegionWithFd } from '../vhost-user/messages.js';
 
 /** Guest RAM as a memfd: the back-end maps it via SET_MEM_TABLE, the driver through `memory`. */
 export class FrontendMemory {
-  /** The memfd (owned). */
+  /**
+   * The memfd, owned by this object and closed by close(). {@link FrontendMemory.regions} puts it
+   * in SET_MEM_TABLE, which sends the back-end its own copy; do not close it yourself.
+   */
   readonly fd: number;
   /** The driver's view of guest memory. */
   readonly memory: GuestMemory;
   private readonly mapping: sys.Mapping;
 
   /**
+   * Creates and maps the memfd. Throws SysError when memfd_create, ftruncate or mmap fails; call
+   * close() to release the memfd and the mapping.
    * @param size bytes of guest RAM at guest-physical address `guestPhysAddr`
+   * @param guestPhysAddr guest-physical address of the first byte (default 0)
    * @param userAddr the address the front-end claims the region has in its own address space;
    *   ring addresses are expressed in it (any value: the back-end only uses it for translation)
    */
@@ -68,6 +74,12 @@ export class FrontendQueue {
   /** Interrupts received. */
   interrupts = 0;
 
+  /**
+   * Creates the kick and call eventfds (owned by this object until close()). Usually made by
+   * {@link setupQueue}, which also sends the vring set-up requests.
+   * @param index virtqueue index on the back-end
+   * @param driver the driver side of the ring, over the guest memory shared with the back-end
+   */
   constructor(readonly index: number, readonly driver: SplitQueueDriver) {
     this.kickFd = sys.eventfd();
     this.callFd = sys.eventfd();
@@ -118,7 +130,7 @@ export class FrontendQueue {
     });
   }
 
-  /** Closes the eventfds. */
+  /** Closes the kick and call eventfds and wakes anyone waiting for an interrupt. */
   close(): void {
     this.watcher?.close();
     this.watcher = null;

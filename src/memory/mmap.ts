@@ -48,17 +48,32 @@ function checkFileRange(fd: number, offset: number, size: number, what: string):
 }
 
 /**
- * A RegionBacking over a mapping whose windows are created on first use, tracked for SIGBUS-guard
- * reports until it is unmapped.
+ * A {@link RegionBacking} over a front-end file mapping (see {@link mapFrontendFile}) whose
+ * ArrayBuffer windows are created on first use, and which is tracked for SIGBUS-guard reports
+ * until it is unmapped.
  */
-/** A lazily windowed RegionBacking over a front-end file mapping (see mapFrontendFile). */
 export interface TrackedBacking {
+  /**
+   * Every window, creating those not created yet: costly on a huge mapping, prefer
+   * {@link TrackedBacking.window}.
+   */
   readonly windows: readonly ArrayBuffer[];
+  /** Number of windows: ceil(length / {@link WINDOW_STRIDE}). */
   readonly windowCount: number;
+  /** Length of the mapping in bytes. */
   readonly length: number;
   /** Host address of byte 0 (worker threads wrap the same memory by address). */
   readonly address: bigint;
+  /**
+   * Window `i`: starts at byte i * {@link WINDOW_STRIDE} (2 GiB) and spans up to 4 GiB, so any range
+   * of at most 2 GiB lies inside one window. Created on first call, then cached. Throws RangeError
+   * for an index outside [0, windowCount).
+   */
   window(i: number): ArrayBuffer;
+  /**
+   * munmap and stop tracking; every window is detached, so a stale view throws TypeError instead
+   * of faulting. Idempotent.
+   */
   unmap(): void;
 }
 

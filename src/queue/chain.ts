@@ -100,14 +100,22 @@ export class DescriptorChain {
 
 /** Shared cursor logic for Reader and Writer: a position inside buffers [first, end) of a chain. */
 abstract class Cursor {
+  /** @internal Index of the buffer the cursor is in. */
   protected idx = 0;
+  /** @internal Offset inside buffer `idx`. */
   protected off = 0;
+  /** @internal One past the last buffer of this cursor's part. */
   protected end = 0;
+  /** @internal Bytes not yet consumed. */
   protected left = 0;
+  /** @internal Bytes in this cursor's part. */
   protected total = 0;
+  /** @internal Bounce buffer for scalars that straddle two buffers. */
   protected readonly scratch = new Uint8Array(8);
+  /** @internal View on `scratch`. */
   protected readonly scratchView = new DataView(this.scratch.buffer);
 
+  /** @internal Cursors are made by their {@link DescriptorChain}, never by users. */
   constructor(protected readonly chain: DescriptorChain) {}
 
   /** @internal */
@@ -124,6 +132,7 @@ abstract class Cursor {
     return this.left;
   }
 
+  /** @internal Throws `buffer-too-small` unless `n` more bytes remain. */
   protected need(n: number): void {
     if (!Number.isSafeInteger(n) || n < 0 || n > this.left) {
       throw new QueueError('buffer-too-small', `request needs ${n} more bytes but only ${this.left} remain in the chain`, this.chain.headIndex);

@@ -72,7 +72,15 @@ export class SplitQueueDriver {
   private lastKickAvail = 0;
   private lastUsed = 0;
 
-  /** Zeroes the rings in `mem` and puts every descriptor on the free list. */
+  /**
+   * Zeroes the rings in `mem` and puts every descriptor on the free list.
+   * @param mem Guest memory holding the rings and, usually, the buffers; the driver does not own it.
+   * @param size Queue size: a power of two up to {@link VIRTQ_MAX_SIZE} (else throws QueueError `invalid-size`).
+   * @param descGpa Guest-physical address of the descriptor table (16-byte aligned).
+   * @param availGpa Guest-physical address of the available ring (2-byte aligned).
+   * @param usedGpa Guest-physical address of the used ring (4-byte aligned).
+   * @param opts `eventIdx`: use VIRTIO_RING_F_EVENT_IDX for kick and interrupt suppression.
+   */
   constructor(
     readonly mem: GuestMemory, size: number, readonly descGpa: number, readonly availGpa: number, readonly usedGpa: number,
     opts: { eventIdx?: boolean } = {},

@@ -66,7 +66,15 @@ export class PackedQueueDriver {
   private usedWrap = true;
   private addedSinceKick = 0;
 
-  /** Zeroes the ring parts in `mem` (the initial state the spec requires). */
+  /**
+   * Zeroes the ring parts in `mem` (the initial state the spec requires).
+   * @param mem Guest memory holding the ring and, usually, the buffers; the driver does not own it.
+   * @param size Queue size: 1 to {@link VIRTQ_PACKED_MAX_SIZE}, any value (else throws QueueError `invalid-size`).
+   * @param descGpa Guest-physical address of the descriptor ring (16-byte aligned).
+   * @param driverGpa Guest-physical address of the driver event suppression area (4-byte aligned).
+   * @param deviceGpa Guest-physical address of the device event suppression area (4-byte aligned).
+   * @param opts `eventIdx`: use VIRTIO_RING_F_EVENT_IDX (descriptor-based event suppression).
+   */
   constructor(
     readonly mem: GuestMemory, size: number, readonly descGpa: number, readonly driverGpa: number, readonly deviceGpa: number,
     opts: { eventIdx?: boolean } = {},

@@ -34,6 +34,9 @@ function ringView<T extends Uint16Array | Uint32Array>(
   return new Ctor(v.buffer, v.byteOffset, Math.floor(bytes / Ctor.BYTES_PER_ELEMENT));
 }
 
+/** Indirect table entries accepted even on small queues (QEMU's VIRTQUEUE_MAX_SIZE). */
+const MAX_INDIRECT_SEGMENTS = 1024;
+
 /**
  * Device side of a split virtqueue (VIRTIO 1.2 §2.7).
  *
@@ -43,9 +46,6 @@ function ringView<T extends Uint16Array | Uint32Array>(
  * recycled). Those views alias the snapshot's mappings: keep that snapshot pinned (a
  * GuestMemoryGuard) for as long as the queue uses it.
  */
-/** Indirect table entries accepted even on small queues (QEMU's VIRTQUEUE_MAX_SIZE). */
-const MAX_INDIRECT_SEGMENTS = 1024;
-
 export class SplitQueue {
   /** Largest size this queue accepts (device maximum). */
   readonly maxSize: number;

@@ -97,7 +97,12 @@ export interface BackendReqHandler {
   /** VHOST_USER_POSTCOPY_END: returns 0 on success. */
   postcopyEnd?(): MaybePromise<bigint>;
   /** VHOST_USER_GET_INFLIGHT_FD: returns the area (fd ownership passes to the endpoint) or null fd. */
-  getInflightFd?(request: Inflight): MaybePromise<{ inflight: Inflight; fd: number | null }>;
+  getInflightFd?(request: Inflight): MaybePromise<{
+    /** The area's description; `mmapSize` 0 means no inflight tracking. */
+    inflight: Inflight;
+    /** Fd of the area (ownership passes to the endpoint, which sends and closes it), or null. */
+    fd: number | null;
+  }>;
   /** VHOST_USER_SET_INFLIGHT_FD. */
   setInflightFd?(inflight: Inflight, fd: number): MaybePromise<void>;
   /** VHOST_USER_GPU_SET_SOCKET. */

@@ -3,8 +3,11 @@ import { HEADER_SIZE, decodeHeader, type Header, type EncodedMessage } from './c
 
 /** One framed message as read off the socket, before payload decoding. The receiver owns `fds`. */
 export interface RawMessage {
+  /** The decoded 12-byte header (request id, flags, payload size). */
   header: Header;
+  /** Exactly `header.size` payload bytes, not yet decoded or validated. */
   payload: Uint8Array;
+  /** Fds received with the message (SCM_RIGHTS), in order; the receiver must close every one it does not keep. */
   fds: number[];
 }
 
@@ -64,6 +67,7 @@ interface Outgoing {
  * queueing the rest when the socket buffer is full. Owns the socket fd.
  */
 export class Connection {
+  /** The socket fd; owned by the connection, which closes it in close(). Do not close it yourself. */
   readonly fd: number;
   private readonly handler: ConnectionHandler;
   private watcher: sys.FdWatcher | null;

@@ -9,48 +9,91 @@ import { VHOST_USER_F_PROTOCOL_FEATURES, setBits } from '../virtio/features.js';
 
 /** Requests sent by the front-end on the main socket (spec "Front-end message types"). */
 export enum FrontendReq {
+  /** Ask for the device's virtio feature bits (u64 reply, includes VHOST_USER_F_PROTOCOL_FEATURES when supported). */
   GET_FEATURES = 1,
+  /** Set the virtio features the driver acked; sent again with VHOST_F_LOG_ALL to start or stop dirty logging. */
   SET_FEATURES = 2,
+  /** Claim the session for this front-end; QEMU sends it once, after feature negotiation. No payload. */
   SET_OWNER = 3,
+  /** Deprecated session reset; back-ends treat it like RESET_DEVICE or ignore it. */
   RESET_OWNER = 4,
+  /** Replace the guest memory table; one fd per region (up to VHOST_USER_MAX_RAM_SLOTS), each to be mmapped. */
   SET_MEM_TABLE = 5,
+  /** Set the dirty-log area: one fd plus size and offset (needs LOG_SHMFD). */
   SET_LOG_BASE = 6,
+  /** Set an eventfd to signal after dirty-log updates. */
   SET_LOG_FD = 7,
+  /** Set a ring's size (number of descriptors). */
   SET_VRING_NUM = 8,
+  /** Set a ring's descriptor/avail/used addresses, in front-end user address space (or IOVA with IOMMU). */
   SET_VRING_ADDR = 9,
+  /** Set the next available index (split) or the avail index and wrap counter (packed) to resume from. */
   SET_VRING_BASE = 10,
+  /** Stop a ring and return its next available index; the back-end must finish or hand off in-flight work first. */
   GET_VRING_BASE = 11,
+  /** Set the eventfd the driver kicks to notify new buffers; starts the ring when no NOFD bit and the ring is enabled. */
   SET_VRING_KICK = 12,
+  /** Set the eventfd the back-end writes to interrupt the guest after used-ring updates. */
   SET_VRING_CALL = 13,
+  /** Set the eventfd the back-end writes to report a ring error. */
   SET_VRING_ERR = 14,
+  /** Ask for the back-end's protocol feature bits (only when VHOST_USER_F_PROTOCOL_FEATURES was offered). */
   GET_PROTOCOL_FEATURES = 15,
+  /** Set the protocol features both sides use from now on. */
   SET_PROTOCOL_FEATURES = 16,
+  /** Ask for the maximum number of queues (needs MQ). */
   GET_QUEUE_NUM = 17,
+  /** Enable or disable a ring; with protocol features negotiated rings start disabled. */
   SET_VRING_ENABLE = 18,
+  /** Ask a net back-end to broadcast a RARP for the given MAC after migration (needs RARP). */
   SEND_RARP = 19,
+  /** Tell a net back-end the MTU (needs MTU). */
   NET_SET_MTU = 20,
+  /** Hand over the socket of the back-end channel (needs BACKEND_REQ); the receiver owns the fd. */
   SET_BACKEND_REQ_FD = 21,
+  /** Update or invalidate an IOTLB entry (with VIRTIO_F_IOMMU_PLATFORM). */
   IOTLB_MSG = 22,
+  /** Set a legacy device's ring endianness (needs CROSS_ENDIAN). */
   SET_VRING_ENDIAN = 23,
+  /** Read part of the device config space (needs CONFIG). */
   GET_CONFIG = 24,
+  /** Write part of the device config space (needs CONFIG). */
   SET_CONFIG = 25,
+  /** Create a virtio-crypto session (needs CRYPTO_SESSION). */
   CREATE_CRYPTO_SESSION = 26,
+  /** Close a virtio-crypto session. */
   CLOSE_CRYPTO_SESSION = 27,
+  /** Postcopy migration: the back-end opens a userfaultfd and returns it. */
   POSTCOPY_ADVISE = 28,
+  /** Postcopy migration: the back-end starts serving faults. */
   POSTCOPY_LISTEN = 29,
+  /** Postcopy migration finished; the back-end closes its userfaultfd. */
   POSTCOPY_END = 30,
+  /** Ask the back-end for a shared inflight-tracking area (needs INFLIGHT_SHMFD). */
   GET_INFLIGHT_FD = 31,
+  /** Give the back-end its inflight-tracking area (after a reconnect, with its previous contents). */
   SET_INFLIGHT_FD = 32,
+  /** Hand a vhost-user-gpu back-end the socket of its display protocol. */
   GPU_SET_SOCKET = 33,
+  /** Reset the device to its initial state, keeping the session (needs RESET_DEVICE). */
   RESET_DEVICE = 34,
+  /** In-band kick for a ring with no kick fd (needs INBAND_NOTIFICATIONS). */
   VRING_KICK = 35,
+  /** Ask how many memory regions the back-end supports (needs CONFIGURE_MEM_SLOTS). */
   GET_MAX_MEM_SLOTS = 36,
+  /** Add one memory region with its fd (needs CONFIGURE_MEM_SLOTS). */
   ADD_MEM_REG = 37,
+  /** Remove one memory region (needs CONFIGURE_MEM_SLOTS). */
   REM_MEM_REG = 38,
+  /** Set the virtio device status byte (needs STATUS). */
   SET_STATUS = 39,
+  /** Read the virtio device status byte (needs STATUS). */
   GET_STATUS = 40,
+  /** Ask for the dma-buf fd of a shared object by UUID (needs SHARED_OBJECT). */
   GET_SHARED_OBJECT = 41,
+  /** Start a device-state transfer over a pipe; the reply may carry the back-end's own fd (needs DEVICE_STATE). */
   SET_DEVICE_STATE_FD = 42,
+  /** After a device-state transfer, ask whether it succeeded (needs DEVICE_STATE). */
   CHECK_DEVICE_STATE = 43,
   /** Newer than spec/vhost-user.rst: rust-vmm vhost 0.16 / QEMU's SHMEM series (vhost-user-newer.md). */
   GET_SHMEM_CONFIG = 44,
@@ -61,13 +104,21 @@ export const FRONTEND_REQ_MAX = FrontendReq.GET_SHMEM_CONFIG;
 
 /** Requests sent by the back-end on the back-end channel (spec "Back-end message types"). */
 export enum BackendReq {
+  /** IOTLB miss or access failure reported to the front-end. */
   IOTLB_MSG = 1,
+  /** The device config space changed; the front-end re-reads it and notifies the guest. */
   CONFIG_CHANGE_MSG = 2,
+  /** Offer (or withdraw, with NOFD) an mmappable area the guest can write to kick a ring directly (needs HOST_NOTIFIER). */
   VRING_HOST_NOTIFIER_MSG = 3,
+  /** In-band call for a ring with no call fd (needs INBAND_NOTIFICATIONS). */
   VRING_CALL = 4,
+  /** In-band error notification for a ring with no err fd (needs INBAND_NOTIFICATIONS). */
   VRING_ERR = 5,
+  /** Register a shared object (UUID) exported by this back-end (needs SHARED_OBJECT). */
   SHARED_OBJECT_ADD = 6,
+  /** Withdraw a shared object registration. */
   SHARED_OBJECT_REMOVE = 7,
+  /** Ask the front-end for the fd of a shared object another back-end exported. */
   SHARED_OBJECT_LOOKUP = 8,
   /** Map an fd into a VIRTIO shared memory region (SHMEM; vhost-user-newer.md). */
   SHMEM_MAP = 9,
@@ -80,25 +131,45 @@ export const BACKEND_REQ_MAX = BackendReq.SHMEM_UNMAP;
 
 /** Bit numbers of the vhost-user protocol features (`VHOST_USER_PROTOCOL_F_*`). */
 export enum ProtocolFeature {
+  /** Multiple queues: GET_QUEUE_NUM is supported. */
   MQ = 0,
+  /** Dirty logging into shared memory: SET_LOG_BASE carries an fd. */
   LOG_SHMFD = 1,
+  /** SEND_RARP is supported. */
   RARP = 2,
+  /** The NEED_REPLY header flag is honoured: requests with it get a u64 ack (0 = success). */
   REPLY_ACK = 3,
+  /** NET_SET_MTU is supported. */
   MTU = 4,
+  /** The back-end channel (SET_BACKEND_REQ_FD) is supported. */
   BACKEND_REQ = 5,
+  /** SET_VRING_ENDIAN is supported. */
   CROSS_ENDIAN = 6,
+  /** CREATE_CRYPTO_SESSION / CLOSE_CRYPTO_SESSION are supported. */
   CRYPTO_SESSION = 7,
+  /** Postcopy migration (POSTCOPY_* requests) is supported. */
   PAGEFAULT = 8,
+  /** GET_CONFIG / SET_CONFIG and CONFIG_CHANGE_MSG are supported. */
   CONFIG = 9,
+  /** Back-end channel messages may carry fds. */
   BACKEND_SEND_FD = 10,
+  /** VRING_HOST_NOTIFIER_MSG is supported. */
   HOST_NOTIFIER = 11,
+  /** Inflight tracking in shared memory (GET_INFLIGHT_FD / SET_INFLIGHT_FD) is supported. */
   INFLIGHT_SHMFD = 12,
+  /** RESET_DEVICE is supported. */
   RESET_DEVICE = 13,
+  /** Kicks and calls may travel as messages (VRING_KICK, VRING_CALL) instead of eventfds. */
   INBAND_NOTIFICATIONS = 14,
+  /** GET_MAX_MEM_SLOTS / ADD_MEM_REG / REM_MEM_REG are supported. */
   CONFIGURE_MEM_SLOTS = 15,
+  /** SET_STATUS / GET_STATUS are supported. */
   STATUS = 16,
+  /** Memory regions carry Xen mmap flags and a domain id (larger region layout). */
   XEN_MMAP = 17,
+  /** Shared objects (GET_SHARED_OBJECT, SHARED_OBJECT_*) are supported. */
   SHARED_OBJECT = 18,
+  /** Device-state transfer for migration (SET_DEVICE_STATE_FD / CHECK_DEVICE_STATE) is supported. */
   DEVICE_STATE = 19,
   /**
    * GET_VRING_BASE may stop a ring without draining it, leaving in-flight requests recorded in the
@@ -161,7 +232,7 @@ export const VHOST_USER_MAX_FDS = 8;
 /** `vhost_vring_addr.flags` bit: the log address is valid and used-ring writes must be logged. */
 export const VHOST_VRING_F_LOG = 0;
 
-/** IOTLB permission flags (`vhost_iotlb_msg.perm`). */
+/** IOTLB permission (`vhost_iotlb_msg.perm`): no access. */
 export const VHOST_ACCESS_NONE = 0x0;
 /** Read access. */
 export const VHOST_ACCESS_RO = 0x1;
@@ -172,11 +243,17 @@ export const VHOST_ACCESS_RW = 0x3;
 
 /** IOTLB message types (`vhost_iotlb_msg.type`). */
 export enum IotlbType {
+  /** Back-end to front-end: no translation for `iova`; the front-end answers with an UPDATE. */
   MISS = 1,
+  /** Front-end to back-end: add a translation `iova` -> `userAddr` for `size` bytes with `perm`. */
   UPDATE = 2,
+  /** Front-end to back-end: drop translations covering `iova`..`iova + size`. */
   INVALIDATE = 3,
+  /** Back-end to front-end: an access was denied by `perm`. */
   ACCESS_FAIL = 4,
+  /** Start of a batch of updates (optional hint). */
   BATCH_BEGIN = 5,
+  /** End of a batch of updates. */
   BATCH_END = 6,
 }
 

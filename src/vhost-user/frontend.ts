@@ -57,6 +57,13 @@ export interface FrontendOptions {
  * A vhost-user front-end connection. Requests are serialised (the protocol is synchronous);
  * each method resolves once the back-end replied or, for requests without a reply, once written —
  * or acknowledged, when REPLY_ACK is negotiated (set `replyAck = false` to skip acks).
+ *
+ * Fds passed to a method stay the caller's: they travel by SCM_RIGHTS, which gives the back-end
+ * its own copies, so close yours when you no longer need them. Fds a method resolves with belong
+ * to the caller. Methods reject with {@link VhostUserRequestFailedError} when the back-end
+ * answers with a non-zero status, {@link VhostUserTimeoutError} when no reply arrives within
+ * `timeoutMs` (the connection is then closed, being out of step), and
+ * {@link VhostUserClosedError} once the connection is closed.
  */
 export class Frontend {
   private readonly requester: Requester;
@@ -89,6 +96,7 @@ export class Frontend {
   get timeoutMs(): number {
     return this.requester.timeoutMs;
   }
+  /** Changes the reply timeout in ms (0 = none) for the requests that follow. */
   set timeoutMs(ms: number) {
     this.requester.timeoutMs = ms;
   }
@@ -275,7 +283,12 @@ export class Frontend {
   // --- inflight, postcopy, shared objects, device state ------------------------------------
 
   /** VHOST_USER_GET_INFLIGHT_FD: resolves with the area and its fd (caller owns; null if none). */
-  async getInflightFd(numQueues: number, queueSize: number): Promise<{ inflight: Inflight; fd: number | null }> {
+  async getInflightFd(numQueues: number, queueSize: number): Promise<{
+    /** The area as the back-end described it (size, offset, queue count and size). */
+    inflight: Inflight;
+    /** Fd of the area to mmap and keep for SET_INFLIGHT_FD after a reconnect; the caller owns it. Null when none. */
+    fd: number | null;
+  }> {
     const { request: _r, fd, ...inflight } = await this.get(FrontendReq.GET_INFLIGHT_FD, {
       request: FrontendReq.GET_INFLIGHT_FD, mmapSize: 0n, mmapOffset: 0n, numQueues, queueSize,
     });

@@ -31,7 +31,11 @@ export type FeatureGate =
   /** Always legal. */
   | { kind: 'none' }
   /** The protocol feature was acknowledged with SET_PROTOCOL_FEATURES. */
-  | { kind: 'protocol'; feature: ProtocolFeature }
+  | {
+      kind: 'protocol';
+      /** The protocol feature required. */
+      feature: ProtocolFeature;
+    }
   /** VHOST_USER_F_PROTOCOL_FEATURES is in the back-end's GET_FEATURES reply on this connection. */
   | { kind: 'protocol-features-offered' }
   /**
@@ -41,7 +45,13 @@ export type FeatureGate =
    */
   | { kind: 'protocol-features-negotiated' }
   /** A virtio feature bit was acknowledged with SET_FEATURES. */
-  | { kind: 'virtio'; bit: number; name: string };
+  | {
+      kind: 'virtio';
+      /** The virtio feature bit number. */
+      bit: number;
+      /** Its spec name, for logs. */
+      name: string;
+    };
 
 const NONE: FeatureGate = { kind: 'none' };
 const proto = (feature: ProtocolFeature): FeatureGate => ({ kind: 'protocol', feature });

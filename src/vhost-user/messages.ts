@@ -81,7 +81,10 @@ export interface XenMemoryRegion extends MemoryRegion {
 export type AnyMemoryRegion = MemoryRegion | XenMemoryRegion;
 
 /** A memory region together with the fd it is mapped from. */
-export type MemoryRegionWithFd = AnyMemoryRegion & { fd: number };
+export type MemoryRegionWithFd = AnyMemoryRegion & {
+  /** The region's memory fd, received with the message; owned by the receiver, who must close it. */
+  fd: number;
+};
 
 /** Multiple memory regions description (SET_MEM_TABLE); `nregions` is `regions.length`. */
 export interface VhostUserMemory {
@@ -91,7 +94,7 @@ export interface VhostUserMemory {
 
 /** Single memory region description (ADD_MEM_REG / REM_MEM_REG); the padding is implicit. */
 export interface SingleMemRegion {
-  /** The region. */
+  /** The region to add or remove (its fd, for ADD_MEM_REG, travels beside it). */
   region: AnyMemoryRegion;
 }
 
@@ -233,7 +236,12 @@ export interface DeviceStateTransfer {
  * `{ request: R } & T` distributed over each member of the enum union `R`, so that `Extract` and
  * `switch` narrowing work per request id rather than per group.
  */
-export type PerRequest<R, T = unknown> = R extends unknown ? { request: R } & T : never;
+export type PerRequest<R, T = unknown> = R extends unknown
+  ? {
+      /** The request id (the discriminant). */
+      request: R;
+    } & T
+  : never;
 
 /** Front-end requests whose payload is empty. */
 export type FrontendEmptyReq =
@@ -267,36 +275,106 @@ export type FrontendFdOnlyReq = FrontendReq.SET_LOG_FD | FrontendReq.SET_BACKEND
 /** A request from the front-end to the back-end; discriminated on `request`. */
 export type FrontendRequest =
   | PerRequest<FrontendEmptyReq>
-  | { request: FrontendReq.SET_FEATURES; features: bigint }
-  | { request: FrontendReq.SET_PROTOCOL_FEATURES; features: bigint }
+  | {
+      request: FrontendReq.SET_FEATURES;
+      /** Virtio feature bits acked by the driver (plus VHOST_USER_F_PROTOCOL_FEATURES). */
+      features: bigint;
+    }
+  | {
+      request: FrontendReq.SET_PROTOCOL_FEATURES;
+      /** `VHOST_USER_PROTOCOL_F_*` bits the front-end enables. */
+      features: bigint;
+    }
   /**
    * `regions` has 1..8 entries, except while postcopy is listening, where QEMU's 8-byte zero
    * acknowledgement decodes as an empty table (see `CodecContext.postcopyListening`).
    */
-  | { request: FrontendReq.SET_MEM_TABLE; regions: MemoryRegionWithFd[] }
-  | ({ request: FrontendReq.SET_LOG_BASE; fd: number } & Log)
-  | PerRequest<FrontendFdOnlyReq, { fd: number }>
+  | {
+      request: FrontendReq.SET_MEM_TABLE;
+      /** The new table; each entry carries its own fd, owned by the receiver. */
+      regions: MemoryRegionWithFd[];
+    }
+  | ({
+      request: FrontendReq.SET_LOG_BASE;
+      /** Fd of the dirty-log area to mmap; owned by the receiver. */
+      fd: number;
+    } & Log)
+  | PerRequest<FrontendFdOnlyReq, {
+      /** The fd carried by the request; owned by the receiver. */
+      fd: number;
+    }>
   | PerRequest<FrontendVringStateReq, VringState>
   | ({ request: FrontendReq.SET_VRING_ADDR } & VringAddr)
   /** `fd` is null when the NOFD bit was set (the back-end must poll). */
-  | PerRequest<FrontendVringFdReq, { index: number; fd: number | null }>
-  | { request: FrontendReq.SET_VRING_ENABLE; index: number; enable: boolean }
+  | PerRequest<FrontendVringFdReq, {
+      /** Vring index (bits 0-7 of the u64). */
+      index: number;
+      /** The eventfd, owned by the receiver; null with NOFD. */
+      fd: number | null;
+    }>
+  | {
+      request: FrontendReq.SET_VRING_ENABLE;
+      /** Vring index. */
+      index: number;
+      /** True to enable the ring, false to disable it. */
+      enable: boolean;
+    }
   /** Only the first 6 bytes of the u64 are meaningful: the guest MAC address. */
-  | { request: FrontendReq.SEND_RARP; mac: Uint8Array }
-  | { request: FrontendReq.NET_SET_MTU; mtu: number }
+  | {
+      request: FrontendReq.SEND_RARP;
+      /** The 6-byte MAC address. */
+      mac: Uint8Array;
+    }
+  | {
+      request: FrontendReq.NET_SET_MTU;
+      /** MTU in bytes. */
+      mtu: number;
+    }
   | ({ request: FrontendReq.IOTLB_MSG } & IotlbMsg)
-  | { request: FrontendReq.SET_VRING_ENDIAN; index: number; bigEndian: boolean }
+  | {
+      request: FrontendReq.SET_VRING_ENDIAN;
+      /** Vring index. */
+      index: number;
+      /** True for a big-endian legacy ring. */
+      bigEndian: boolean;
+    }
   | PerRequest<FrontendReq.GET_CONFIG | FrontendReq.SET_CONFIG, Config>
   | ({ request: FrontendReq.CREATE_CRYPTO_SESSION } & CryptoSession)
-  | { request: FrontendReq.CLOSE_CRYPTO_SESSION; sessionId: bigint }
+  | {
+      request: FrontendReq.CLOSE_CRYPTO_SESSION;
+      /** Id returned by CREATE_CRYPTO_SESSION. */
+      sessionId: bigint;
+    }
   | ({ request: FrontendReq.GET_INFLIGHT_FD } & Inflight)
-  | ({ request: FrontendReq.SET_INFLIGHT_FD; fd: number } & Inflight)
-  | { request: FrontendReq.ADD_MEM_REG; region: MemoryRegionWithFd }
+  | ({
+      request: FrontendReq.SET_INFLIGHT_FD;
+      /** Fd of the inflight area to mmap; owned by the receiver. */
+      fd: number;
+    } & Inflight)
+  | {
+      request: FrontendReq.ADD_MEM_REG;
+      /** The region and its fd (owned by the receiver). */
+      region: MemoryRegionWithFd;
+    }
   /** The spec tolerates one (useless) fd here; it is surfaced so the caller can close it. */
-  | { request: FrontendReq.REM_MEM_REG; region: AnyMemoryRegion; fd: number | null }
-  | { request: FrontendReq.SET_STATUS; status: number }
+  | {
+      request: FrontendReq.REM_MEM_REG;
+      /** The region to remove, matched on guest address, size and user address. */
+      region: AnyMemoryRegion;
+      /** A stray fd sent with the request, or null; owned (and to be closed) by the receiver. */
+      fd: number | null;
+    }
+  | {
+      request: FrontendReq.SET_STATUS;
+      /** The virtio device status byte (`VIRTIO_CONFIG_S_*`). */
+      status: number;
+    }
   | ({ request: FrontendReq.GET_SHARED_OBJECT } & SharedObject)
-  | ({ request: FrontendReq.SET_DEVICE_STATE_FD; fd: number } & DeviceStateTransfer);
+  | ({
+      request: FrontendReq.SET_DEVICE_STATE_FD;
+      /** Pipe end to read from (LOAD) or write to (SAVE); owned by the receiver. */
+      fd: number;
+    } & DeviceStateTransfer);
 
 /** The member of `FrontendRequest` for request id `R`. */
 export type FrontendRequestOf<R extends FrontendReq> = Extract<FrontendRequest, { request: R }>;
@@ -334,31 +412,93 @@ export type FrontendAckOnlyReq = Exclude<FrontendReq, FrontendBodyReplyReq>;
 
 /** Reply to a request, discriminated on `request` (and on `kind` where a request has two forms). */
 export type FrontendReply =
-  | PerRequest<FrontendU64ReplyReq, { value: bigint }>
+  | PerRequest<FrontendU64ReplyReq, {
+      /** The request-specific u64 (feature bits, queue count, slot count, result). */
+      value: bigint;
+    }>
   | ({ request: FrontendReq.GET_VRING_BASE } & VringState)
   /** `config` is null when the back-end signalled an error with an empty payload. */
-  | { request: FrontendReq.GET_CONFIG; config: Config | null }
+  | {
+      request: FrontendReq.GET_CONFIG;
+      /** The config bytes read, or null on error. */
+      config: Config | null;
+    }
   /** `fd` is null when the back-end returned `mmapSize == 0` (no inflight tracking). */
-  | ({ request: FrontendReq.GET_INFLIGHT_FD; fd: number | null } & Inflight)
+  | ({
+      request: FrontendReq.GET_INFLIGHT_FD;
+      /** Fd of the inflight area, owned by the receiver; null when not provided. */
+      fd: number | null;
+    } & Inflight)
   /** The u64 wire value, range-checked to a u8 device status. */
-  | { request: FrontendReq.GET_STATUS; status: number }
+  | {
+      request: FrontendReq.GET_STATUS;
+      /** The virtio device status byte. */
+      status: number;
+    }
   /** Bits 0-7 of `value`: error code; bit 8: NOFD. `fd` is the back-end's channel end, if any. */
-  | { request: FrontendReq.SET_DEVICE_STATE_FD; value: bigint; fd: number | null }
+  | {
+      request: FrontendReq.SET_DEVICE_STATE_FD;
+      /** Error code in bits 0-7 (0 = success), NOFD in bit 8. */
+      value: bigint;
+      /** The back-end's own pipe end to use instead, owned by the receiver; null with NOFD. */
+      fd: number | null;
+    }
   /** `value` 0 with an fd on success; non-zero and no fd on failure. */
-  | { request: FrontendReq.GET_SHARED_OBJECT; value: bigint; fd: number | null }
+  | {
+      request: FrontendReq.GET_SHARED_OBJECT;
+      /** 0 on success. */
+      value: bigint;
+      /** The object's fd on success, owned by the receiver; null on failure. */
+      fd: number | null;
+    }
   | ({ request: FrontendReq.CREATE_CRYPTO_SESSION } & CryptoSession)
   /** Payload-less reply carrying the back-end's userfaultfd. */
-  | { request: FrontendReq.POSTCOPY_ADVISE; fd: number }
+  | {
+      request: FrontendReq.POSTCOPY_ADVISE;
+      /** The back-end's userfaultfd; owned by the receiver. */
+      fd: number;
+    }
   /** Postcopy: the back-end's mapping bases (in `userAddr`), no fds. */
-  | { request: FrontendReq.SET_MEM_TABLE; kind: 'postcopy'; regions: AnyMemoryRegion[] }
-  | { request: FrontendReq.SET_MEM_TABLE; kind: 'ack'; value: bigint }
+  | {
+      request: FrontendReq.SET_MEM_TABLE;
+      /** Postcopy form of the reply. */
+      kind: 'postcopy';
+      /** The table as sent, with `userAddr` replaced by the back-end's mapping base. */
+      regions: AnyMemoryRegion[];
+    }
+  | {
+      request: FrontendReq.SET_MEM_TABLE;
+      /** Plain REPLY_ACK form. */
+      kind: 'ack';
+      /** 0 on success. */
+      value: bigint;
+    }
   /** Postcopy: the back-end's mapping base of the region. */
-  | { request: FrontendReq.ADD_MEM_REG; kind: 'postcopy'; region: AnyMemoryRegion }
-  | { request: FrontendReq.ADD_MEM_REG; kind: 'ack'; value: bigint }
+  | {
+      request: FrontendReq.ADD_MEM_REG;
+      /** Postcopy form of the reply. */
+      kind: 'postcopy';
+      /** The region as sent, with `userAddr` replaced by the back-end's mapping base. */
+      region: AnyMemoryRegion;
+    }
+  | {
+      request: FrontendReq.ADD_MEM_REG;
+      /** Plain REPLY_ACK form. */
+      kind: 'ack';
+      /** 0 on success. */
+      value: bigint;
+    }
   /** With LOG_SHMFD QEMU waits for an empty reply (`value` null); REPLY_ACK gives a u64. */
-  | { request: FrontendReq.SET_LOG_BASE; value: bigint | null }
+  | {
+      request: FrontendReq.SET_LOG_BASE;
+      /** REPLY_ACK value (0 = success), or null for the empty LOG_SHMFD reply. */
+      value: bigint | null;
+    }
   | ({ request: FrontendReq.GET_SHMEM_CONFIG } & ShmemConfig)
-  | PerRequest<FrontendAckOnlyReq, { value: bigint }>;
+  | PerRequest<FrontendAckOnlyReq, {
+      /** REPLY_ACK value: 0 on success, non-zero on failure. */
+      value: bigint;
+    }>;
 
 /** The reply type(s) for request id `R`. */
 export type FrontendReplyOf<R extends FrontendReq> = Extract<FrontendReply, { request: R }>;
@@ -371,14 +511,22 @@ export type BackendRequest =
   | ({ request: BackendReq.IOTLB_MSG } & IotlbMsg)
   | { request: BackendReq.CONFIG_CHANGE_MSG }
   /** `fd` null when the NOFD bit was set: de-register the notifier. */
-  | ({ request: BackendReq.VRING_HOST_NOTIFIER_MSG; fd: number | null } & VringArea)
+  | ({
+      request: BackendReq.VRING_HOST_NOTIFIER_MSG;
+      /** Fd of the notifier area to mmap, owned by the receiver; null with NOFD. */
+      fd: number | null;
+    } & VringArea)
   | PerRequest<BackendReq.VRING_CALL | BackendReq.VRING_ERR, VringState>
   | PerRequest<
       BackendReq.SHARED_OBJECT_ADD | BackendReq.SHARED_OBJECT_REMOVE | BackendReq.SHARED_OBJECT_LOOKUP,
       SharedObject
     >
   /** `fd` is the file to map (SHMEM_MAP); SHMEM_UNMAP carries none. */
-  | ({ request: BackendReq.SHMEM_MAP; fd: number } & ShmemMapping)
+  | ({
+      request: BackendReq.SHMEM_MAP;
+      /** The file to map; owned by the receiver. */
+      fd: number;
+    } & ShmemMapping)
   | ({ request: BackendReq.SHMEM_UNMAP } & ShmemMapping);
 
 /** The member of `BackendRequest` for request id `R`. */
@@ -387,8 +535,17 @@ export type BackendRequestOf<R extends BackendReq> = Extract<BackendRequest, { r
 /** A reply from the front-end on the back-end channel. */
 export type BackendReply =
   /** `value` 0 with an fd on success; non-zero and no fd on failure. */
-  | { request: BackendReq.SHARED_OBJECT_LOOKUP; value: bigint; fd: number | null }
-  | PerRequest<Exclude<BackendReq, BackendReq.SHARED_OBJECT_LOOKUP>, { value: bigint }>;
+  | {
+      request: BackendReq.SHARED_OBJECT_LOOKUP;
+      /** 0 on success. */
+      value: bigint;
+      /** The object's fd on success, owned by the receiver; null on failure. */
+      fd: number | null;
+    }
+  | PerRequest<Exclude<BackendReq, BackendReq.SHARED_OBJECT_LOOKUP>, {
+      /** REPLY_ACK value: 0 on success, non-zero on failure. */
+      value: bigint;
+    }>;
 
 /** The reply type for back-end request id `R`. */
 export type BackendReplyOf<R extends BackendReq> = Extract<BackendReply, { request: R }>;

@@ -228,7 +228,12 @@ export function decodeFeatures(bits: bigint, deviceType?: string): string[] {
 }
 
 /** A feature word as `0x…` hex plus its decoded names. */
-export function formatFeatures(bits: bigint, deviceType?: string): { hex: string; names: string[] } {
+export function formatFeatures(bits: bigint, deviceType?: string): {
+  /** The word as 16 hex digits with a `0x` prefix. */
+  hex: string;
+  /** The name of each set bit, lowest bit first; unknown bits as `bit N`. Throws RangeError for an unknown `deviceType`. */
+  names: string[];
+} {
   return { hex: `0x${bits.toString(16).padStart(16, '0')}`, names: decodeFeatures(bits, deviceType) };
 }
 

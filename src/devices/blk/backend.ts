@@ -24,7 +24,7 @@ import { BlkRequestExecutor, BlkRequestSlot } from './request.js';
 
 /** Options of {@link VhostUserBlkBackend}. */
 export interface VhostUserBlkBackendOptions {
-  /** The storage. */
+  /** The storage. The backend does not close it: call `disk.close()` after the daemon stopped. */
   disk: BlockDisk;
   /** Request queues (default 1; MQ is offered when > 1). */
   numQueues?: number;

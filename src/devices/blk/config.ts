@@ -73,31 +73,56 @@ export const VIRTIO_BLK_DWZ_SEGMENT_SIZE = 16;
 
 /** Byte offsets of the `virtio_blk_config` fields (packed; checked against linux/virtio_blk.h). */
 export const VIRTIO_BLK_CONFIG_OFFSETS = Object.freeze({
-  capacity: 0, // le64
-  size_max: 8, // le32
-  seg_max: 12, // le32
-  geometry_cylinders: 16, // le16
-  geometry_heads: 18, // u8
-  geometry_sectors: 19, // u8
-  blk_size: 20, // le32
-  physical_block_exp: 24, // u8
-  alignment_offset: 25, // u8
-  min_io_size: 26, // le16
-  opt_io_size: 28, // le32
-  writeback: 32, // u8 (wce)
-  unused0: 33, // u8
-  num_queues: 34, // le16
-  max_discard_sectors: 36, // le32
-  max_discard_seg: 40, // le32
-  discard_sector_alignment: 44, // le32
-  max_write_zeroes_sectors: 48, // le32
-  max_write_zeroes_seg: 52, // le32
-  write_zeroes_may_unmap: 56, // u8
-  unused1: 57, // u8[3]
-  max_secure_erase_sectors: 60, // le32
-  max_secure_erase_seg: 64, // le32
-  secure_erase_sector_alignment: 68, // le32
-  zoned: 72, // struct virtio_blk_zoned_characteristics (24 bytes)
+  /** Disk size in 512-byte sectors, le64. */
+  capacity: 0,
+  /** Largest segment in bytes (VIRTIO_BLK_F_SIZE_MAX), le32. */
+  size_max: 8,
+  /** Most segments per request (VIRTIO_BLK_F_SEG_MAX), le32. */
+  seg_max: 12,
+  /** CHS cylinders (VIRTIO_BLK_F_GEOMETRY), le16. */
+  geometry_cylinders: 16,
+  /** CHS heads, u8. */
+  geometry_heads: 18,
+  /** CHS sectors per track, u8. */
+  geometry_sectors: 19,
+  /** Logical block size in bytes (VIRTIO_BLK_F_BLK_SIZE), le32. */
+  blk_size: 20,
+  /** log2(physical block / logical block) (VIRTIO_BLK_F_TOPOLOGY), u8. */
+  physical_block_exp: 24,
+  /** Offset of the first aligned logical block, in logical blocks, u8. */
+  alignment_offset: 25,
+  /** Suggested minimum I/O size in logical blocks, le16. */
+  min_io_size: 26,
+  /** Optimal I/O size in logical blocks, le32. */
+  opt_io_size: 28,
+  /** Write cache mode, 1 = writeback (VIRTIO_BLK_F_CONFIG_WCE), u8. */
+  writeback: 32,
+  /** Padding, u8. */
+  unused0: 33,
+  /** Number of request queues (VIRTIO_BLK_F_MQ), le16. */
+  num_queues: 34,
+  /** Largest discard in 512-byte sectors (VIRTIO_BLK_F_DISCARD), le32. */
+  max_discard_sectors: 36,
+  /** Most segments in one discard request, le32. */
+  max_discard_seg: 40,
+  /** Discard alignment in 512-byte sectors, le32. */
+  discard_sector_alignment: 44,
+  /** Largest write-zeroes in 512-byte sectors (VIRTIO_BLK_F_WRITE_ZEROES), le32. */
+  max_write_zeroes_sectors: 48,
+  /** Most segments in one write-zeroes request, le32. */
+  max_write_zeroes_seg: 52,
+  /** 1 when write-zeroes may deallocate (unmap), u8. */
+  write_zeroes_may_unmap: 56,
+  /** Padding, u8[3]. */
+  unused1: 57,
+  /** Largest secure erase in 512-byte sectors (VIRTIO_BLK_F_SECURE_ERASE), le32. */
+  max_secure_erase_sectors: 60,
+  /** Most segments in one secure-erase request, le32. */
+  max_secure_erase_seg: 64,
+  /** Secure-erase alignment in 512-byte sectors, le32. */
+  secure_erase_sector_alignment: 68,
+  /** Zoned characteristics (VIRTIO_BLK_F_ZONED), 24 bytes. */
+  zoned: 72,
 } as const);
 
 /**
@@ -116,7 +141,14 @@ export interface VirtioBlkConfig {
   /** Most data segments per request (VIRTIO_BLK_F_SEG_MAX). */
   segMax: number;
   /** Legacy CHS geometry (VIRTIO_BLK_F_GEOMETRY). */
-  geometry: { cylinders: number; heads: number; sectors: number };
+  geometry: {
+    /** Cylinders (le16 on the wire). */
+    cylinders: number;
+    /** Heads (u8). */
+    heads: number;
+    /** Sectors per track (u8). */
+    sectors: number;
+  };
   /** Logical block size in bytes (VIRTIO_BLK_F_BLK_SIZE). */
   blkSize: number;
   /** log2(physical block / logical block) (VIRTIO_BLK_F_TOPOLOGY). */

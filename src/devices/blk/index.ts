@@ -1,4 +1,10 @@
-// virtio-blk device over vhost-user: config space, disks, request execution and the backend.
+/**
+ * virtio-blk over vhost-user (`vhost-user/devices/blk`): the config space layout and feature bits,
+ * disks ({@link RamDisk}, {@link FileDisk}, or any {@link BlockDisk}), request parsing and
+ * execution ({@link BlkRequestExecutor}), and the device ({@link VhostUserBlkBackend}) to serve
+ * with the root package's `VhostUserDaemon`.
+ * @module
+ */
 export * from './config.js';
 export { FileDisk, RamDisk, RAM_DISK_CHUNK, type BlockDisk, type FileDiskOptions, type RamDiskOptions } from './disk.js';
 export { BlkRequestExecutor, BlkRequestSlot, DEFAULT_MAX_DWZ_SECTORS, type BlkExecutorOptions } from './request.js';

@@ -65,7 +65,7 @@ export const DEFAULT_MAX_DWZ_SECTORS = 0x3fffff;
 
 /** Parses and runs virtio-blk requests against one disk. Stateless per request; share it between queues. */
 export class BlkRequestExecutor {
-  /** The disk. */
+  /** The disk requests run against; the executor never closes it. */
   readonly disk: BlockDisk;
   /** Writes are refused. */
   readonly readOnly: boolean;

@@ -25,7 +25,10 @@ export interface VhostUserRngBackendOptions {
 
 const bit = (n: number): bigint => 1n << BigInt(n);
 
-/** The entropy device. */
+/**
+ * The entropy device: a {@link VhostUserBackend} with one request queue. Serve it with
+ * the root package's `VhostUserDaemon`.
+ */
 export class VhostUserRngBackend implements VhostUserBackend {
   private readonly maxBytes: number;
   private readonly periodMs: number;
