@@ -12,6 +12,12 @@
  * created so far so stale views throw TypeError instead of touching unmapped
  * memory.
  *
+ * When no hole of the address space holds the whole region (2^47 bytes never fits in x86-64's
+ * user space; 2^46 depends on where V8 placed its reservations), the region is mapped window by
+ * window instead: each window is its own mmap of the file at its offset, made on first use and
+ * guarded like a whole mapping. Such a mapping has no single address (0 is reported), so it
+ * cannot be wrapped by another thread.
+ *
  * Safety rules enforced here, not in JS:
  * - mappings are always PROT_READ | PROT_WRITE: a read-only mapping would
  *   need a read-only ArrayBuffer, which V8 does not have, and one write
@@ -47,8 +53,18 @@
 
 typedef struct mapping {
   list_node link; /* first member: inst->mappings links to it */
-  uint8_t *addr;
+  uint8_t *addr;  /* NULL for a sparse mapping */
   size_t len;
+  /* Sparse mapping: the address space had no hole for the whole region, so each window is its own
+   * mmap of the file, made on first use (the region is never touched as one range). */
+  bool sparse;
+  int fd;            /* sparse: our dup of the file */
+  uint64_t offset;   /* sparse: file offset of byte 0 */
+  int prot, flags;   /* sparse: mmap arguments of each window */
+  bool guard_windows; /* sparse: register each window with the SIGBUS guard */
+  size_t page_size;  /* sparse: guard granularity */
+  uint8_t **win_addr; /* sparse: each window's address, or NULL */
+  int *win_slot;      /* sparse: each window's guard slot, or -1 */
   uint32_t nwin;
   uint32_t id;
   int guard_slot;   /* SIGBUS guard slot, or -1 when not guarded */
@@ -63,11 +79,30 @@ static atomic_uint next_mapping_id = 1;
 
 static const napi_type_tag mapping_tag = {0x7668752d6d617070ULL, 0x696e6731c0ffee02ULL};
 
+/* Bytes of window i: WINDOW_SIZE, or what is left of the mapping. */
+static size_t window_length(const mapping *m, uint64_t i) {
+  uint64_t start = i * WINDOW_STRIDE;
+  return (size_t)(m->len - start < WINDOW_SIZE ? m->len - start : WINDOW_SIZE);
+}
+
 static void unmap_region(mapping *m) {
   if (m->mapped) {
     if (m->guard_slot >= 0) guard_unregister(m->guard_slot);
     m->guard_slot = -1;
-    if (!m->borrowed) munmap(m->addr, m->len);
+    if (m->sparse) {
+      for (uint32_t i = 0; i < m->nwin; i++) {
+        if (m->win_slot[i] >= 0) guard_unregister(m->win_slot[i]);
+        if (m->win_addr[i] != NULL) munmap(m->win_addr[i], window_length(m, i));
+      }
+      free(m->win_addr);
+      free(m->win_slot);
+      m->win_addr = NULL;
+      m->win_slot = NULL;
+      close(m->fd);
+      m->fd = -1;
+    } else if (!m->borrowed) {
+      munmap(m->addr, m->len);
+    }
     m->mapped = false;
   }
 }
@@ -104,17 +139,41 @@ static mapping *get_mapping(napi_env env, napi_value v) {
 
 /* Builds [handle, address, id, guarded] for addr/length; on failure releases
  * the region (munmap unless borrowed) and returns NULL with an exception. */
-static napi_value make_mapping(napi_env env, uint8_t *addr, uint64_t length, bool borrowed, int guard_slot, uint32_t id) {
+static napi_value make_mapping(napi_env env, uint8_t *addr, uint64_t length, bool borrowed, int guard_slot, uint32_t id,
+                               const mapping *sparse) {
   mapping *m = calloc(1, sizeof *m);
   napi_value wins, handle, address, result, v;
+  uint32_t nwin = (uint32_t)((length + WINDOW_STRIDE - 1) / WINDOW_STRIDE);
+  if (m != NULL && sparse != NULL) {
+    m->win_addr = calloc(nwin, sizeof *m->win_addr);
+    m->win_slot = malloc(nwin * sizeof *m->win_slot);
+    if (m->win_addr == NULL || m->win_slot == NULL) {
+      free(m->win_addr);
+      free(m->win_slot);
+      free(m);
+      m = NULL;
+    }
+  }
   if (m == NULL) {
     if (guard_slot >= 0) guard_unregister(guard_slot);
-    if (!borrowed) munmap(addr, (size_t)length);
+    if (sparse != NULL) close(sparse->fd);
+    else if (!borrowed) munmap(addr, (size_t)length);
     return throw_errno(env, ENOMEM, "mmap", "out of memory");
+  }
+  m->fd = -1;
+  if (sparse != NULL) {
+    m->sparse = true;
+    m->fd = sparse->fd;
+    m->offset = sparse->offset;
+    m->prot = sparse->prot;
+    m->flags = sparse->flags;
+    m->guard_windows = sparse->guard_windows;
+    m->page_size = sparse->page_size;
+    for (uint32_t i = 0; i < nwin; i++) m->win_slot[i] = -1;
   }
   m->addr = addr;
   m->len = (size_t)length;
-  m->nwin = (uint32_t)((length + WINDOW_STRIDE - 1) / WINDOW_STRIDE);
+  m->nwin = nwin;
   m->id = id;
   m->guard_slot = guard_slot;
   m->mapped = true;
@@ -138,7 +197,7 @@ static napi_value make_mapping(napi_env env, uint8_t *addr, uint64_t length, boo
   napi_set_element(env, result, 1, address);
   napi_create_uint32(env, m->id, &v);
   napi_set_element(env, result, 2, v);
-  napi_get_boolean(env, guard_slot >= 0, &v);
+  napi_get_boolean(env, guard_slot >= 0 || (m->sparse && m->guard_windows), &v);
   napi_set_element(env, result, 3, v);
   return result;
 }
@@ -220,8 +279,23 @@ static napi_value js_mmap(napi_env env, napi_callback_info info) {
     return throw_errno(env, EINVAL, "mmap", detail);
   }
   void *addr = mmap(NULL, (size_t)length, prot, flags, fd, (off_t)offset);
+  uint32_t id = atomic_fetch_add(&next_mapping_id, 1);
+  bool guard = !(fi.kind == FILE_REGULAR && (fi.seals & F_SEAL_SHRINK));
   if (addr == MAP_FAILED) {
     err = errno;
+    if (err == ENOMEM && length > WINDOW_SIZE) {
+      /* No hole in the address space holds the whole region (V8's reservations fragment it):
+       * map each window of the file on first use instead. */
+      mapping init = {0};
+      init.fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+      if (init.fd < 0) return throw_errno(env, errno, "fcntl", "F_DUPFD_CLOEXEC");
+      init.offset = offset;
+      init.prot = prot;
+      init.flags = flags;
+      init.guard_windows = guard;
+      init.page_size = (size_t)fi.page_size;
+      return make_mapping(env, NULL, length, false, -1, id, &init);
+    }
     if (err == ENOMEM) {
       snprintf(detail, sizeof detail, "cannot reserve 0x%llx bytes of address space", (unsigned long long)length);
       return throw_errno(env, err, "mmap", detail);
@@ -229,16 +303,15 @@ static napi_value js_mmap(napi_env env, napi_callback_info info) {
     return throw_errno(env, err, "mmap", NULL);
   }
   int slot = -1;
-  uint32_t id = atomic_fetch_add(&next_mapping_id, 1);
   /* A private mapping still faults past EOF on pages it has not copied yet. */
-  if (!(fi.kind == FILE_REGULAR && (fi.seals & F_SEAL_SHRINK))) {
+  if (guard) {
     slot = guard_register(addr, (size_t)length, (size_t)fi.page_size, id);
     if (slot < 0) {
       munmap(addr, (size_t)length);
       return throw_errno(env, -slot, "mmap", "cannot register the mapping with the SIGBUS guard");
     }
   }
-  return make_mapping(env, addr, length, false, slot, id);
+  return make_mapping(env, addr, length, false, slot, id, NULL);
 }
 
 /* wrapMemory(address, length): windows over a mapping that another thread of
@@ -253,7 +326,7 @@ static napi_value js_wrap_memory(napi_env env, napi_callback_info info) {
     return NULL;
   if (address == 0) return throw_errno(env, EINVAL, "wrapMemory", "address is 0");
   if (address > UINTPTR_MAX - length) return throw_errno(env, EINVAL, "wrapMemory", "range wraps around");
-  return make_mapping(env, (uint8_t *)(uintptr_t)address, length, true, -1, atomic_fetch_add(&next_mapping_id, 1));
+  return make_mapping(env, (uint8_t *)(uintptr_t)address, length, true, -1, atomic_fetch_add(&next_mapping_id, 1), NULL);
 }
 
 /* window(handle, index) -> ArrayBuffer, created on first use and cached. */
@@ -271,10 +344,27 @@ static napi_value js_window(napi_env env, napi_callback_info info) {
   napi_typeof(env, ab, &t);
   if (t != napi_undefined) return ab;
   uint64_t start = (uint64_t)i * WINDOW_STRIDE;
-  uint64_t size = m->len - start < WINDOW_SIZE ? m->len - start : WINDOW_SIZE;
+  size_t size = window_length(m, (uint64_t)i);
+  uint8_t *base = m->addr + start;
+  if (m->sparse) {
+    if (m->win_addr[i] == NULL) {
+      void *w = mmap(NULL, size, m->prot, m->flags, m->fd, (off_t)(m->offset + start));
+      if (w == MAP_FAILED) return throw_errno(env, errno, "mmap", "cannot map a window of a sparse region");
+      if (m->guard_windows) {
+        int slot = guard_register(w, size, m->page_size, m->id);
+        if (slot < 0) {
+          munmap(w, size);
+          return throw_errno(env, -slot, "mmap", "cannot register a window with the SIGBUS guard");
+        }
+        m->win_slot[i] = slot;
+      }
+      m->win_addr[i] = w;
+    }
+    base = m->win_addr[i];
+  }
   /* Not napi_create_external_arraybuffer: V8 would charge the window as external memory and
    * run a full GC per window (see window.cc). */
-  ab = window_create(env, m->addr + start, (size_t)size);
+  ab = window_create(env, base, size);
   if (ab == NULL) {
     bool pending;
     napi_is_exception_pending(env, &pending);

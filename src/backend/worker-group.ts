@@ -38,7 +38,8 @@ export interface VringSyncExtra {
 /** The host address of a sys Mapping backing (plain ArrayBuffer backings cannot be shared). */
 function hostAddress(b: RegionBacking): bigint {
   const a = (b as { address?: unknown }).address;
-  if (typeof a !== 'bigint') throw new Error('guest memory backing has no host address; it cannot be shared with a worker');
+  // 0: a region too large for one hole in the address space, mapped window by window.
+  if (typeof a !== 'bigint' || a === 0n) throw new Error('guest memory backing has no single host address (a huge region mapped window by window, or plain memory); it cannot be shared with a worker');
   return a;
 }
 

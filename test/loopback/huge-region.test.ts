@@ -1,6 +1,8 @@
-// Regions declared at 2^40..2^46 bytes over sparse memfds must not stall the daemon: the mapping is
+// Regions declared at 2^40..2^47 bytes over sparse memfds must not stall the daemon: the mapping is
 // one sparse mmap and its ArrayBuffer windows are created on first touch, so SET_MEM_TABLE and the
-// next request are answered at once. A region that cannot fit in the address space is refused.
+// next request are answered at once. When the address space has no hole for the whole region (2^47
+// never fits; 2^46 depends on where V8 put its reservations), each window is mapped on its own on
+// first touch, and I/O works at both ends all the same, under the same SIGBUS guard.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -25,7 +27,7 @@ class RecordingLogger implements Logger {
 /** Bound on a hang, not a benchmark: the old code took 13.9 s for 2^40. */
 const BOUND_MS = 100;
 
-test('SET_MEM_TABLE with 2^40-, 2^44- and 2^46-byte regions over sparse memfds is answered within 100 ms, and so is the next request', async (t) => {
+test('SET_MEM_TABLE with 2^40-, 2^44-, 2^46- and 2^47-byte regions over sparse memfds is answered within 100 ms, the next request too, and I/O works at the far end', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'vu-huge-'));
   const sock = join(dir, 'rng.sock');
   const logger = new RecordingLogger();
@@ -35,7 +37,7 @@ test('SET_MEM_TABLE with 2^40-, 2^44- and 2^46-byte regions over sparse memfds i
     await daemon.stop();
     rmSync(dir, { recursive: true, force: true });
   });
-  for (const exp of [40, 44, 46]) {
+  for (const exp of [40, 44, 46, 47]) {
     const fe = await Frontend.connect(sock, { timeoutMs: 5000 });
     const fd = sys.memfdCreate('vhost-user-huge');
     const ringMem = new FrontendMemory(1 << 20);
@@ -45,26 +47,13 @@ test('SET_MEM_TABLE with 2^40-, 2^44- and 2^46-byte regions over sparse memfds i
       // The huge region sits above the driver's 1 MiB of RAM, which holds the rings and buffers.
       const huge = { guestPhysAddr: 2n ** 47n, memorySize: 2n ** BigInt(exp), userAddr: 2n ** 48n, mmapOffset: 0n, fd };
       const t0 = performance.now();
-      let refused: Error | null = null;
-      try {
-        await fe.setMemTable([...ringMem.regions(), huge]);
-      } catch (e) {
-        refused = e as Error;
-      }
+      await fe.setMemTable([...ringMem.regions(), huge]);
       const t1 = performance.now();
       await fe.getFeatures();
       const t2 = performance.now();
-      t.diagnostic(`2^${exp}: SET_MEM_TABLE ${refused === null ? 'mapped' : 'refused'} in ${(t1 - t0).toFixed(1)} ms, GET_FEATURES ${(t2 - t1).toFixed(1)} ms`);
+      t.diagnostic(`2^${exp}: SET_MEM_TABLE mapped in ${(t1 - t0).toFixed(1)} ms, GET_FEATURES ${(t2 - t1).toFixed(1)} ms`);
       assert.ok(t1 - t0 < BOUND_MS, `2^${exp}: SET_MEM_TABLE took ${(t1 - t0).toFixed(1)} ms`);
       assert.ok(t2 - t1 < BOUND_MS, `2^${exp}: GET_FEATURES took ${(t2 - t1).toFixed(1)} ms`);
-      if (refused !== null) {
-        // 2^46 bytes is half of the 2^47-byte x86-64 user address space: whether one free gap that
-        // large exists depends on where the executable, heap and libraries landed. If it does not,
-        // the refusal must be the clear one, never a stall or a crash.
-        assert.equal(exp, 46, `2^${exp} must fit: ${refused.message}`);
-        assert.ok(logger.lines.some((l) => /ENOMEM/.test(l) && /cannot reserve 0x400000000000 bytes of address space/.test(l)), logger.lines.join('\n'));
-        continue;
-      }
       // The table is live: a request into the small region is served, and one into the far end of
       // the huge region too (the window there is created on that first touch).
       const q = await setupQueue(fe, ringMem, 0, 64, 0x1000, { enable: true });
@@ -90,7 +79,7 @@ test('SET_MEM_TABLE with 2^40-, 2^44- and 2^46-byte regions over sparse memfds i
   }
 });
 
-test('a region larger than the address space can hold is refused with a clear error, and the daemon goes on', async (t) => {
+test('a 2^47-byte region (mapped window by window) truncated behind our back: the connection closes, the daemon goes on', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'vu-huge-'));
   const sock = join(dir, 'rng.sock');
   const logger = new RecordingLogger();
@@ -102,19 +91,31 @@ test('a region larger than the address space can hold is refused with a clear er
   });
   const fe = await Frontend.connect(sock, { timeoutMs: 5000 });
   const fd = sys.memfdCreate('vhost-user-huge');
+  const ringMem = new FrontendMemory(1 << 20);
   try {
-    // x86-64 user space is 2^47 bytes (4-level paging): a 2^47-byte region can never be mapped.
     sys.ftruncate(fd, 2 ** 47);
-    await negotiate(fe);
-    const t0 = performance.now();
-    await assert.rejects(fe.setMemTable([{ guestPhysAddr: 0n, memorySize: 2n ** 47n, userAddr: 0n, mmapOffset: 0n, fd }]));
-    assert.ok(performance.now() - t0 < BOUND_MS);
-    assert.ok(logger.lines.some((l) => /ENOMEM/.test(l) && /cannot reserve 0x800000000000 bytes of address space/.test(l)), logger.lines.join('\n'));
-    const t1 = performance.now();
-    await fe.getFeatures();
-    assert.ok(performance.now() - t1 < BOUND_MS);
+    await negotiate(fe, { wantFeatures: ~(1n << 29n) });
+    await fe.setMemTable([...ringMem.regions(), { guestPhysAddr: 2n ** 47n, memorySize: 2n ** 47n, userAddr: 2n ** 48n, mmapOffset: 0n, fd }]);
+    const q = await setupQueue(fe, ringMem, 0, 64, 0x1000, { enable: true });
+    try {
+      // The file shrinks after the check: the far window is mapped on first touch, then faults.
+      sys.ftruncate(fd, 4096);
+      q.driver.addChain([], [{ gpa: 2 ** 48 - 4096, len: 64 }]);
+      q.kick(true);
+      // The daemon closes this connection (an event, with the test timeout as the guard).
+      const err = await fe.closed();
+      assert.match(String(err?.message ?? 'closed'), /closed|truncated|EOF|reset/i);
+      await assert.rejects(fe.getFeatures(), 'the connection was closed');
+    } finally {
+      q.close();
+    }
+    assert.ok(logger.lines.some((l) => /truncated the file behind/.test(l)), logger.lines.join('\n'));
+    const next = await Frontend.connect(sock, { timeoutMs: 5000 });
+    assert.ok((await next.getFeatures()) > 0n);
+    next.close();
   } finally {
     fe.close();
+    ringMem.close();
     sys.close(fd);
   }
 });
