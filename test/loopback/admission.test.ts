@@ -49,7 +49,7 @@ function requests(count: number): Uint8Array {
   return b;
 }
 
-test('a front-end that never reads replies: daemon RSS stays bounded over 1 M requests and every reply arrives', async (t) => {
+test('a front-end that never reads replies: the daemon stops reading, its RSS stays bounded and is back after disconnect; 1 M requests from a reading front-end all answered', async (t) => {
   const dir = tempDir(t);
   const sock = join(dir, 'blk.sock');
   const child = spawn(process.execPath, [blk, '--socket-path', sock], { stdio: ['ignore', 'pipe', 'inherit'] });
@@ -68,7 +68,7 @@ test('a front-end that never reads replies: daemon RSS stays bounded over 1 M re
   const TOTAL = 1_000_000;
   const BATCH = 4096;
   const batch = requests(BATCH);
-  const fd = sys.connectUnix(sock);
+  let fd = sys.connectUnix(sock);
   t.after(() => { try { sys.close(fd); } catch { /* closed */ } });
   let queued = 0; // requests taken into `cur` so far
   let cur: Uint8Array = new Uint8Array(0); // the unsent rest of the current batch
@@ -97,6 +97,20 @@ test('a front-end that never reads replies: daemon RSS stays bounded over 1 M re
   t.diagnostic(`unread: ${sent()} requests sent before the daemon stopped reading; RSS ${base.toFixed(1)} -> ${peak1.toFixed(1)} MiB`);
   assert.ok(stalled, 'the daemon stopped reading while its replies were not read');
   assert.ok(peak1 - base < 64, `RSS grew ${(peak1 - base).toFixed(1)} MiB`);
+  // The front-end that never read leaves: the daemon serves the next one and is back at its
+  // baseline (the queued replies were freed with the connection).
+  sys.close(fd);
+  const probe = await Frontend.connect(sock);
+  await probe.getFeatures();
+  probe.close();
+  const afterUnread = rssMiB(pid);
+  t.diagnostic(`after the unread front-end left: RSS ${afterUnread.toFixed(1)} MiB`);
+  assert.ok(afterUnread - base < 64, `RSS ${afterUnread.toFixed(1)} MiB after disconnect`);
+
+  // Phase 2, a front-end that reads: 1 M requests answered, the replies read as they come.
+  fd = sys.connectUnix(sock);
+  queued = 0;
+  cur = new Uint8Array(0);
 
   // Phase 2: read replies as they come and keep sending until 1 M were answered.
   const rbuf = new Uint8Array(1 << 20);
