@@ -15,10 +15,10 @@ import {
   decodeSplitVringBase,
   protocolFeatureMask,
 } from '../vhost-user/constants.js';
-import { VHOST_F_LOG_ALL, VIRTIO_RING_F_EVENT_IDX, decodeFeatures } from '../virtio/features.js';
+import { VHOST_F_LOG_ALL, VIRTIO_F_RING_PACKED, VIRTIO_RING_F_EVENT_IDX, decodeFeatures } from '../virtio/features.js';
 import type { AnyMemoryRegion, CryptoSession, Log, MemoryRegionWithFd, ShmemConfig, VringAddr } from '../vhost-user/messages.js';
 import { VhostUserError } from '../vhost-user/errors.js';
-import { descTableSize, availRingSize, usedRingSize } from '../queue/index.js';
+import { PackedQueue, SplitQueue, descTableSize, availRingSize, usedRingSize } from '../queue/index.js';
 import { DEFAULT_MAX_QUEUE_SIZE, defaultProtocolFeatures, type VhostUserBackend } from './backend.js';
 import { Vring } from './vring.js';
 import type { QueueStatsSnapshot } from './stats.js';
@@ -149,7 +149,12 @@ export class VhostUserHandler implements BackendReqHandler {
     if ((features & ~offered) !== 0n) {
       throw new VhostUserError('invalid-argument', '', `front-end acked features 0x${(features & ~offered).toString(16)} that were not offered`);
     }
+    const packed = (features & bit(VIRTIO_F_RING_PACKED)) !== 0n;
+    if (packed && this.workers.some((w) => w !== null)) {
+      throw new VhostUserError('not-supported', '', 'VIRTIO_F_RING_PACKED: packed rings are not served by worker threads yet');
+    }
     this.acked = features;
+    for (const v of this.vrings) v.setRingFormat(packed);
     this.logger.log('info', `features negotiated: ${featureNames(features, this.backend.deviceType?.()).join(' ')}`, { features: `0x${features.toString(16)}` });
     const eventIdx = (features & bit(VIRTIO_RING_F_EVENT_IDX)) !== 0n;
     for (const v of this.vrings) v.queue.eventIdx = eventIdx;
@@ -251,10 +256,11 @@ export class VhostUserHandler implements BackendReqHandler {
     if (a === null) return;
     const mem = this.memory.memory;
     const n = v.queue.size;
+    // Packed rings: the descriptor ring, then the 4-byte driver and device event suppression areas.
     v.queue.setAddresses(
       mem.uvaToGpaU64(a.desc, descTableSize(n)),
-      mem.uvaToGpaU64(a.avail, availRingSize(n)),
-      mem.uvaToGpaU64(a.used, usedRingSize(n)),
+      mem.uvaToGpaU64(a.avail, v.packed ? 4 : availRingSize(n)),
+      mem.uvaToGpaU64(a.used, v.packed ? 4 : usedRingSize(n)),
     );
     v.queue.setUsedLog(a.log === null ? null : u64ToNumber(a.log, 'log address'));
   }
@@ -289,12 +295,18 @@ export class VhostUserHandler implements BackendReqHandler {
     v.setMemory(this.memory);
     // Like libvhost-user: the used index the driver last saw is the device's starting point, which
     // keeps a reconnecting back-end consistent with completions it made before.
-    v.queue.syncNextUsedFromRing();
+    if (v.queue instanceof SplitQueue) v.queue.syncNextUsedFromRing();
     this.sync(v, { syncUsed: true });
     return this.workersSynced();
   }
 
   setVringBase(index: number, base: number): void | Promise<void> {
+    const pv = this.vring(index);
+    if (pv.queue instanceof PackedQueue) {
+      // The packed encoding: last avail index and wrap counter, last used index and wrap counter.
+      pv.queue.setVringBase(base);
+      return this.workersSynced();
+    }
     const b = decodeSplitVringBase(base);
     if (b === null) throw new RangeError(`vring base 0x${base.toString(16)} has reserved bits set (split ring)`);
     const v = this.vring(index);

@@ -5,7 +5,7 @@
  */
 import * as sys from '../sys/index.js';
 import { QueueStats } from './stats.js';
-import { SplitQueue } from '../queue/index.js';
+import { PackedQueue, SplitQueue } from '../queue/index.js';
 import type { GuestMemory, GuestMemoryAtomic, GuestMemoryGuard } from '../memory/index.js';
 
 /** One vring of a device. Fds held here are owned by the Vring (dup'ed from the front-end's). */
@@ -16,7 +16,9 @@ export class Vring {
    * The device side of the ring (pop chains, add used entries). The framework's {@link QueueServer}
    * drives it; a device that serves chains through a handler does not need to touch it.
    */
-  readonly queue: SplitQueue;
+
+  /** The virtqueue: split, or packed once VIRTIO_F_RING_PACKED is negotiated. */
+  queue: SplitQueue | PackedQueue;
   /** Counters since the front-end connected (requests, bytes, errors, kicks, interrupts). */
   readonly stats = new QueueStats();
   private kick: number | null = null;
@@ -38,9 +40,30 @@ export class Vring {
     log: bigint | null;
   } | null = null;
 
+  private readonly maxQueueSize: number;
+
   constructor(index: number, maxQueueSize: number) {
     this.index = index;
+    this.maxQueueSize = maxQueueSize;
     this.queue = new SplitQueue(maxQueueSize);
+  }
+
+  /** Whether the ring uses the packed layout (VIRTIO_F_RING_PACKED negotiated). */
+  get packed(): boolean {
+    return this.queue instanceof PackedQueue;
+  }
+
+  /**
+   * @internal Switches the ring layout (SET_FEATURES, before the ring is configured); a no-op
+   * when the layout does not change, so a later SET_FEATURES (e.g. adding VHOST_F_LOG_ALL) keeps
+   * the ring's state.
+   */
+  setRingFormat(packed: boolean): void {
+    if (packed === this.packed) return;
+    const eventIdx = this.queue.eventIdx;
+    this.queue = packed ? new PackedQueue(this.maxQueueSize) : new SplitQueue(this.maxQueueSize);
+    this.queue.eventIdx = eventIdx;
+    this.queue.ready = this.isStarted;
   }
 
   /** The kick eventfd, or null. */
@@ -122,6 +145,7 @@ export class Vring {
     this.isEnabled = false;
     this.ringUserAddrs = null;
     this.queue.reset();
+    this.setRingFormat(false);
     this.guard?.release();
     this.guard = null;
     this.atomic = null;

@@ -12,7 +12,7 @@ import { Worker } from 'node:worker_threads';
 import { pathToFileURL } from 'node:url';
 import * as sys from '../sys/index.js';
 import type { GuestMemoryAtomic, GuestMemoryGuard, RegionBacking } from '../memory/index.js';
-import type { SplitQueueState } from '../queue/index.js';
+import { SplitQueue, type SplitQueueState } from '../queue/index.js';
 import type { Logger } from '../log.js';
 import type { Vring } from './vring.js';
 import type { FromWorker, ToWorker, VringWorkerModule, WireRegion, WireVring, WorkerInit } from './worker-protocol.js';
@@ -159,6 +159,8 @@ export class WorkerVringGroup {
       return slot.dup;
     };
     const q = v.queue;
+    // The handler refuses RING_PACKED for devices with worker groups (see setFeatures).
+    if (!(q instanceof SplitQueue)) throw new Error(`vring ${v.index}: packed rings are not served by worker threads yet`);
     const a = v.ringUserAddrs;
     const vring: WireVring = {
       index: v.index,

@@ -8,6 +8,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import * as sys from '../sys/index.js';
 import { DirtyLog, GuestMemory, GuestMemoryAtomic, GuestRegion, type RegionBacking } from '../memory/index.js';
 import type { Logger, LogLevel } from '../log.js';
+import type { SplitQueue } from '../queue/index.js';
 import type { VhostUserBackend } from './backend.js';
 import { VringEventHandler } from './event-handler.js';
 import { Vring } from './vring.js';
@@ -146,7 +147,8 @@ function applyMemory(gen: number, m: Extract<ToWorker, { type: 'memory' }>): voi
 function applyVring(w: WireVring): void {
   const v = byIndex.get(w.index);
   if (v === undefined) throw new RangeError(`vring ${w.index} is not served by this worker`);
-  const q = v.queue;
+  // A worker serves split rings only (the main thread refuses RING_PACKED with worker groups).
+  const q = v.queue as SplitQueue;
   const resized = q.size !== w.size;
   if (resized) q.setSize(w.size);
   if (resized || q.descGpa !== w.desc || q.availGpa !== w.avail || q.usedGpa !== w.used) {

@@ -6,7 +6,9 @@
  */
 import * as sys from '../sys/index.js';
 import { GuestMemory, GuestRegion } from '../memory/index.js';
-import { SplitQueueDriver, splitRingLayout, type UsedElement } from '../queue/index.js';
+import {
+  PackedQueueDriver, SplitQueueDriver, encodePackedState, packedRingLayout, splitRingLayout, type UsedElement, type VirtQueueDriver,
+} from '../queue/index.js';
 import type { Frontend } from '../vhost-user/frontend.js';
 import type { MemoryRegionWithFd } from '../vhost-user/messages.js';
 
@@ -64,7 +66,7 @@ export class FrontendMemory {
 }
 
 /** One virtqueue set up on a back-end: the driver side of the ring plus kick and call eventfds. */
-export class FrontendQueue {
+export class FrontendQueue<D extends VirtQueueDriver = SplitQueueDriver> {
   /** Kick eventfd (we write, the back-end watches). */
   readonly kickFd: number;
   /** Call eventfd (the back-end writes, we watch). */
@@ -80,7 +82,7 @@ export class FrontendQueue {
    * @param index virtqueue index on the back-end
    * @param driver the driver side of the ring, over the guest memory shared with the back-end
    */
-  constructor(readonly index: number, readonly driver: SplitQueueDriver) {
+  constructor(readonly index: number, readonly driver: D) {
     this.kickFd = sys.eventfd();
     this.callFd = sys.eventfd();
   }
@@ -158,6 +160,35 @@ export async function setupQueue(
     await fe.setVringAddr({
       index, flags: 0, descUserAddr: mem.uva(layout.descGpa), usedUserAddr: mem.uva(layout.usedGpa),
       availUserAddr: mem.uva(layout.availGpa), logGuestAddr: 0n,
+    });
+    await fe.setVringCall(index, q.callFd);
+    await fe.setVringKick(index, q.kickFd);
+    if (opts.enable ?? false) await fe.setVringEnable(index, true);
+  } catch (e) {
+    q.close();
+    throw e;
+  }
+  return q;
+}
+
+/**
+ * Like {@link setupQueue} for a packed virtqueue (VIRTIO_F_RING_PACKED must be acked): the
+ * descriptor ring and the two event suppression areas at `ringGpa`, SET_VRING_BASE with both wrap
+ * counters set (the initial packed state), then address, call, kick and enable.
+ */
+export async function setupPackedQueue(
+  fe: Frontend, mem: FrontendMemory, index: number, size: number, ringGpa: number,
+  opts: { eventIdx?: boolean; enable?: boolean } = {},
+): Promise<FrontendQueue<PackedQueueDriver>> {
+  const layout = packedRingLayout(size, ringGpa);
+  const driver = new PackedQueueDriver(mem.memory, size, layout.descGpa, layout.driverGpa, layout.deviceGpa, { eventIdx: opts.eventIdx ?? false });
+  const q = new FrontendQueue(index, driver);
+  try {
+    await fe.setVringNum(index, size);
+    await fe.setVringBase(index, encodePackedState({ nextAvail: 0, availWrap: true, nextUsed: 0, usedWrap: true }));
+    await fe.setVringAddr({
+      index, flags: 0, descUserAddr: mem.uva(layout.descGpa), usedUserAddr: mem.uva(layout.deviceGpa),
+      availUserAddr: mem.uva(layout.driverGpa), logGuestAddr: 0n,
     });
     await fe.setVringCall(index, q.callFd);
     await fe.setVringKick(index, q.kickFd);

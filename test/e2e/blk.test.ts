@@ -34,6 +34,20 @@ test('QEMU guest (2 vCPUs) writes and reads our vhost-user-blk (2 queues, O_DIRE
   t.diagnostic(`our blk-rw: QEMU spawn -> VTEST-RESULT ${r.elapsedMs.toFixed(0)} ms`);
 });
 
+test('QEMU guest on our vhost-user-blk with packed virtqueues (packed=on): O_DIRECT write and read; the image holds the bytes', async (t) => {
+  if (!requireTools(t, ...GUEST_TOOLS)) return;
+  const tmp = makeTempDir(t, 'ourblkp');
+  const sock = tmp.socketPath('blk');
+  let daemon: OurDaemon | undefined;
+  await runGuestBlkWrite(t, tmp.file('disk.img'), { size: 64 * MiB, offset: 5 * MiB, length: MiB, numQueues: 1, deviceProps: ['packed=on'] }, async (image) => {
+    daemon = await startOurDaemon('blk', sock, ['--blk-file', image], t);
+    return sock;
+  });
+  assert.ok(daemon !== undefined);
+  assert.match(daemon.proc.stderr, /features negotiated: .*VIRTIO_F_RING_PACKED/, 'the guest drove packed rings');
+  assert.deepEqual(await daemon.stop(), { code: 0, signal: null }, daemon.proc.diagnostics());
+});
+
 test('read-only vhost-user-blk: the guest sees a read-only disk, its write fails, the image is unchanged', async (t) => {
   if (!requireTools(t, ...GUEST_TOOLS)) return;
   const tmp = makeTempDir(t, 'ourblkro');

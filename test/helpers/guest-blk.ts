@@ -27,6 +27,8 @@ export interface GuestBlkWriteOptions {
   readonly numQueues: number;
   /** Guest vCPUs (Linux uses at most one virtio-blk queue per vCPU; default 1). */
   readonly smp?: number;
+  /** Extra vhost-user-blk-pci properties, e.g. ['packed=on']. */
+  readonly deviceProps?: readonly string[];
 }
 
 /**
@@ -40,7 +42,7 @@ export async function runGuestBlkWrite(t: TestContext, image: string, o: GuestBl
   const vm = await startQemu({
     test: 'blk-rw',
     params: { offset: o.offset, size: o.length, bs: BAND },
-    args: vhostUserBlkArgs(sock, { numQueues: o.numQueues }),
+    args: vhostUserBlkArgs(sock, { numQueues: o.numQueues, ...(o.deviceProps !== undefined ? { deviceProps: o.deviceProps } : {}) }),
     smp: o.smp ?? 1,
     t,
   });

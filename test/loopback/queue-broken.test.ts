@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import * as sys from '../../src/sys/index.js';
 import { Frontend } from '../../src/vhost-user/frontend.js';
-import { negotiate } from '../../src/vhost-user/negotiate.js';
+import { FEATURES_NEEDING_FRONTEND_SUPPORT, negotiate } from '../../src/vhost-user/negotiate.js';
 import { FrontendMemory, setupQueue, type FrontendQueue } from '../../src/driver/frontend-driver.js';
 import { VIRTIO_BLK_S_OK, VIRTIO_BLK_T_FLUSH } from '../../src/devices/blk/index.js';
 import { VIRTIO_RING_F_EVENT_IDX } from '../../src/virtio/features.js';
@@ -63,7 +63,7 @@ async function start(t: TestContext, eventIdx: boolean) {
   t.after(() => fe.close());
   const mem = new FrontendMemory(1 << 20);
   t.after(() => mem.close());
-  await negotiate(fe, eventIdx ? {} : { wantFeatures: ~(1n << BigInt(VIRTIO_RING_F_EVENT_IDX)) });
+  await negotiate(fe, eventIdx ? {} : { wantFeatures: ~FEATURES_NEEDING_FRONTEND_SUPPORT & ~(1n << BigInt(VIRTIO_RING_F_EVENT_IDX)) });
   await fe.setMemTable(mem.regions());
   const errFd = sys.eventfd();
   t.after(() => sys.close(errFd));

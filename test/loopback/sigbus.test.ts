@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import * as sys from '../../src/sys/index.js';
 import { Frontend } from '../../src/vhost-user/frontend.js';
 import { FrontendMemory, setupQueue, type FrontendQueue } from '../../src/driver/frontend-driver.js';
-import { negotiate } from '../../src/vhost-user/negotiate.js';
+import { FEATURES_NEEDING_FRONTEND_SUPPORT, negotiate } from '../../src/vhost-user/negotiate.js';
 import { VhostUserDaemon, type VhostUserBackend, type Vring, type VringWorkerModule } from '../../src/backend/index.js';
 import { ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES, protocolFeatureMask } from '../../src/vhost-user/constants.js';
 import { VIRTIO_F_VERSION_1 } from '../../src/virtio/features.js';
@@ -54,7 +54,7 @@ async function serveOnce(sock: string): Promise<void> {
   const mem = new FrontendMemory(1 << 20);
   let q: FrontendQueue | null = null;
   try {
-    await negotiate(fe, { wantFeatures: ~(1n << 29n) });
+    await negotiate(fe, { wantFeatures: ~FEATURES_NEEDING_FRONTEND_SUPPORT & ~(1n << 29n) });
     await fe.setMemTable(mem.regions());
     q = await setupQueue(fe, mem, 0, 64, 0x1000, { enable: true });
     q.driver.addChain([], [{ gpa: 0x40000, len: 256 }]);
@@ -76,7 +76,7 @@ test('a 1 MiB region over a 4 KiB memfd is refused; rings and a kick inside it c
   const small = sys.memfdCreate('vhost-user-small');
   try {
     sys.ftruncate(small, PAGE);
-    await negotiate(fe, { wantFeatures: ~(1n << 29n) });
+    await negotiate(fe, { wantFeatures: ~FEATURES_NEEDING_FRONTEND_SUPPORT & ~(1n << 29n) });
     const lie = { guestPhysAddr: 0n, memorySize: BigInt(1 << 20), userAddr: BigInt(ringMem.userAddr), mmapOffset: 0n, fd: small };
     // REPLY_ACK was negotiated: the refusal comes back as an error reply, or the daemon closes.
     await assert.rejects(fe.setMemTable([lie]));
@@ -111,7 +111,7 @@ test('a memfd truncated after SET_MEM_TABLE: the daemon survives the fault, clos
   const mem = new FrontendMemory(1 << 20);
   let q: FrontendQueue | null = null;
   try {
-    await negotiate(fe, { wantFeatures: ~(1n << 29n) });
+    await negotiate(fe, { wantFeatures: ~FEATURES_NEEDING_FRONTEND_SUPPORT & ~(1n << 29n) });
     await fe.setMemTable(mem.regions());
     // Rings in page 0, which survives the truncation; the buffers are far beyond it.
     q = await setupQueue(fe, mem, 0, 64, 0, { enable: true });
@@ -149,7 +149,7 @@ test('a sealed memfd (F_SEAL_SHRINK) is mapped without the guard and served norm
   const fe = await Frontend.connect(sock, { timeoutMs: 5000 });
   let q: FrontendQueue | null = null;
   try {
-    await negotiate(fe, { wantFeatures: ~(1n << 29n) });
+    await negotiate(fe, { wantFeatures: ~FEATURES_NEEDING_FRONTEND_SUPPORT & ~(1n << 29n) });
     // Region 0: the driver's plain memfd (rings); region 1: the sealed memfd at 1 MiB (the buffer).
     const sealedRegion = { guestPhysAddr: BigInt(1 << 20), memorySize: BigInt(1 << 20), userAddr: BigInt(mem.userAddr + (1 << 20)), mmapOffset: 0n, fd };
     await fe.setMemTable([...mem.regions(), sealedRegion]);
