@@ -5,9 +5,10 @@
  * given the back-end's pid, its CPU time per request. With `verify`, every block it writes carries
  * a stamp (block number, generation) that later reads of that block must return.
  *
- * The steady state allocates nothing per request: request slots (header, data and status buffers
- * in guest memory, and the views on them) are set up once; completions are reaped in batches per
- * interrupt, and each batch is resubmitted with a single kick.
+ * Request slots (header, data and status buffers in guest memory, the views on them and the
+ * buffer lists handed to the driver) are set up once, so the generator itself builds nothing per
+ * request; completions are reaped in batches per interrupt, and each batch is resubmitted with a
+ * single kick.
  * @module
  */
 import { readFileSync } from 'node:fs';
@@ -16,7 +17,7 @@ import { FEATURES_NEEDING_FRONTEND_SUPPORT, negotiate } from '../vhost-user/nego
 import { ProtocolFeature, hasProtocolFeature, protocolFeatureMask } from '../vhost-user/constants.js';
 import { DEFAULT_PROTOCOL_FEATURES } from '../vhost-user/negotiate.js';
 import { VIRTIO_RING_F_EVENT_IDX, featureMask, hasFeature } from '../virtio/features.js';
-import { splitRingLayout } from '../queue/driver.js';
+import { splitRingLayout, type GuestBuffer } from '../queue/driver.js';
 import { FrontendMemory, setupQueue, type FrontendQueue } from './frontend-driver.js';
 import { LatencyHistogram } from './histogram.js';
 
@@ -142,12 +143,14 @@ const STALL_MS = 30_000;
 
 /** One request slot: its buffers in guest memory and the views on them, made once. */
 interface Slot {
-  hdrGpa: number;
-  dataGpa: number;
-  statusGpa: number;
   hdr: DataView;
   data: Uint32Array;
   status: Uint8Array;
+  /** Buffer lists of a write (header + data readable, status writable) and of a read. */
+  outReadable: GuestBuffer[];
+  outWritable: GuestBuffer[];
+  inReadable: GuestBuffer[];
+  inWritable: GuestBuffer[];
   block: number;
   write: boolean;
   gen: number;
@@ -238,10 +241,13 @@ export async function runBlkLoad(o: BlkLoadOptions): Promise<BlkLoadResult> {
         const h = mem.memory.translate(gpa, HDR);
         const d = mem.memory.translate(gpa + PAGE, o.bs);
         slots.push({
-          hdrGpa: gpa, dataGpa: gpa + PAGE, statusGpa: gpa + HDR,
           hdr: new DataView(h.buffer, h.byteOffset, HDR),
           data: new Uint32Array(d.buffer, d.byteOffset, o.bs / 4),
           status: mem.memory.translate(gpa + HDR, 1),
+          outReadable: [{ gpa, len: HDR }, { gpa: gpa + PAGE, len: o.bs }],
+          outWritable: [{ gpa: gpa + HDR, len: 1 }],
+          inReadable: [{ gpa, len: HDR }],
+          inWritable: [{ gpa: gpa + PAGE, len: o.bs }, { gpa: gpa + HDR, len: 1 }],
           block: 0, write: false, gen: 0, startNs: 0,
         });
       }
@@ -314,8 +320,8 @@ async function measure(o: BlkLoadOptions, runs: QueueRun[], blocks: number, even
       for (let i = 0; i < s.data.length; i += 2) { s.data[i] = b; s.data[i + 1] = s.gen; }
     }
     const head = s.write
-      ? r.q.driver.addChain([{ gpa: s.hdrGpa, len: HDR }, { gpa: s.dataGpa, len: o.bs }], [{ gpa: s.statusGpa, len: 1 }])
-      : r.q.driver.addChain([{ gpa: s.hdrGpa, len: HDR }], [{ gpa: s.dataGpa, len: o.bs }, { gpa: s.statusGpa, len: 1 }]);
+      ? r.q.driver.addChain(s.outReadable, s.outWritable)
+      : r.q.driver.addChain(s.inReadable, s.inWritable);
     r.byHead[head] = si;
     s.startNs = performance.now() * 1e6;
     return true;

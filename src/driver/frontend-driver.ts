@@ -153,17 +153,25 @@ export async function setupQueue(
 ): Promise<FrontendQueue> {
   const layout = splitRingLayout(size, ringGpa);
   const driver = new SplitQueueDriver(mem.memory, size, layout.descGpa, layout.availGpa, layout.usedGpa, { eventIdx: opts.eventIdx ?? false });
-  const q = new FrontendQueue(index, driver);
+  return configureQueue(fe, mem, new FrontendQueue(index, driver), size, 0, layout.descGpa, layout.availGpa, layout.usedGpa, opts.enable ?? false);
+}
+
+/** The vring requests both ring layouts send once their driver side exists; closes `q` on failure. */
+async function configureQueue<D extends VirtQueueDriver>(
+  fe: Frontend, mem: FrontendMemory, q: FrontendQueue<D>, size: number, base: number,
+  descGpa: number, driverGpa: number, deviceGpa: number, enable: boolean,
+): Promise<FrontendQueue<D>> {
+  const index = q.index;
   try {
     await fe.setVringNum(index, size);
-    await fe.setVringBase(index, 0);
+    await fe.setVringBase(index, base);
     await fe.setVringAddr({
-      index, flags: 0, descUserAddr: mem.uva(layout.descGpa), usedUserAddr: mem.uva(layout.usedGpa),
-      availUserAddr: mem.uva(layout.availGpa), logGuestAddr: 0n,
+      index, flags: 0, descUserAddr: mem.uva(descGpa), usedUserAddr: mem.uva(deviceGpa),
+      availUserAddr: mem.uva(driverGpa), logGuestAddr: 0n,
     });
     await fe.setVringCall(index, q.callFd);
     await fe.setVringKick(index, q.kickFd);
-    if (opts.enable ?? false) await fe.setVringEnable(index, true);
+    if (enable) await fe.setVringEnable(index, true);
   } catch (e) {
     q.close();
     throw e;
@@ -182,20 +190,6 @@ export async function setupPackedQueue(
 ): Promise<FrontendQueue<PackedQueueDriver>> {
   const layout = packedRingLayout(size, ringGpa);
   const driver = new PackedQueueDriver(mem.memory, size, layout.descGpa, layout.driverGpa, layout.deviceGpa, { eventIdx: opts.eventIdx ?? false });
-  const q = new FrontendQueue(index, driver);
-  try {
-    await fe.setVringNum(index, size);
-    await fe.setVringBase(index, encodePackedState({ nextAvail: 0, availWrap: true, nextUsed: 0, usedWrap: true }));
-    await fe.setVringAddr({
-      index, flags: 0, descUserAddr: mem.uva(layout.descGpa), usedUserAddr: mem.uva(layout.deviceGpa),
-      availUserAddr: mem.uva(layout.driverGpa), logGuestAddr: 0n,
-    });
-    await fe.setVringCall(index, q.callFd);
-    await fe.setVringKick(index, q.kickFd);
-    if (opts.enable ?? false) await fe.setVringEnable(index, true);
-  } catch (e) {
-    q.close();
-    throw e;
-  }
-  return q;
+  const initial = encodePackedState({ nextAvail: 0, availWrap: true, nextUsed: 0, usedWrap: true });
+  return configureQueue(fe, mem, new FrontendQueue(index, driver), size, initial, layout.descGpa, layout.driverGpa, layout.deviceGpa, opts.enable ?? false);
 }

@@ -1,4 +1,5 @@
-import { GuestMemoryError, type GuestMemory } from '../memory/index.js';
+import type { GuestMemory } from '../memory/index.js';
+import { ringView } from './ring-view.js';
 import { DescriptorChain } from './chain.js';
 import {
   QueueError, VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
@@ -14,24 +15,6 @@ export interface SplitQueueState {
   nextAvail: number;
   /** Next used-ring index the device will write (u16, free-running). */
   nextUsed: number;
-}
-
-/** Builds a typed view over a ring, enforcing that it lies in one region and is host-aligned. */
-function ringView<T extends Uint16Array | Uint32Array>(
-  mem: GuestMemory, gpa: number, bytes: number, what: string,
-  Ctor: { new (b: ArrayBufferLike, o: number, n: number): T; BYTES_PER_ELEMENT: number },
-): T {
-  let v: Uint8Array;
-  try {
-    v = mem.translate(gpa, bytes);
-  } catch (e) {
-    if (e instanceof GuestMemoryError) throw new QueueError('bad-ring', `${what} at 0x${gpa.toString(16)} (${bytes} bytes): ${e.message}`);
-    throw e;
-  }
-  if (v.byteOffset % Ctor.BYTES_PER_ELEMENT !== 0) {
-    throw new QueueError('misaligned', `${what} at 0x${gpa.toString(16)} is not ${Ctor.BYTES_PER_ELEMENT}-byte aligned in host memory`);
-  }
-  return new Ctor(v.buffer, v.byteOffset, Math.floor(bytes / Ctor.BYTES_PER_ELEMENT));
 }
 
 /** Indirect table entries accepted even on small queues (QEMU's VIRTQUEUE_MAX_SIZE). */
