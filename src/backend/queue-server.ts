@@ -143,7 +143,7 @@ export class QueueServer {
         if (this.inFlightCount >= this.maxInFlight) {
           // Notifications stay off: a completion resumes the drain.
           this.throttled = true;
-          if (used) vring.signalUsedIfNeeded();
+          if (used) this.publish();
           return;
         }
         const req = this.free.pop() ?? new Request(this);
@@ -161,7 +161,7 @@ export class QueueServer {
             continue;
           }
           this.markBroken(e);
-          if (used) vring.signalUsedIfNeeded();
+          if (used) this.publish();
           return;
         }
         if (chain === null) {
@@ -187,10 +187,16 @@ export class QueueServer {
         used = true;
       }
       if (used) {
-        vring.signalUsedIfNeeded();
+        this.publish();
         used = false;
       }
     } while (q.enableNotification());
+  }
+
+  /** Makes the batch's used entries visible (one release store), then interrupts if the driver asked. */
+  private publish(): void {
+    this.vring.queue.publishUsed();
+    this.vring.signalUsedIfNeeded();
   }
 
   /** NEEDS_RESET: the ring is not served again until the front-end resets it. */
@@ -222,7 +228,8 @@ export class QueueServer {
     // Log everything written: the used length, and any writer views handed out beyond it.
     const log = q.memory?.dirtyLog ?? null;
     if (log !== null) chain.logWritten(Math.max(len, chain.writer.bytesWritten), log);
-    q.addUsed(chain.headIndex, len);
+    // Published once per batch (publish()): one used-index store for every chain of a wake-up.
+    q.addUsedDeferred(chain.headIndex, len);
     const st = this.vring.stats;
     st.requests++;
     st.bytesIn += chain.readableBytes;
@@ -268,7 +275,7 @@ export class QueueServer {
     if (this.needSignal) {
       this.needSignal = false;
       try {
-        this.vring.signalUsedIfNeeded();
+        this.publish();
       } catch (e) {
         this.logger.log('error', `${this.name}: cannot signal: ${(e as Error).message}`);
       }
