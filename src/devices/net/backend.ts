@@ -28,6 +28,7 @@ import {
   VIRTIO_NET_HDR_OFFSETS, VIRTIO_NET_HDR_V1_SIZE, VIRTIO_NET_S_ANNOUNCE, VIRTIO_NET_S_LINK_UP, buildRarp, encodeNetConfig, formatMac, parseMac,
 } from './header.js';
 import { NetRxQueue, type RxFeatures } from './rx.js';
+import type { GuestOffloads } from './tap-port.js';
 
 /** Options of {@link VhostUserNetBackend}. */
 export interface VhostUserNetBackendOptions {
@@ -139,7 +140,7 @@ export class VhostUserNetBackend implements VhostUserBackend, FrameSource {
   }
 
   /** Whether the guest negotiated each receive offload (TUNSETOFFLOAD follows these). */
-  get guestOffloads(): { csum: boolean; tso4: boolean; tso6: boolean; ecn: boolean; ufo: boolean } {
+  get guestOffloads(): GuestOffloads {
     const f = this.rxFeatures;
     return { csum: f.guestCsum, tso4: f.guestTso4, tso6: f.guestTso6, ecn: f.guestEcn, ufo: f.guestUfo };
   }
