@@ -182,7 +182,7 @@ export class QueueServer {
           r.then(req.done, req.fail);
           continue;
         }
-        this.finish(chain, r);
+        this.finish(chain, r, true);
         this.free.push(req);
         used = true;
       }
@@ -218,7 +218,7 @@ export class QueueServer {
   }
 
   /** Logs the written range in the dirty log, then publishes the used entry. */
-  private finish(chain: DescriptorChain, usedLen: number): void {
+  private finish(chain: DescriptorChain, usedLen: number, deferred = false): void {
     let len = usedLen;
     if (!(Number.isInteger(len) && len >= 0 && len <= chain.writableBytes)) {
       this.logger.log('warn', `${this.name}: request (head ${chain.headIndex}) reported used length ${String(usedLen)} for ${chain.writableBytes} writable bytes; clamped`);
@@ -228,8 +228,10 @@ export class QueueServer {
     // Log everything written: the used length, and any writer views handed out beyond it.
     const log = q.memory?.dirtyLog ?? null;
     if (log !== null) chain.logWritten(Math.max(len, chain.writer.bytesWritten), log);
-    // Published once per batch (publish()): one used-index store for every chain of a wake-up.
-    q.addUsedDeferred(chain.headIndex, len);
+    // A synchronous batch is published once (publish()): one used-index store per wake-up. An
+    // asynchronous completion is visible at once, as a polling driver expects.
+    if (deferred) q.addUsedDeferred(chain.headIndex, len);
+    else q.addUsed(chain.headIndex, len);
     const st = this.vring.stats;
     st.requests++;
     st.bytesIn += chain.readableBytes;
