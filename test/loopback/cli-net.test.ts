@@ -90,3 +90,17 @@ test('vhost-user-net with two sockets: a switch between two guests (one per sock
   const st = await d.stop();
   assert.equal(st.code, 0);
 });
+
+test('vhost-user-net --poll-us: transmit queues are served by the poller too', async (t) => {
+  const dir = makeTempDir(t);
+  const sock = dir.socketPath('net');
+  const d = await startOurDaemon('net', sock, ['--loopback', '--poll-us', '200'], t);
+  const g = await NetGuest.connect(t, sock);
+  g.postRx(0, 8);
+  for (let i = 0; i < 5; i++) {
+    const f = ethFrame('ff:ff:ff:ff:ff:ff', '52:54:00:12:34:56', 64, i);
+    await g.send(0, f);
+    assert.ok((await g.recv(0)).data.equals(f));
+  }
+  assert.equal((await d.stop()).code, 0);
+});

@@ -12,6 +12,8 @@ import { TapPort, TapWire, VhostUserNetBackend } from '../../src/devices/net/ind
 import { TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6 } from '../../src/kernel/tap.js';
 import { NetGuest, type RxFrame, udpFrame } from './net-rig.js';
 import { withTimeout } from '../helpers/events.js';
+import { startOurDaemon } from '../helpers/our-daemon.js';
+import { makeTempDir } from '../helpers/tmp.js';
 
 const GUEST_MAC = '52:54:00:00:00:31';
 const suffix = String(process.pid % 10000);
@@ -68,4 +70,15 @@ test('TAP port: offload fields carried to and from the host stack; TUNSETOFFLOAD
   assert.equal(data.toString(), msg.toString());
   assert.ok(tap.txCounters[0]!.packets >= 1);
   assert.ok(tap.rxCounters[0]!.packets >= 1);
+});
+
+test('vhost-user-net --tap: creates the TAP, logs its per-queue counters with --stats, removes it on SIGTERM', { skip: !canRun && !process.env.CI ? 'needs root' : false }, async (t) => {
+  const dir = makeTempDir(t);
+  const name = `vutcli${suffix}`;
+  const d = await startOurDaemon('net', dir.socketPath('net'), ['--tap', name, '--stats', '1'], t);
+  assert.match(d.proc.stdout, new RegExp(`serving TAP ${name} with 1 queue pair`));
+  execFileSync('ip', ['link', 'show', name], { stdio: 'pipe' });
+  await d.proc.waitForText(new RegExp(`stats: tap ${name} queue 0: read \\d+ pkts`), 5000, () => d.proc.stderr);
+  assert.equal((await d.stop()).code, 0);
+  assert.throws(() => execFileSync('ip', ['link', 'show', name], { stdio: 'pipe' }), 'the TAP went away with the daemon');
 });
