@@ -33,6 +33,9 @@ export interface NativeAddon {
   socketInfo(fd: number): { domain: number; type: number; listening: boolean };
   fallocateAsync(fd: number, mode: number, offset: number | bigint, length: number | bigint): Promise<void>;
   ioctlRangeAsync(fd: number, request: number | bigint, offset: number | bigint, length: number | bigint): Promise<void>;
+  netlinkOpen(protocol: number): number;
+  netlinkSendAsync(fd: number, data: Uint8Array): Promise<number>;
+  netlinkRecv(fd: number, buf: Uint8Array): number | null;
   /** [handle, address, mapping id, guarded against SIGBUS] */
   mmap(fd: number, offset: number | bigint, length: number, prot: number, flags: number): [NativeHandle, bigint, number, boolean];
   munmap(handle: NativeHandle): void;
