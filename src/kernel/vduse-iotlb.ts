@@ -9,7 +9,7 @@
  * @module
  */
 import * as sys from '../sys/index.js';
-import { PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_SHARED } from '../sys/mapping.js';
+import { MAP_PRIVATE, MAP_SHARED, mmapDevice } from '../sys/mapping.js';
 import { GuestMemory, GuestRegion, MAX_ADDRESS } from '../memory/index.js';
 import { defaultLogger, type Logger } from '../log.js';
 import { VDUSE_ACCESS_RO, VDUSE_ACCESS_WO, VDUSE_IOTLB_ENTRY_SIZE, VDUSE_IOTLB_GET_FD, decodeIotlbEntry, encodeIotlbEntry, type VduseIotlbEntry } from './vduse.js';
@@ -127,7 +127,7 @@ export class IotlbCache {
     // A read-only mapping is mapped private: a device write into it (a driver bug) then lands in
     // a private copy instead of faulting the process, and never reaches the driver's memory.
     const writable = (e.perm & VDUSE_ACCESS_WO) !== 0;
-    const mapping = sys.mmap(fd, offset - slack, size + slack, PROT_READ | PROT_WRITE, writable ? MAP_SHARED : MAP_PRIVATE);
+    const mapping = mmapDevice(fd, offset - slack, size + slack, writable ? MAP_SHARED : MAP_PRIVATE);
     try {
       return new GuestRegion({ guestPhysAddr: start, size, userAddr: start, mmapOffset: offset, backing: mapping, backingOffset: slack });
     } catch (err) {
