@@ -294,7 +294,12 @@ function extackMessage(body: Uint8Array, flags: number): string {
  * is not loaded). Adding a device needs CAP_NET_ADMIN.
  */
 export class VdpaNetlink {
-  private constructor(private readonly sock: GenlSocket, readonly familyId: number) {}
+  /** The generic netlink id the kernel gave the vdpa family. */
+  readonly familyId: number;
+
+  private constructor(private readonly sock: GenlSocket, familyId: number) {
+    this.familyId = familyId;
+  }
 
   /** Opens a netlink socket and resolves the vdpa family. */
   static async open(): Promise<VdpaNetlink> {
