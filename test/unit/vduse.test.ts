@@ -5,8 +5,10 @@
  * The daemon against the kernel is covered in the 6.12 guest (test/e2e/kernel-vdpa.test.ts).
  */
 import assert from 'node:assert/strict';
+import { closeSync, openSync } from 'node:fs';
 import { test } from 'node:test';
 import * as sys from '../../src/sys/index.js';
+import { mmapDevice } from '../../src/sys/mapping.js';
 import { IotlbCache, IotlbMemory, type IotlbSource } from '../../src/kernel/vduse-iotlb.js';
 import { VduseDaemon, vduseFeatures } from '../../src/kernel/vduse-daemon.js';
 import { VDUSE_ACCESS_RO, VDUSE_ACCESS_RW, VDUSE_ACCESS_WO, type VduseIotlbEntry } from '../../src/kernel/vduse.js';
@@ -139,4 +141,20 @@ test('VduseDaemon.create fails clearly without a VDUSE control device and leaks 
   assert.throws(() => VduseDaemon.create(rng, { name: 'x', controlPath: '/dev/null' }), /device type 'rng' has no known virtio id/);
   assert.throws(() => VduseDaemon.create({ numQueues: () => 0, features: () => 0n }, { name: 'x', deviceId: 2, controlPath: '/dev/null' }), /0 queues/);
   assert.equal(sys.openFdCount(), before);
+});
+
+test('device files without a size map only through mmapDevice, which always guards them', () => {
+  const fd = openSync('/dev/zero', 'r+');
+  try {
+    assert.throws(() => sys.mmap(fd, 0, 4096), (e: unknown) => e instanceof sys.SysError && e.code === 'ENODEV' && /its size cannot be checked/.test(e.message));
+    const m = mmapDevice(fd, 0, 8192);
+    assert.equal(m.guarded, true, 'the kernel may refuse a page: SIGBUS is recovered');
+    const u8 = new Uint8Array(m.windows[0] as ArrayBuffer);
+    assert.equal(u8.length, 8192);
+    u8[100] = 5;
+    assert.equal(u8[100], 5);
+    m.unmap();
+  } finally {
+    closeSync(fd);
+  }
 });
