@@ -30,7 +30,7 @@ async function outcome(p: Promise<unknown>): Promise<string> {
     await p;
     return 'ok';
   } catch (e) {
-    return (e as { code?: string }).code ?? (e as Error).message.slice(0, 80);
+    return (e as { code?: string }).code ?? (e as Error).message.slice(0, 160);
   }
 }
 
