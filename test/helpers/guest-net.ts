@@ -133,7 +133,9 @@ export async function runGuestTap(t: TestContext, sock: string, start: StartNetB
  */
 export async function runGuestPair(t: TestContext, socks: readonly [string, string], start: StartNetBackend,
   o: GuestNetOptions = {}): Promise<NetScenarioReport> {
+  const t0 = performance.now();
   const backend = await start({ sockets: socks, t });
+  const tReady = performance.now();
   const ips = ['10.78.0.1', '10.78.0.2'] as const;
   const vms = await Promise.all([0, 1].map((i) => startQemu({
     test: 'net-xfer',
@@ -146,10 +148,12 @@ export async function runGuestPair(t: TestContext, socks: readonly [string, stri
   assert.equal(b.details.rx_sha256, a.details.tx_sha256, 'A -> B: checksum mismatch');
   assert.equal(a.details.rx_bytes, String(XFER_BYTES), 'A received a short stream');
   assert.equal(a.details.rx_sha256, b.details.tx_sha256, 'B -> A: checksum mismatch');
+  const tResults = performance.now();
   for (const vm of vms) await expectCleanExit(vm);
   assert.equal(backend.exitStatusNow, undefined, `back-end died\n${backend.diagnostics()}`);
+  const s = (ms: number): string => (ms / 1000).toFixed(1);
   return {
-    summary: `ping tries A ${a.details.ping_tries} B ${b.details.ping_tries}; tx A ${a.details.tx_s} s B ${b.details.tx_s} s; ` +
+    summary: `back-end ready ${s(tReady - t0)} s, results ${s(tResults - t0)} s, VMs exited ${s(performance.now() - t0)} s; ping tries A ${a.details.ping_tries} B ${b.details.ping_tries}; tx A ${a.details.tx_s} s B ${b.details.tx_s} s; ` +
       `spawn->result A ${(a.elapsedMs / 1000).toFixed(1)} s B ${(b.elapsedMs / 1000).toFixed(1)} s`,
   };
 }

@@ -32,7 +32,10 @@ done
 vt_detail "ifname=$ifname" "mac=$(cat /sys/class/net/$ifname/address)"
 
 if [ "$recv" = 1 ]; then
-  nc -l -p "$port" > /tmp/rx &
+  # nc half-closes the connection when its stdin ends, and a busybox nc SENDER quits on that EOF
+  # with its data unsent: the listener's stdin is a FIFO it holds open itself, so it never ends.
+  mkfifo /tmp/hold
+  nc -l -p "$port" 0<>/tmp/hold > /tmp/rx &
   rx_pid=$!
 fi
 
