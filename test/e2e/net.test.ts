@@ -8,6 +8,7 @@
  * to a net_tap port or between two net_vhost ports), the reference they were developed on.
  */
 import { test, type TestContext } from 'node:test';
+import assert from 'node:assert/strict';
 import { GUEST_TOOLS, requireTools } from '../helpers/tools.js';
 import { makeTempDir } from '../helpers/tmp.js';
 import { runGuestPair, runGuestTap, startDpdkNet, startOurNet, type StartNetBackend } from '../helpers/guest-net.js';
@@ -32,6 +33,7 @@ test(`QEMU guest on ${backendName} --tap with packed virtqueues (packed=on): pin
   const tmp = makeTempDir(t, 'nettapp');
   const r = await runGuestTap(t, tmp.socketPath('net'), start, { deviceProps: ['packed=on'] });
   t.diagnostic(r.summary);
+  if (!dpdk) assert.match(r.backend.stderr, /features negotiated: .*VIRTIO_F_RING_PACKED/, 'the guest drove packed rings');
 });
 
 test(`two QEMU guests on one ${backendName} process: ping each other, 8 MiB TCP each way`, async (t) => {

@@ -87,6 +87,8 @@ async function guestResult(vm: QemuHandle): Promise<VtestResult> {
 /** What a scenario measured, for t.diagnostic. */
 export interface NetScenarioReport {
   readonly summary: string;
+  /** The back-end process (still running), for back-end specific checks of its log. */
+  readonly backend: ManagedProcess;
 }
 
 /**
@@ -121,6 +123,7 @@ export async function runGuestTap(t: TestContext, sock: string, start: StartNetB
   await expectCleanExit(vm);
   assert.equal(backend.exitStatusNow, undefined, `back-end died\n${backend.diagnostics()}`);
   return {
+    backend,
     summary: `guest ping tries ${r.details.ping_tries}; ns->guest ${sent.ms} ms, guest->ns ${got.ms} ms ` +
       `(guest tx ${r.details.tx_s} s); spawn->result ${(r.elapsedMs / 1000).toFixed(1)} s, total ${((performance.now() - t0) / 1000).toFixed(1)} s`,
   };
@@ -153,6 +156,7 @@ export async function runGuestPair(t: TestContext, socks: readonly [string, stri
   assert.equal(backend.exitStatusNow, undefined, `back-end died\n${backend.diagnostics()}`);
   const s = (ms: number): string => (ms / 1000).toFixed(1);
   return {
+    backend,
     summary: `back-end ready ${s(tReady - t0)} s, results ${s(tResults - t0)} s, VMs exited ${s(performance.now() - t0)} s; ping tries A ${a.details.ping_tries} B ${b.details.ping_tries}; tx A ${a.details.tx_s} s B ${b.details.tx_s} s; ` +
       `spawn->result A ${(a.elapsedMs / 1000).toFixed(1)} s B ${(b.elapsedMs / 1000).toFixed(1)} s`,
   };
