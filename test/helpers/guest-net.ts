@@ -114,6 +114,9 @@ export async function runGuestTap(t: TestContext, sock: string, start: StartNetB
   assert.equal(ping.received, 3, `namespace -> guest ping lost replies\n${ping.output}\n${vm.diagnostics()}`);
   const source = startTcpSource(ns, '10.77.0.2', PORT, XFER_BYTES, t);
   const r = await guestResult(vm);
+  const pairs = String(Math.min(o.smp ?? 1, QUEUE_PAIRS));
+  assert.equal(r.details.rx_queues, pairs, `guest uses ${r.details.rx_queues} RX queues\n${r.line}`);
+  assert.equal(r.details.tx_queues, pairs, `guest uses ${r.details.tx_queues} TX queues\n${r.line}`);
   const sent = await source.done(30_000);
   const got = await sink.done(30_000);
   assert.equal(r.details.rx_bytes, String(sent.bytes), 'guest received a different byte count than the namespace sent');

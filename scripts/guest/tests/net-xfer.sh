@@ -10,8 +10,8 @@
 #   5. wait for the received stream to end.
 # Parameters: ip, peer (required); port (default 5001), send (default 0), recv (default 0),
 #   wait (default 60), mtu (optional).
-# Details: ifname, mac, ping_tries, tx_bytes, tx_sha256, tx_s, rx_bytes, rx_sha256, rx_s,
-#   if_tx_packets, if_rx_packets.
+# Details: ifname, mac, ping_tries, tx_bytes, tx_sha256, tx_s, rx_bytes, rx_sha256, rx_wait_s,
+#   rx_queues, tx_queues, if_tx_packets, if_rx_packets.
 . /lib/vtest.sh
 ip_cidr="${VTEST_ip:?}"
 peer="${VTEST_peer:?}"
@@ -71,6 +71,9 @@ if [ "$recv" = 1 ]; then
   wait "$rx_pid" || vt_fail "receive-failed"
   vt_detail "rx_bytes=$(stat -c %s /tmp/rx)" "rx_sha256=$(sha256sum < /tmp/rx | cut -d' ' -f1)" "rx_wait_s=$(secs $(( $(now_cs) - t0 )))"
 fi
+# Queue pairs the driver put in use: min(device queue pairs, vCPUs).
+vt_detail "rx_queues=$(ls -d /sys/class/net/$ifname/queues/rx-* | wc -l)" \
+  "tx_queues=$(ls -d /sys/class/net/$ifname/queues/tx-* | wc -l)"
 vt_detail "if_tx_packets=$(cat /sys/class/net/$ifname/statistics/tx_packets)" \
   "if_rx_packets=$(cat /sys/class/net/$ifname/statistics/rx_packets)"
 exit 0
