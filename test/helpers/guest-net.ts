@@ -100,6 +100,21 @@ export async function runGuestTap(t: TestContext, sock: string, start: StartNetB
   const ns = await createNetns(t);
   const tap = 'vutap0';
   const backend = await start({ sockets: [sock], ns, tap, t });
+  return withBackendLog(backend, () => tapScenario(t, sock, ns, tap, backend, o));
+}
+
+/** Runs `body`; a failure's message gets the back-end's log tail (the guest's side is in it already). */
+async function withBackendLog<T>(backend: ManagedProcess, body: () => Promise<T>): Promise<T> {
+  try {
+    return await body();
+  } catch (e) {
+    if (e instanceof Error) e.message += `\n${backend.diagnostics()}`;
+    throw e;
+  }
+}
+
+async function tapScenario(t: TestContext, sock: string, ns: Netns, tap: string, backend: ManagedProcess,
+  o: GuestNetOptions): Promise<NetScenarioReport> {
   await ns.waitForLink(tap, 10_000);
   await ns.configure(tap, '10.77.0.1/24');
   const sink = await startTcpSink(ns, PORT, t);
@@ -142,6 +157,11 @@ export async function runGuestPair(t: TestContext, socks: readonly [string, stri
   const t0 = performance.now();
   const backend = await start({ sockets: socks, t });
   const tReady = performance.now();
+  return withBackendLog(backend, () => pairScenario(t, socks, backend, o, t0, tReady));
+}
+
+async function pairScenario(t: TestContext, socks: readonly [string, string], backend: ManagedProcess, o: GuestNetOptions,
+  t0: number, tReady: number): Promise<NetScenarioReport> {
   const ips = ['10.78.0.1', '10.78.0.2'] as const;
   const vms = await Promise.all([0, 1].map((i) => startQemu({
     test: 'net-xfer',
