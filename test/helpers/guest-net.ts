@@ -32,7 +32,7 @@ export type StartNetBackend = (opts: { sockets: readonly string[]; ns?: Netns; t
  */
 export const startOurNet: StartNetBackend = async ({ sockets, ns, tap, t }) => {
   const script = join(repoRoot(), 'dist', 'src', 'cli', 'net.js');
-  const args = [script, ...sockets.flatMap((s) => ['--socket-path', s]), '--queue-pairs', String(QUEUE_PAIRS),
+  const args = [script, ...sockets.flatMap((s) => ['--socket-path', s]), '--queue-pairs', String(QUEUE_PAIRS), '--stats', '5',
     ...(tap !== undefined ? ['--tap', tap] : [])];
   const proc = ns ? ns.spawn(process.execPath, args, 'vhost-user-net') : ManagedProcess.spawn(process.execPath, args, { label: 'vhost-user-net' });
   t.after(async () => { await proc.terminate({ sig: 'SIGTERM', graceMs: 5000 }); });
@@ -166,7 +166,10 @@ async function pairScenario(t: TestContext, socks: readonly [string, string], ba
   const vms = await Promise.all([0, 1].map((i) => startQemu({
     test: 'net-xfer',
     params: { ip: `${ips[i] ?? ''}/24`, peer: ips[1 - i] ?? '', port: PORT, send: XFER_BYTES, recv: 1, wait: 90 },
-    args: netArgs(socks[i] ?? '', String(i), o), smp: o.smp ?? 1, t,
+    // QEMU takes the guest's MAC from the device, not from a vhost-user-net back-end, and every
+    // QEMU process defaults to 52:54:00:12:34:56: two guests on one L2 switch need their own.
+    args: netArgs(socks[i] ?? '', String(i), { ...o, deviceProps: [...(o.deviceProps ?? []), `mac=52:54:00:00:78:0${i + 1}`] }),
+    smp: o.smp ?? 1, t,
   })));
   const [a, b] = await Promise.all(vms.map((vm) => guestResult(vm)));
   assert.ok(a && b);
