@@ -93,7 +93,7 @@ export interface NetScenarioReport {
 
 /**
  * One guest on a TAP port: the namespace side is 10.77.0.1/24, the guest 10.77.0.2/24. The guest
- * pings the namespace, the namespace pings the guest (3 of 3 replies), then 8 MiB go each way at
+ * pings the namespace, the namespace pings the guest (3 of 4 replies), then 8 MiB go each way at
  * the same time; every byte count and sha256 must match on both ends.
  */
 export async function runGuestTap(t: TestContext, sock: string, start: StartNetBackend, o: GuestNetOptions = {}): Promise<NetScenarioReport> {
@@ -125,8 +125,10 @@ async function tapScenario(t: TestContext, sock: string, ns: Netns, tap: string,
     args: netArgs(sock, '0', o), smp: o.smp ?? 1, t,
   });
   await vm.waitFor(/^VTEST-PROGRESS net-xfer ready ip=10\.77\.0\.2\n/m, 90_000);
-  const ping = await ns.ping('10.77.0.2', 3);
-  assert.equal(ping.received, 3, `namespace -> guest ping lost replies\n${ping.output}\n${vm.diagnostics()}`);
+  // busybox ping waits only ~2 RTTs (at least 1 s) for the LAST reply, which a loaded TCG guest
+  // can miss; every earlier one has a full interval: 3 of 4 must come back.
+  const ping = await ns.ping('10.77.0.2', 4);
+  assert.ok(ping.received >= 3, `namespace -> guest ping lost replies\n${ping.output}\n${vm.diagnostics()}`);
   const source = startTcpSource(ns, '10.77.0.2', PORT, XFER_BYTES, t);
   const r = await guestResult(vm);
   const pairs = String(Math.min(o.smp ?? 1, QUEUE_PAIRS));
