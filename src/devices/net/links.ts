@@ -92,6 +92,12 @@ export class NetSwitch implements NetLink {
     this.now = opts.now ?? Date.now;
   }
 
+  /** Adds any frame source (e.g. a custom port) as a port of the bridge. */
+  addPort(port: FrameSource): void {
+    this.ports.push(port);
+    port.attach(this);
+  }
+
   /** Adds a device (one VM) as a port. */
   addDevice(dev: VhostUserNetBackend): void {
     this.ports.push(dev);
@@ -127,6 +133,11 @@ export class NetSwitch implements NetLink {
     return e.port;
   }
 
+  /** Forgets every aged-out MAC (when the table is full; lookups forget them one by one otherwise). */
+  private sweep(now: number): void {
+    for (const [mac, e] of this.table) if (now - e.seen > this.ageingMs) this.table.delete(mac);
+  }
+
   private updateUplinkOffload(): void {
     if (this.uplink === null) return;
     const o: GuestOffloads = { csum: true, tso4: true, tso6: true, ecn: true, ufo: true };
@@ -152,8 +163,9 @@ export class NetSwitch implements NetLink {
       if (e !== undefined) {
         e.port = from;
         e.seen = now;
-      } else if (this.table.size < MAX_MAC_ENTRIES) {
-        this.table.set(src, { port: from, seen: now });
+      } else {
+        if (this.table.size >= MAX_MAC_ENTRIES) this.sweep(now);
+        if (this.table.size < MAX_MAC_ENTRIES) this.table.set(src, { port: from, seen: now });
       }
     }
     if ((frame.byteAt(0) & 1) === 0) {
