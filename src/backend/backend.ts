@@ -106,7 +106,8 @@ export interface VhostUserBackend {
   queueStopped?(queueIndex: number): void;
   /**
    * Low-level escape hatch (rust-vmm's `handle_event`): a vring's kick fired (`deviceEvent` =
-   * queue index; only called for queues when there is no {@link processChain}) or a listener
+   * queue index; only called for queues when there is no {@link processChain}, or for the queues
+   * {@link fillsQueue} names) or a listener
    * registered with {@link VringEventHandler.registerListener} fired (`deviceEvent` = its `data`,
    * ≥ numQueues()). `vrings` are the vrings of thread `threadId`. The daemon does not wait for a
    * returned promise: such a device tracks its own requests and must handle malformed chains
