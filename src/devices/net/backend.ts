@@ -90,6 +90,7 @@ export class VhostUserNetBackend implements VhostUserBackend, FrameSource {
   private ctrlIndex = 2;
   private dataQueues = 2;
   private hasCtrl = false;
+  private hasCtrlRx = false;
   private readonly rx: (NetRxQueue | null)[];
   private readonly rxCountersKept: PacketCounters[];
   private rxFeatures: RxFeatures = { hdrLen: VIRTIO_NET_HDR_V1_SIZE, mergeable: false, guestCsum: false, guestTso4: false, guestTso6: false, guestEcn: false, guestUfo: false };
@@ -190,6 +191,7 @@ export class VhostUserNetBackend implements VhostUserBackend, FrameSource {
     this.ctrlIndex = 2 * this.activePairs;
     this.dataQueues = 2 * this.activePairs;
     this.hasCtrl = has(VIRTIO_NET_F_CTRL_VQ);
+    this.hasCtrlRx = has(VIRTIO_NET_F_CTRL_RX);
     this.onFeatures?.(this);
   }
 
@@ -273,7 +275,7 @@ export class VhostUserNetBackend implements VhostUserBackend, FrameSource {
 
   /** Delivers a frame from the link into a receive queue (copying it). */
   deliver(frame: NetFrame, pairHint: number): Delivery {
-    if ((this.ackedBits & bit(VIRTIO_NET_F_CTRL_RX)) !== 0n && !this.accepts(frame)) {
+    if (this.hasCtrlRx && !this.accepts(frame)) {
       this.drops.add('rx-filtered');
       return Delivery.Dropped;
     }
