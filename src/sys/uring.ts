@@ -261,12 +261,22 @@ export class UringEngine {
     const ring = this.ring;
     if (!ring.open) return;
     const c = ring.cqes;
-    for (let n = ring.reap(); n > 0; n = ring.reap()) {
+    const cap = ring.maxInFlight;
+    let failure: unknown = null;
+    let n: number;
+    do {
+      n = ring.reap();
       for (let i = 0; i < n; i++) {
         const t = this.release(c[2 * i] as number);
-        t.uringComplete(c[2 * i + 1] as number);
+        // One faulty target must not strand the completions after it.
+        try {
+          t.uringComplete(c[2 * i + 1] as number);
+        } catch (e) {
+          failure ??= e;
+        }
       }
-    }
+    } while (n === cap);
+    if (failure !== null) throw failure;
   }
 
   /**
