@@ -102,6 +102,8 @@ export class FileDisk implements BlockDisk {
   private punchOk = true;
   private zeroRangeOk = true;
   private uring: UringDisk | null = null;
+  /** Borrowed fd (a worker's view of the main thread's disk): close() leaves the fd open. */
+  private borrowed = false;
   /** The data path in use: 'io_uring' only when asked for and the kernel allowed it. */
   aio: AioMode = 'threads';
   /** Why io_uring was asked for but not used (null otherwise). */
@@ -154,6 +156,17 @@ export class FileDisk implements BlockDisk {
       fs.closeSync(fd);
       throw e;
     }
+  }
+
+  /**
+   * A disk over an fd another FileDisk of this process owns (e.g. handed to a worker_thread): no
+   * lock is taken, and close() releases only this disk's own io_uring, never the fd.
+   */
+  static borrow(fd: number, info: { size: number; readOnly: boolean; blockSize: number; isBlockDevice: boolean; aio?: AioMode; uringEntries?: number }): FileDisk {
+    const disk = new FileDisk(fd, info.size, info.readOnly, info.blockSize, info.isBlockDevice);
+    disk.borrowed = true;
+    if (info.aio === 'io_uring') disk.startUring(info.uringEntries ?? 256);
+    return disk;
   }
 
   private startUring(entries: number): void {
@@ -316,6 +329,7 @@ export class FileDisk implements BlockDisk {
     // The ring waits for its operations before it goes, so none can touch the fd or memory later.
     this.uring?.close();
     this.uring = null;
+    if (this.borrowed) return Promise.resolve();
     return new Promise((resolve, reject) => fs.close(fd, (e) => (e ? reject(e) : resolve())));
   }
 }
