@@ -191,6 +191,29 @@ export class UringEngine {
     return true;
   }
 
+  /** Whether an operation of `iovCount` buffers can be staged now (then {@link transferHost} cannot fail). */
+  canStage(iovCount: number): boolean {
+    return this.nFree > 0 && iovCount <= this.ring.iovCapacity && this.ring.open;
+  }
+
+  /**
+   * Stages a vectored read (or write) of `count` [host address, length] pairs of `pairs` at file
+   * `offset`: the zero-allocation variant of {@link transfer} for callers that translated guest
+   * addresses themselves (the addon still refuses any range outside this thread's live mappings).
+   * Check {@link canStage} first; false when the ring is full.
+   */
+  transferHost(write: boolean, fd: number, pairs: Float64Array, count: number, offset: number, target: UringTarget): boolean {
+    if (!this.canStage(count) || count === 0) return false;
+    if (this.staged === this.ring.entries || this.iovUsed + count > this.ring.iovCapacity) this.flush();
+    if (this.nFree === 0) return false;
+    const first = this.iovUsed;
+    const iovs = this.ring.iovs;
+    for (let i = 0; i < 2 * count; i++) iovs[2 * first + i] = pairs[i] as number;
+    this.iovUsed += count;
+    this.stage(write ? URING_OP_WRITE : URING_OP_READ, fd, first, count, offset, target);
+    return true;
+  }
+
   /** Stages an fdatasync (or fsync) of `fd`; false when the ring is full. */
   sync(fd: number, dataOnly: boolean, target: UringTarget): boolean {
     if (this.nFree === 0 || !this.ring.open) return false;

@@ -23,7 +23,7 @@ import type { BlockDisk } from './disk.js';
 import { BlkRequestExecutor, BlkRequestSlot } from './request.js';
 import { FileDisk } from './disk.js';
 import type { BlkWorkerData } from './worker.js';
-import type { VringWorkerModule } from '../../backend/index.js';
+import type { CompletionCallback, PENDING, Vring, VringWorkerModule } from '../../backend/index.js';
 
 /** Options of {@link VhostUserBlkBackend}. */
 export interface VhostUserBlkBackendOptions {
@@ -223,14 +223,14 @@ export class VhostUserBlkBackend implements VhostUserBackend {
    * One virtio-blk request. Per-request scratch (the readv/writev view arrays, discard segments)
    * lives on the recycled chain object, so a request allocates nothing but its promise.
    */
-  processChain(_queueIndex: number, chain: DescriptorChain): Promise<number> {
+  processChain(_queueIndex: number, chain: DescriptorChain, _vring?: Vring, done?: CompletionCallback): number | Promise<number> | typeof PENDING {
     let slot = chain.userData as BlkRequestSlot | null;
     if (slot === null) {
       slot = new BlkRequestSlot();
       chain.userData = slot;
     }
     slot.chain = chain;
-    return this.executor.execute(slot);
+    return this.executor.start(slot, done);
   }
 
   resetDevice(): void {

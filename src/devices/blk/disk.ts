@@ -9,7 +9,7 @@ import {
   BLKDISCARD, BLKGETSIZE64, BLKZEROOUT, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE,
   SysError, fallocateAsync, ioctl, ioctlRangeAsync, lockFile,
 } from '../../sys/index.js';
-import { UringEngine } from '../../sys/uring.js';
+import { UringEngine, type UringTarget } from '../../sys/uring.js';
 import { UringDisk, type AioMode } from './uring-io.js';
 
 /**
@@ -184,6 +184,25 @@ export class FileDisk implements BlockDisk {
     const rest = remainingViews(views, done);
     if (write) await this.writevThreads(rest, offset + done);
     else await this.readvThreads(rest, offset + done);
+  }
+
+  /**
+   * @internal Zero-allocation io_uring path: whether a transfer of `iovCount` host ranges can be
+   * staged now (false on the threadpool path, when closed, or when the ring is full).
+   */
+  uringCanStage(iovCount: number): boolean {
+    return this.uring !== null && this.fdValue >= 0 && this.uring.engine.canStage(iovCount);
+  }
+
+  /** @internal Stages a transfer of host [address, length] pairs; see {@link uringCanStage}. */
+  uringTransfer(write: boolean, pairs: Float64Array, count: number, offset: number, target: UringTarget): boolean {
+    if (this.uring === null || this.fdValue < 0 || (write && this.readOnly)) return false;
+    return this.uring.engine.transferHost(write, this.fdValue, pairs, count, offset, target);
+  }
+
+  /** @internal Stages an fdatasync through the ring; false when it cannot. */
+  uringSync(target: UringTarget): boolean {
+    return this.uring !== null && this.fdValue >= 0 && this.uring.engine.sync(this.fdValue, true, target);
   }
 
   /** Operations this disk submitted through io_uring (0 on the threadpool path). */
