@@ -110,6 +110,40 @@ for (const aio of ['threads', 'io_uring'] as const) {
   });
 }
 
+test('FileDisk aio=io_uring fast path: kernel errors and short reads complete as IOERR with the reason logged', async (t) => {
+  const dir = makeTempDir(t, 'blkfile');
+  const path = dir.file('disk.img');
+  image(path, 4 * MIB, 2);
+  const disk = FileDisk.open(path, { aio: 'io_uring' });
+  const r = new BlkRig({ disk });
+  t.after(async () => { r.close(); await disk.close(); });
+  const ok = r.submit(VIRTIO_BLK_T_IN, 8, { inLens: [4096] });
+  await r.run();
+  assert.equal(r.status(ok), VIRTIO_BLK_S_OK);
+  assert.deepEqual(r.inData(ok), pattern(4 * MIB, 2).subarray(8 * 512, 8 * 512 + 4096));
+  const before = disk.uringOps;
+  // The backing shrinks under the disk: a read past its new end comes back short.
+  writeFileSync(path, pattern(MIB, 2));
+  const short = r.submit(VIRTIO_BLK_T_IN, 4096, { inLens: [4096] });
+  await r.run();
+  assert.equal(r.status(short), VIRTIO_BLK_S_IOERR);
+  assert.ok(r.logger.has('transferred 0 of 4096 bytes'), JSON.stringify(r.logger.records));
+  assert.equal(disk.uringOps, before + 1);
+  // A disk over a write-only fd: the kernel refuses the read (EBADF = 9).
+  const wfd = openSync(path, 'w');
+  t.after(() => closeSync(wfd));
+  const wdisk = FileDisk.borrow(wfd, { size: 4 * MIB, readOnly: false, blockSize: 512, isBlockDevice: false, aio: 'io_uring' });
+  const r2 = new BlkRig({ disk: wdisk });
+  t.after(async () => { r2.close(); await wdisk.close(); });
+  const bad = r2.submit(VIRTIO_BLK_T_IN, 0, { inLens: [512] });
+  const flushed = r2.submit(VIRTIO_BLK_T_OUT, 0, { out: [pattern(512, 1)] });
+  await r2.run();
+  assert.equal(r2.status(bad), VIRTIO_BLK_S_IOERR);
+  assert.ok(r2.logger.has('read failed: errno 9'), JSON.stringify(r2.logger.records));
+  assert.equal(r2.status(flushed), VIRTIO_BLK_S_OK);
+  assert.equal(wdisk.uringOps, 2); // the read and the write (FLUSH negotiated: writeback, no sync per write)
+});
+
 test('FileDisk: reads past a file that shrank return zeroes; huge iovec counts are split and finished', async (t) => {
   const dir = makeTempDir(t, 'blkfile');
   const path = dir.file('disk.img');
