@@ -142,6 +142,15 @@ test('FileDisk aio=io_uring fast path: kernel errors and short reads complete as
   assert.ok(r2.logger.has('read failed: errno 9'), JSON.stringify(r2.logger.records));
   assert.equal(r2.status(flushed), VIRTIO_BLK_S_OK);
   assert.equal(wdisk.uringOps, 2); // the read and the write (FLUSH negotiated: writeback, no sync per write)
+  // Without FLUSH negotiated the device is writethrough: each write is followed by an fdatasync on the ring.
+  const r3 = new BlkRig({ disk }, false);
+  t.after(() => r3.close());
+  const ops = disk.uringOps;
+  const wt = r3.submit(VIRTIO_BLK_T_OUT, 16, { out: [pattern(1024, 6)] });
+  await r3.run();
+  assert.equal(r3.status(wt), VIRTIO_BLK_S_OK);
+  assert.equal(disk.uringOps, ops + 2);
+  assert.deepEqual(readFile(path, 16 * 512, 1024), pattern(1024, 6));
 });
 
 test('FileDisk: reads past a file that shrank return zeroes; huge iovec counts are split and finished', async (t) => {
