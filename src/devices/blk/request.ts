@@ -54,7 +54,7 @@ export class BlkRequestSlot {
   readonly views: Uint8Array[] = [];
   /** Raw discard / write-zeroes segments. */
   segs: Uint8Array = new Uint8Array(0);
-  /** io_uring fast-path state (created on first use, see fast-path.ts). */
+  /** @internal io_uring fast-path state (created on first use, see fast-path.ts). */
   fast: FastRequest | null = null;
   /** Segment decoder over `segs`. */
   segView: DataView = new DataView(this.segs.buffer);
@@ -136,6 +136,11 @@ export class BlkRequestExecutor {
     return r;
   }
 
+  /**
+   * Runs the request in `slot.chain` and writes its status byte. Resolves to the used length
+   * (every writable byte: data for IN / GET_ID plus the status), or 0 for a chain without room for
+   * a status byte. Never rejects: I/O failures become VIRTIO_BLK_S_IOERR.
+   */
   async execute(slot: BlkRequestSlot): Promise<number> {
     const chain = slot.chain;
     slot.type = -1;
