@@ -31,6 +31,13 @@ test('examples/blk-ram-disk writes and reads a sector through the blk daemon', (
   assert.equal(out, 'capacity: 32768 sectors\nwrite ok, read ok: hello, virtio-blk\n');
 });
 
+test('examples/net-switch passes a broadcast and a learnt unicast between two guests', () => {
+  const script = fileURLToPath(new URL('../../examples/net-switch.js', import.meta.url));
+  const out = execFileSync(process.execPath, [script], { env: { ...process.env, VHOST_USER_LOG: 'warn' }, timeout: 20_000 }).toString();
+  assert.equal(out, 'B got from 52:54:00:00:00:0a: hello, anyone?\nA got from 52:54:00:00:00:0b: hello A, B here\n' +
+    'switch: 1 flooded, 1 forwarded, 2 MACs learnt\n');
+});
+
 // --- every example device survives malformed chains and keeps serving -----------------------------
 
 const QSIZE = 64;
