@@ -282,6 +282,7 @@ static napi_value Init(napi_env env, napi_value exports) {
   watch_register(env, exports);
   fdops_register(env, exports);
   netlink_register(env, exports);
+  uring_register(env, exports);
 
   napi_value c;
   napi_create_object(env, &c);

@@ -8,6 +8,7 @@ import type { BackendChannel } from '../vhost-user/backend-channel.js';
 import type { CryptoSession, ShmemConfig } from '../vhost-user/messages.js';
 import type { DescriptorChain } from '../queue/index.js';
 import { ProtocolFeature, protocolFeatureMask } from '../vhost-user/constants.js';
+import type { CompletionCallback, PENDING } from './queue-server.js';
 import type { Vring } from './vring.js';
 import type { VringWorkerModule } from './worker-protocol.js';
 
@@ -87,8 +88,10 @@ export interface VhostUserBackend {
    * ({@link maxInFlight}), per-ring quiesce for GET_VRING_BASE, interrupt coalescing, pinning the
    * memory snapshot while the promise is pending, and dirty-page logging of the written range.
    * A throw or rejection completes the request with used length 0.
+   * Instead of a promise the device may return {@link PENDING} and call `done(usedLength)` once
+   * later: no allocation per request.
    */
-  processChain?(queueIndex: number, chain: DescriptorChain, vring: Vring): number | Promise<number>;
+  processChain?(queueIndex: number, chain: DescriptorChain, vring: Vring, done?: CompletionCallback): number | Promise<number> | typeof PENDING;
   /**
    * Whether the device fills queue `queueIndex` on its own schedule (a NIC's receive queues): the
    * framework then does not pop it with {@link processChain}; its kicks go to {@link handleEvent}

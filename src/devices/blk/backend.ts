@@ -21,6 +21,9 @@ import {
 } from './config.js';
 import type { BlockDisk } from './disk.js';
 import { BlkRequestExecutor, BlkRequestSlot } from './request.js';
+import { FileDisk } from './disk.js';
+import type { BlkWorkerData } from './worker.js';
+import type { CompletionCallback, PENDING, Vring, VringWorkerModule } from '../../backend/index.js';
 
 /** Options of {@link VhostUserBlkBackend}. */
 export interface VhostUserBlkBackendOptions {
@@ -42,6 +45,12 @@ export interface VhostUserBlkBackendOptions {
   writeback?: boolean;
   /** Offer DISCARD / WRITE_ZEROES (default true; never on a read-only device). */
   discard?: boolean;
+  /**
+   * Threads serving the queues (default 1): queue q is served by thread q % threads, thread 0
+   * being the main thread and the others worker_threads. Needs a {@link FileDisk}; packed rings
+   * are not offered then (worker groups serve split rings only).
+   */
+  threads?: number;
 }
 
 function bit(n: number): bigint {
@@ -62,6 +71,8 @@ export class VhostUserBlkBackend implements VhostUserBackend {
   private readonly initialWriteback: number;
   private writeback: number;
   private acked = 0n;
+  private readonly nThreads: number;
+  private readonly workerData: BlkWorkerData | null;
   private readonly configBuf = new Uint8Array(VIRTIO_BLK_CONFIG_SIZE);
 
   constructor(opts: VhostUserBlkBackendOptions) {
@@ -77,6 +88,19 @@ export class VhostUserBlkBackend implements VhostUserBackend {
     this.readOnly = (opts.readOnly ?? false) || opts.disk.readOnly;
     this.discard = (opts.discard ?? true) && !this.readOnly;
     this.logger = opts.logger ?? defaultLogger;
+    this.nThreads = opts.threads ?? 1;
+    if (!Number.isInteger(this.nThreads) || this.nThreads < 1 || this.nThreads > this.nQueues) {
+      throw new RangeError(`threads ${this.nThreads} must be an integer in [1, numQueues = ${this.nQueues}]`);
+    }
+    this.workerData = null;
+    if (this.nThreads > 1) {
+      const d = opts.disk;
+      if (!(d instanceof FileDisk)) throw new RangeError('threads > 1 needs a FileDisk (its fd is shared with the worker threads)');
+      this.workerData = {
+        fd: d.fd, size: d.size, readOnly: this.readOnly, blockSize: d.blockSize, isBlockDevice: d.isBlockDevice, aio: d.aio,
+        serial: opts.serial ?? 'vhost-user-blk', discard: this.discard, maxInFlight: this.inFlightBound,
+      };
+    }
     this.initialWriteback = (opts.writeback ?? true) ? 1 : 0;
     this.writeback = this.initialWriteback;
     this.executor = new BlkRequestExecutor({
@@ -106,9 +130,10 @@ export class VhostUserBlkBackend implements VhostUserBackend {
   }
 
   features(): bigint {
-    let f = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_RING_F_EVENT_IDX) | bit(VIRTIO_RING_F_INDIRECT_DESC) | bit(VIRTIO_F_RING_PACKED) | bit(VHOST_USER_F_PROTOCOL_FEATURES)
+    let f = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_RING_F_EVENT_IDX) | bit(VIRTIO_RING_F_INDIRECT_DESC) | bit(VHOST_USER_F_PROTOCOL_FEATURES)
       | bit(VIRTIO_BLK_F_SEG_MAX) | bit(VIRTIO_BLK_F_BLK_SIZE) | bit(VIRTIO_BLK_F_FLUSH) | bit(VIRTIO_BLK_F_TOPOLOGY)
       | bit(VIRTIO_BLK_F_CONFIG_WCE);
+    if (this.nThreads === 1) f |= bit(VIRTIO_F_RING_PACKED);
     if (this.nQueues > 1) f |= bit(VIRTIO_BLK_F_MQ);
     if (this.readOnly) f |= bit(VIRTIO_BLK_F_RO);
     if (this.discard) f |= bit(VIRTIO_BLK_F_DISCARD) | bit(VIRTIO_BLK_F_WRITE_ZEROES);
@@ -125,6 +150,18 @@ export class VhostUserBlkBackend implements VhostUserBackend {
     // VIRTIO 1.2 §5.2.5.2: with CONFIG_WCE but not FLUSH the device must start in writethrough.
     if ((features & bit(VIRTIO_BLK_F_CONFIG_WCE)) !== 0n && (features & bit(VIRTIO_BLK_F_FLUSH)) === 0n) this.writeback = 0;
     this.updateCacheMode();
+  }
+
+  queuesPerThread(): number[] {
+    // Arithmetic, not bit operators: masks of more than 31 queues exceed int32.
+    const masks = new Array<number>(this.nThreads).fill(0);
+    for (let q = 0; q < this.nQueues; q++) masks[q % this.nThreads] = (masks[q % this.nThreads] as number) + 2 ** q;
+    return masks;
+  }
+
+  workerModule(threadIndex: number): VringWorkerModule | null {
+    if (threadIndex === 0 || this.workerData === null) return null;
+    return { url: new URL('./worker.js', import.meta.url), data: this.workerData };
   }
 
   maxInFlight(_queueIndex: number): number {
@@ -186,14 +223,14 @@ export class VhostUserBlkBackend implements VhostUserBackend {
    * One virtio-blk request. Per-request scratch (the readv/writev view arrays, discard segments)
    * lives on the recycled chain object, so a request allocates nothing but its promise.
    */
-  processChain(_queueIndex: number, chain: DescriptorChain): Promise<number> {
+  processChain(_queueIndex: number, chain: DescriptorChain, _vring?: Vring, done?: CompletionCallback): number | Promise<number> | typeof PENDING {
     let slot = chain.userData as BlkRequestSlot | null;
     if (slot === null) {
       slot = new BlkRequestSlot();
       chain.userData = slot;
     }
     slot.chain = chain;
-    return this.executor.execute(slot);
+    return this.executor.start(slot, done);
   }
 
   resetDevice(): void {
