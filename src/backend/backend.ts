@@ -16,7 +16,7 @@ export const DEFAULT_MAX_QUEUE_SIZE = 256;
 
 /** The protocol features offered by a device without `protocolFeatures()`. */
 export function defaultProtocolFeatures(backend: VhostUserBackend): bigint {
-  let f = [ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.CONFIGURE_MEM_SLOTS, ProtocolFeature.RESET_DEVICE, ProtocolFeature.STATUS]
+  let f = [ProtocolFeature.MQ, ProtocolFeature.LOG_SHMFD, ProtocolFeature.REPLY_ACK, ProtocolFeature.CONFIGURE_MEM_SLOTS, ProtocolFeature.RESET_DEVICE, ProtocolFeature.STATUS]
     .reduce((m, b) => m | protocolFeatureMask(b), 0n);
   if (typeof backend.getConfig === 'function') f |= protocolFeatureMask(ProtocolFeature.CONFIG);
   return f;
@@ -43,7 +43,7 @@ export interface VhostUserBackend {
   features(): bigint;
   /**
    * Protocol feature bits offered; the daemon offers only those it also implements. Default
-   * {@link defaultProtocolFeatures}: MQ, REPLY_ACK, CONFIGURE_MEM_SLOTS, RESET_DEVICE, STATUS, and
+   * {@link defaultProtocolFeatures}: MQ, LOG_SHMFD (the framework logs every write), REPLY_ACK, CONFIGURE_MEM_SLOTS, RESET_DEVICE, STATUS, and
    * CONFIG when the device has `getConfig`.
    */
   protocolFeatures?(): bigint;

@@ -25,6 +25,7 @@ import type { QueueStatsSnapshot } from './stats.js';
 import { VringEventHandler } from './event-handler.js';
 import { WorkerVringGroup, type VringSyncExtra } from './worker-group.js';
 import type { Logger } from '../log.js';
+import { DirtyLogging } from './dirty-logging.js';
 
 /** Memory slots offered with CONFIGURE_MEM_SLOTS (QEMU asks for at least its DIMM count). */
 export const MAX_MEM_SLOTS = 32;
@@ -68,6 +69,8 @@ export class VhostUserHandler implements BackendReqHandler {
   private acked = 0n;
   private protocolNegotiated = false;
   private status = 0;
+  /** Dirty-page logging (live migration): the log, its eventfd, VHOST_F_LOG_ALL. */
+  readonly logging = new DirtyLogging();
 
   constructor(private readonly backend: VhostUserBackend, private readonly logger: Logger) {
     const n = backend.numQueues();
@@ -161,6 +164,10 @@ export class VhostUserHandler implements BackendReqHandler {
     this.backend.setEventIdx?.(eventIdx);
     for (const w of this.workers) w?.setFeatures(features, eventIdx);
     this.backend.ackedFeatures?.(features);
+    if (this.logging.setEnabled((features & bit(VHOST_F_LOG_ALL)) !== 0n)) {
+      this.logger.log('info', `dirty logging ${this.logging.active === null ? 'stopped' : 'started'}`);
+      void this.setLogActive();
+    }
     // Without protocol features there is no SET_VRING_ENABLE: rings are enabled from the start.
     if ((features & bit(VHOST_USER_F_PROTOCOL_FEATURES)) === 0n) {
       for (const v of this.vrings) this.enable(v, true);
@@ -230,8 +237,18 @@ export class VhostUserHandler implements BackendReqHandler {
   }
 
   setLogBase(log: Log, fd: number): void | Promise<void> {
-    this.memory.setDirtyLog(mapDirtyLog(fd, log.mmapSize, log.mmapOffset, this));
+    this.logging.setBase(mapDirtyLog(fd, log.mmapSize, log.mmapOffset, this), this.memory.memory);
+    return this.memory.memory.dirtyLog === this.logging.active ? undefined : this.setLogActive();
+  }
+
+  /** Hands the active log (or none) to the guest memory and every vring. */
+  private setLogActive(): void | Promise<void> {
+    this.memory.setDirtyLog(this.logging.active);
     return this.memoryChanged();
+  }
+
+  setLogFd(fd: number): void {
+    this.logging.setFd(fd);
   }
 
   /** Re-points every vring at the new snapshot; the old one is unmapped once nothing pins it. */
@@ -280,6 +297,7 @@ export class VhostUserHandler implements BackendReqHandler {
     if (logging && (this.acked & bit(VHOST_F_LOG_ALL)) === 0n) {
       this.logger.log('warn', `vring ${addr.index}: VHOST_VRING_F_LOG set without VHOST_F_LOG_ALL negotiated`);
     }
+    if (logging) this.logging.checkUsedLog(addr.index, u64ToNumber(addr.logGuestAddr, 'log address'), v.packed ? descTableSize(v.queue.size) : usedRingSize(v.queue.size));
     v.ringUserAddrs = { desc: addr.descUserAddr, avail: addr.availUserAddr, used: addr.usedUserAddr, log: logging ? addr.logGuestAddr : null };
     try {
       this.translateRing(v);
@@ -487,6 +505,7 @@ export class VhostUserHandler implements BackendReqHandler {
     }
     await this.workersSynced();
     this.acked = 0n;
+    if (this.logging.setEnabled(false)) await this.setLogActive();
     await this.backend.resetDevice?.();
   }
 
@@ -501,6 +520,7 @@ export class VhostUserHandler implements BackendReqHandler {
       // A reset that failed part-way (a stuck worker) must still release the rings' fds.
       for (const v of this.vrings) v.reset();
       this.memory.close();
+      this.logging.close();
     }
   }
 }

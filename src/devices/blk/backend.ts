@@ -11,7 +11,7 @@ import type { VhostUserBackend } from '../../backend/index.js';
 import type { DescriptorChain } from '../../queue/index.js';
 import { ProtocolFeature } from '../../vhost-user/constants.js';
 import {
-  VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VIRTIO_F_RING_PACKED,
+  VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VIRTIO_F_RING_PACKED, VHOST_F_LOG_ALL,
 } from '../../virtio/features.js';
 import { defaultLogger, type Logger } from '../../log.js';
 import {
@@ -107,6 +107,7 @@ export class VhostUserBlkBackend implements VhostUserBackend {
 
   features(): bigint {
     let f = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_RING_F_EVENT_IDX) | bit(VIRTIO_RING_F_INDIRECT_DESC) | bit(VIRTIO_F_RING_PACKED) | bit(VHOST_USER_F_PROTOCOL_FEATURES)
+      | bit(VHOST_F_LOG_ALL)
       | bit(VIRTIO_BLK_F_SEG_MAX) | bit(VIRTIO_BLK_F_BLK_SIZE) | bit(VIRTIO_BLK_F_FLUSH) | bit(VIRTIO_BLK_F_TOPOLOGY)
       | bit(VIRTIO_BLK_F_CONFIG_WCE);
     if (this.nQueues > 1) f |= bit(VIRTIO_BLK_F_MQ);
@@ -116,7 +117,7 @@ export class VhostUserBlkBackend implements VhostUserBackend {
   }
 
   protocolFeatures(): bigint {
-    return [ProtocolFeature.CONFIG, ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.CONFIGURE_MEM_SLOTS,
+    return [ProtocolFeature.CONFIG, ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.LOG_SHMFD, ProtocolFeature.CONFIGURE_MEM_SLOTS,
       ProtocolFeature.RESET_DEVICE, ProtocolFeature.STATUS].reduce((m, b) => m | bit(b), 0n);
   }
 
