@@ -131,7 +131,10 @@ export class BackendEndpoint {
       for (const fd of msg.fds) closeQuietly(fd);
       const err = e as Error;
       this.logger.log('warn', `rejected ${err instanceof VhostUserProtocolError ? '' : `${name}: `}${err.message}`);
-      if (this.ackAllowed(msg)) this.send(encodeReplyAck(msg.header.request, 1n));
+      if (msg.header.request === FrontendReq.SET_LOG_BASE && hasProtocolFeature(this.ctx.protocolFeatures, ProtocolFeature.LOG_SHMFD)) {
+        // The front-end waits for this reply (a u64): refuse through it rather than by closing.
+        this.send(encodeFrontendReply(FrontendReq.SET_LOG_BASE, { request: FrontendReq.SET_LOG_BASE, value: 1n }, this.ctx));
+      } else if (this.ackAllowed(msg)) this.send(encodeReplyAck(msg.header.request, 1n));
       else this.conn.close(err);
       return;
     }
@@ -201,6 +204,13 @@ export class BackendEndpoint {
         // A negative session id is the spec's failure reply.
         this.send(encodeFrontendReply(req.request, { ...req, sessionId: -code }, this.ctx));
         return;
+      case FrontendReq.SET_LOG_BASE:
+        // With LOG_SHMFD the front-end waits for a u64 reply: non-zero tells it the log was refused.
+        if (hasProtocolFeature(this.ctx.protocolFeatures, ProtocolFeature.LOG_SHMFD)) {
+          this.send(encodeFrontendReply(req.request, { request: req.request, value: code }, this.ctx));
+          return;
+        }
+        break;
       case FrontendReq.SET_DEVICE_STATE_FD:
         this.send(encodeFrontendReply(req.request, {
           request: req.request,
@@ -209,13 +219,14 @@ export class BackendEndpoint {
         }, this.ctx));
         return;
       default:
-        if (this.ackAllowed(msg) && !hasMandatoryReply(req.request)) {
-          this.send(encodeReplyAck(req.request, code));
-          return;
-        }
-        this.conn.close(new VhostUserError(err instanceof VhostUserError ? err.code : 'invalid-argument', name,
-          `failed and the front-end cannot be told: ${err.message}`, { cause: err, errno: Number(code) }));
+        break;
     }
+    if (this.ackAllowed(msg) && !hasMandatoryReply(req.request)) {
+      this.send(encodeReplyAck(req.request, code));
+      return;
+    }
+    this.conn.close(new VhostUserError(err instanceof VhostUserError ? err.code : 'invalid-argument', name,
+      `failed and the front-end cannot be told: ${err.message}`, { cause: err, errno: Number(code) }));
   }
 
   private call<K extends keyof BackendReqHandler>(req: FrontendRequest, method: K): NonNullable<BackendReqHandler[K]> {
