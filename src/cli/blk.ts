@@ -2,7 +2,7 @@
 /**
  * `vhost-user-blk`: a virtio-blk back-end over a file or block device, or a RAM disk.
  *
- *     vhost-user-blk (--socket-path PATH | --fd N) [--blk-file FILE] [--read-only] [--num-queues N]
+ *     vhost-user-blk (--socket-path PATH | --fd N) [--blk-file FILE] [--read-only] [--num-queues N] [--incoming]
  * @module
  */
 import { UsageError, intOption, runBackendCli } from './backend-cli.js';
@@ -22,6 +22,7 @@ const code = await runBackendCli({
     'queue-size': { type: 'string' },
     'ram-size-mib': { type: 'string' },
     serial: { type: 'string' },
+    incoming: { type: 'boolean' },
   },
   usage:
     '  --blk-file PATH         file or block device to serve (default: a RAM disk)\n' +
@@ -29,7 +30,10 @@ const code = await runBackendCli({
     '  --num-queues N          request queues (default 1)\n' +
     '  --queue-size N          largest queue size, power of two (default 256)\n' +
     '  --ram-size-mib N        RAM disk size without --blk-file (default 64)\n' +
-    '  --serial STR            GET_ID serial (default vhost-user-blk)',
+    '  --serial STR            GET_ID serial (default vhost-user-blk)\n' +
+    '  --incoming              live-migration destination: open --blk-file while the source\'s daemon\n' +
+    '                          still holds its lock; take the lock at the first request (the source\n' +
+    '                          releases it when its rings stop during the migration)',
   async create(values, logger) {
     const numQueues = intOption(values, 'num-queues', 1, 64) ?? 1;
     const queueSize = intOption(values, 'queue-size', 1, 32768) ?? 256;
@@ -39,7 +43,7 @@ const code = await runBackendCli({
     let disk: BlockDisk;
     if (file !== undefined) {
       try {
-        disk = FileDisk.open(file, { readOnly });
+        disk = FileDisk.open(file, { readOnly, deferLock: values.incoming === true });
       } catch (e) {
         throw new Error(`cannot open --blk-file ${file}: ${(e as Error).message}`);
       }
@@ -57,7 +61,7 @@ const code = await runBackendCli({
       describe: (socketPath) => {
         const what = file !== undefined ? file : `a ${disk.size / MiB} MiB RAM disk`;
         const sock = socketPath ?? '<the socket passed with --fd>';
-        return `${PROGRAM}: serving ${what}${readOnly ? ' read-only' : ''} with ${numQueues} queue(s) on ${sock}\n` +
+        return `${PROGRAM}: serving ${what}${readOnly ? ' read-only' : ''}${values.incoming === true ? ' (incoming migration)' : ''} with ${numQueues} queue(s) on ${sock}\n` +
           'Connect QEMU (guest RAM must be shared):\n' +
           '  qemu-system-x86_64 -m 1G -object memory-backend-memfd,id=mem,size=1G,share=on -numa node,memdev=mem \\\n' +
           `    -chardev socket,id=vublk0,path=${sock} -device vhost-user-blk-pci,chardev=vublk0,num-queues=${numQueues} ...`;

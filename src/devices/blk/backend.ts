@@ -20,6 +20,7 @@ import {
   VIRTIO_BLK_F_TOPOLOGY, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_SECTOR_SIZE, encodeBlkConfig, encodeBlkSerial,
 } from './config.js';
 import type { BlockDisk } from './disk.js';
+import type { ImageLock } from './image-lock.js';
 import { BlkRequestExecutor, BlkRequestSlot } from './request.js';
 
 /** Options of {@link VhostUserBlkBackend}. */
@@ -62,6 +63,8 @@ export class VhostUserBlkBackend implements VhostUserBackend {
   private readonly initialWriteback: number;
   private writeback: number;
   private acked = 0n;
+  /** Queues that served a request since they last stopped (for the image lock hand-over). */
+  private readonly running = new Set<number>();
   private readonly configBuf = new Uint8Array(VIRTIO_BLK_CONFIG_SIZE);
 
   constructor(opts: VhostUserBlkBackendOptions) {
@@ -187,7 +190,10 @@ export class VhostUserBlkBackend implements VhostUserBackend {
    * One virtio-blk request. Per-request scratch (the readv/writev view arrays, discard segments)
    * lives on the recycled chain object, so a request allocates nothing but its promise.
    */
-  processChain(_queueIndex: number, chain: DescriptorChain): Promise<number> {
+  processChain(queueIndex: number, chain: DescriptorChain): Promise<number> {
+    const lock = this.disk.imageLock;
+    if (lock !== undefined && !lock.held) this.takeImageLock(lock);
+    this.running.add(queueIndex);
     let slot = chain.userData as BlkRequestSlot | null;
     if (slot === null) {
       slot = new BlkRequestSlot();
@@ -197,7 +203,39 @@ export class VhostUserBlkBackend implements VhostUserBackend {
     return this.executor.execute(slot);
   }
 
+  /**
+   * Takes the image lock before the first I/O: on a migration destination (disk opened with
+   * `deferLock`), or where the source resumes after handing the image over. Throws (the request
+   * fails) while another process, e.g. the other side of the migration, holds it.
+   */
+  private takeImageLock(lock: ImageLock): void {
+    try {
+      lock.acquire();
+    } catch (e) {
+      const msg = `image lock: ${(e as Error).message}; request refused`;
+      this.logger.log('error', msg);
+      throw new Error(msg);
+    }
+    this.logger.log('info', `image lock taken on ${lock.path}`);
+  }
+
+  /**
+   * A ring stopped (GET_VRING_BASE). Once all are stopped while dirty logging is on, this is a
+   * live migration's switch-over: the image lock goes, so the destination's daemon can take it.
+   * In-flight requests still finish first: the front-end gets the ring base only after them, and
+   * the destination starts only after that.
+   */
+  queueStopped(queueIndex: number): void {
+    this.running.delete(queueIndex);
+    const lock = this.disk.imageLock;
+    if (this.running.size === 0 && lock?.held === true && (this.acked & bit(VHOST_F_LOG_ALL)) !== 0n) {
+      lock.release();
+      this.logger.log('info', `image lock released on ${lock.path}: device stopped during migration`);
+    }
+  }
+
   resetDevice(): void {
+    this.running.clear();
     this.acked = 0n;
     this.writeback = this.initialWriteback;
     this.updateCacheMode();
