@@ -26,6 +26,7 @@ import { VringEventHandler } from './event-handler.js';
 import { WorkerVringGroup, type VringSyncExtra } from './worker-group.js';
 import type { Logger } from '../log.js';
 import { DirtyLogging } from './dirty-logging.js';
+import { Postcopy } from './postcopy.js';
 
 /** Memory slots offered with CONFIGURE_MEM_SLOTS (QEMU asks for at least its DIMM count). */
 export const MAX_MEM_SLOTS = 32;
@@ -37,6 +38,7 @@ export const MAX_MEM_SLOTS = 32;
 export const DAEMON_PROTOCOL_FEATURES: bigint = [
   ProtocolFeature.MQ,
   ProtocolFeature.LOG_SHMFD,
+  ProtocolFeature.PAGEFAULT,
   ProtocolFeature.REPLY_ACK,
   ProtocolFeature.BACKEND_REQ,
   ProtocolFeature.CONFIG,
@@ -71,6 +73,8 @@ export class VhostUserHandler implements BackendReqHandler {
   private status = 0;
   /** Dirty-page logging (live migration): the log, its eventfd, VHOST_F_LOG_ALL. */
   readonly logging = new DirtyLogging();
+  /** Postcopy migration (PAGEFAULT): the userfaultfd and the registered regions. */
+  readonly postcopy = new Postcopy();
 
   constructor(private readonly backend: VhostUserBackend, private readonly logger: Logger) {
     const n = backend.numQueues();
@@ -200,7 +204,7 @@ export class VhostUserHandler implements BackendReqHandler {
 
   // --- memory --------------------------------------------------------------------------------
 
-  setMemTable(regions: readonly MemoryRegionWithFd[]): void | Promise<void> {
+  setMemTable(regions: readonly MemoryRegionWithFd[]): void | bigint[] | Promise<void | bigint[]> {
     const mapped: GuestRegion[] = [];
     let next: GuestMemory;
     try {
@@ -212,10 +216,14 @@ export class VhostUserHandler implements BackendReqHandler {
     }
     this.memory.replace(next);
     this.logger.log('info', `memory table: ${mapped.length} region(s): ${mapped.map((r) => `gpa 0x${r.guestPhysAddr.toString(16)}+0x${r.size.toString(16)}`).join(', ')}`);
-    return this.memoryChanged();
+    const changed = this.memoryChanged();
+    if (!this.postcopy.listening) return changed;
+    // Postcopy: answer with our mapping addresses once the rings follow the new table.
+    const bases = this.postcopy.bases(mapped);
+    return changed instanceof Promise ? changed.then(() => bases) : bases;
   }
 
-  addMemReg(region: MemoryRegionWithFd): void | Promise<void> {
+  addMemReg(region: MemoryRegionWithFd): void | bigint | Promise<void | bigint> {
     if (this.memory.memory.regions.length >= MAX_MEM_SLOTS) throw new Error(`all ${MAX_MEM_SLOTS} memory slots are in use`);
     const r = mapGuestRegion(region, region.fd, this);
     try {
@@ -224,7 +232,10 @@ export class VhostUserHandler implements BackendReqHandler {
       r.unmap();
       throw e;
     }
-    return this.memoryChanged();
+    const changed = this.memoryChanged();
+    if (!this.postcopy.listening) return changed;
+    const base = this.postcopy.bases([r])[0] as bigint;
+    return changed instanceof Promise ? changed.then(() => base) : base;
   }
 
   remMemReg(region: AnyMemoryRegion): void | Promise<void> {
@@ -245,6 +256,28 @@ export class VhostUserHandler implements BackendReqHandler {
   private setLogActive(): void | Promise<void> {
     this.memory.setDirtyLog(this.logging.active);
     return this.memoryChanged();
+  }
+
+  postcopyAdvise(): number {
+    const fd = this.postcopy.advise();
+    this.logger.log('info', 'postcopy: advised, userfaultfd handed to the front-end');
+    return fd;
+  }
+
+  postcopyListen(): void {
+    this.postcopy.listen();
+    this.logger.log('info', 'postcopy: listening (memory tables are answered with our mapping addresses)');
+  }
+
+  postcopyAck(): void {
+    this.postcopy.acknowledged(this.memory.memory.regions);
+    this.logger.log('info', `postcopy: ${this.postcopy.registeredCount} region(s) registered with the userfaultfd`);
+  }
+
+  postcopyEnd(): bigint {
+    this.postcopy.end();
+    this.logger.log('info', 'postcopy: ended');
+    return 0n;
   }
 
   setLogFd(fd: number): void {
@@ -521,6 +554,7 @@ export class VhostUserHandler implements BackendReqHandler {
       for (const v of this.vrings) v.reset();
       this.memory.close();
       this.logging.close();
+      this.postcopy.close();
     }
   }
 }

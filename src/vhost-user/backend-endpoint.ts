@@ -124,6 +124,10 @@ export class BackendEndpoint {
 
   private onMessage(msg: RawMessage): void | Promise<void> {
     const name = requestName(msg.header.request);
+    if (this.ctx.postcopyListening === true && msg.header.request === FrontendReq.ADD_MEM_REG && msg.payload.length === 8 && msg.fds.length === 0) {
+      // QEMU acknowledges a series of postcopy ADD_MEM_REG replies with an 8-byte ADD_MEM_REG.
+      return this.postcopyAck(msg);
+    }
     let req: FrontendRequest;
     try {
       req = decodeFrontendRequest(msg.header, msg.payload, msg.fds, this.ctx);
@@ -154,6 +158,20 @@ export class BackendEndpoint {
       );
     }
     this.finish(msg, req, outcome);
+  }
+
+  /** The 8-byte ADD_MEM_REG acknowledgement (no reply: QEMU reads none). */
+  private postcopyAck(msg: RawMessage): void | Promise<void> {
+    const req: FrontendRequest = { request: FrontendReq.SET_MEM_TABLE, regions: [] };
+    const value = new DataView(msg.payload.buffer, msg.payload.byteOffset, 8).getBigUint64(0, true);
+    try {
+      if (value !== 0n) throw new VhostUserError('invalid-argument', 'VHOST_USER_ADD_MEM_REG', `postcopy acknowledgement carries error ${value}`);
+      const r = this.call(req, 'postcopyAck')();
+      if (r instanceof Promise) return r.then(() => undefined, (e: unknown) => this.fail(msg, req, e as Error));
+    } catch (e) {
+      this.fail(msg, req, e as Error);
+    }
+    return undefined;
   }
 
   private finish(msg: RawMessage, req: FrontendRequest, outcome: Outcome): void {
@@ -254,7 +272,12 @@ export class BackendEndpoint {
       case R.RESET_OWNER:
         return none(this.call(req, 'resetOwner')());
       case R.SET_MEM_TABLE:
-        return none(this.call(req, 'setMemTable')(req.regions));
+        // While postcopy listens, an empty table is the front-end's acknowledgement of our reply.
+        if (req.regions.length === 0) return none(this.call(req, 'postcopyAck')());
+        return then(this.call(req, 'setMemTable')(req.regions), (bases) => (Array.isArray(bases) ? {
+          request: req.request, kind: 'postcopy',
+          regions: req.regions.map((r, i) => ({ guestPhysAddr: r.guestPhysAddr, memorySize: r.memorySize, userAddr: bases[i] as bigint, mmapOffset: r.mmapOffset })),
+        } : null));
       case R.SET_LOG_BASE: {
         const r = this.call(req, 'setLogBase')({ mmapSize: req.mmapSize, mmapOffset: req.mmapOffset }, req.fd);
         // With LOG_SHMFD QEMU blocks until the back-end confirms the log is mapped.
@@ -333,7 +356,10 @@ export class BackendEndpoint {
       case R.GET_MAX_MEM_SLOTS:
         return then(this.call(req, 'getMaxMemSlots')(), (value) => ({ request: req.request, value }));
       case R.ADD_MEM_REG:
-        return none(this.call(req, 'addMemReg')(req.region));
+        return then(this.call(req, 'addMemReg')(req.region), (base) => (typeof base === 'bigint' ? {
+          request: req.request, kind: 'postcopy',
+          region: { guestPhysAddr: req.region.guestPhysAddr, memorySize: req.region.memorySize, userAddr: base, mmapOffset: req.region.mmapOffset },
+        } : null));
       case R.REM_MEM_REG:
         return none(this.call(req, 'remMemReg')(req.region));
       case R.SET_STATUS:

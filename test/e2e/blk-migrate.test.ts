@@ -96,3 +96,8 @@ test('live migration (precopy) of a guest writing to our vhost-user-blk: two QEM
   if (!requireTools(t, ...GUEST_TOOLS)) return;
   await migrate(t, false);
 });
+
+test('postcopy live migration (postcopy-ram, migrate-start-postcopy) of a guest writing to our vhost-user-blk: data verifies', { timeout: 150_000 }, async (t) => {
+  if (!requireTools(t, ...GUEST_TOOLS)) return;
+  await migrate(t, true);
+});

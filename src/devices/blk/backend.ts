@@ -120,7 +120,7 @@ export class VhostUserBlkBackend implements VhostUserBackend {
   }
 
   protocolFeatures(): bigint {
-    return [ProtocolFeature.CONFIG, ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.LOG_SHMFD, ProtocolFeature.CONFIGURE_MEM_SLOTS,
+    return [ProtocolFeature.CONFIG, ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.LOG_SHMFD, ProtocolFeature.PAGEFAULT, ProtocolFeature.CONFIGURE_MEM_SLOTS,
       ProtocolFeature.RESET_DEVICE, ProtocolFeature.STATUS].reduce((m, b) => m | bit(b), 0n);
   }
 

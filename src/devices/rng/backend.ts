@@ -59,7 +59,7 @@ export class VhostUserRngBackend implements VhostUserBackend {
       | bit(VHOST_F_LOG_ALL);
   }
   protocolFeatures(): bigint {
-    return protocolFeatureMask(ProtocolFeature.REPLY_ACK) | protocolFeatureMask(ProtocolFeature.LOG_SHMFD) | protocolFeatureMask(ProtocolFeature.CONFIGURE_MEM_SLOTS) |
+    return protocolFeatureMask(ProtocolFeature.REPLY_ACK) | protocolFeatureMask(ProtocolFeature.LOG_SHMFD) | protocolFeatureMask(ProtocolFeature.PAGEFAULT) | protocolFeatureMask(ProtocolFeature.CONFIGURE_MEM_SLOTS) |
       protocolFeatureMask(ProtocolFeature.RESET_DEVICE) | protocolFeatureMask(ProtocolFeature.STATUS);
   }
   /** One request waits for the next period at a time; the queue is not popped meanwhile. */
