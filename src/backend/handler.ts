@@ -8,6 +8,8 @@ import { GuestMemory, GuestMemoryAtomic, GuestMemoryError, mapDirtyLog, mapGuest
 import type { BackendReqHandler } from '../vhost-user/backend-handler.js';
 import type { BackendChannel } from '../vhost-user/backend-channel.js';
 import {
+  DeviceStateDirection,
+  type DeviceStatePhase,
   ProtocolFeature,
   VHOST_USER_F_PROTOCOL_FEATURES,
   VHOST_VRING_F_LOG,
@@ -27,6 +29,7 @@ import { WorkerVringGroup, type VringSyncExtra } from './worker-group.js';
 import type { Logger } from '../log.js';
 import { DirtyLogging } from './dirty-logging.js';
 import { Postcopy } from './postcopy.js';
+import { DeviceStateTransfer } from './device-state.js';
 
 /** Memory slots offered with CONFIGURE_MEM_SLOTS (QEMU asks for at least its DIMM count). */
 export const MAX_MEM_SLOTS = 32;
@@ -39,6 +42,7 @@ export const DAEMON_PROTOCOL_FEATURES: bigint = [
   ProtocolFeature.MQ,
   ProtocolFeature.LOG_SHMFD,
   ProtocolFeature.PAGEFAULT,
+  ProtocolFeature.DEVICE_STATE,
   ProtocolFeature.REPLY_ACK,
   ProtocolFeature.BACKEND_REQ,
   ProtocolFeature.CONFIG,
@@ -75,8 +79,11 @@ export class VhostUserHandler implements BackendReqHandler {
   readonly logging = new DirtyLogging();
   /** Postcopy migration (PAGEFAULT): the userfaultfd and the registered regions. */
   readonly postcopy = new Postcopy();
+  /** Device-state transfer (DEVICE_STATE) through the device's saveState/loadState hooks. */
+  private readonly deviceState: DeviceStateTransfer;
 
   constructor(private readonly backend: VhostUserBackend, private readonly logger: Logger) {
+    this.deviceState = new DeviceStateTransfer(backend);
     const n = backend.numQueues();
     const maxSize = backend.maxQueueSize?.() ?? DEFAULT_MAX_QUEUE_SIZE;
     this.vrings = Array.from({ length: n }, (_, i) => new Vring(i, maxSize));
@@ -182,7 +189,8 @@ export class VhostUserHandler implements BackendReqHandler {
   }
 
   getProtocolFeatures(): bigint {
-    return (this.backend.protocolFeatures?.() ?? defaultProtocolFeatures(this.backend)) & DAEMON_PROTOCOL_FEATURES;
+    const served = DAEMON_PROTOCOL_FEATURES & (this.deviceState.supported ? ~0n : ~protocolFeatureMask(ProtocolFeature.DEVICE_STATE));
+    return (this.backend.protocolFeatures?.() ?? defaultProtocolFeatures(this.backend)) & served;
   }
 
   setProtocolFeatures(features: bigint): void {
@@ -278,6 +286,17 @@ export class VhostUserHandler implements BackendReqHandler {
     this.postcopy.end();
     this.logger.log('info', 'postcopy: ended');
     return 0n;
+  }
+
+  setDeviceStateFd(direction: DeviceStateDirection, phase: DeviceStatePhase, fd: number): null {
+    this.deviceState.start(direction, phase, fd);
+    this.logger.log('info', `device state: ${direction === DeviceStateDirection.SAVE ? 'saving to' : 'loading from'} the front-end's pipe`);
+    return null;
+  }
+
+  async checkDeviceState(): Promise<void> {
+    await this.deviceState.check();
+    this.logger.log('info', 'device state: transfer checked');
   }
 
   setLogFd(fd: number): void {
@@ -555,6 +574,7 @@ export class VhostUserHandler implements BackendReqHandler {
       this.memory.close();
       this.logging.close();
       this.postcopy.close();
+      this.deviceState.close();
     }
   }
 }

@@ -138,6 +138,11 @@ export class BackendEndpoint {
       if (msg.header.request === FrontendReq.SET_LOG_BASE && hasProtocolFeature(this.ctx.protocolFeatures, ProtocolFeature.LOG_SHMFD)) {
         // The front-end waits for this reply (a u64): refuse through it rather than by closing.
         this.send(encodeFrontendReply(FrontendReq.SET_LOG_BASE, { request: FrontendReq.SET_LOG_BASE, value: 1n }, this.ctx));
+      } else if (msg.header.request === FrontendReq.SET_DEVICE_STATE_FD) {
+        // Its u64 reply carries errors (e.g. an unknown direction or phase): no need to close.
+        this.send(encodeFrontendReply(FrontendReq.SET_DEVICE_STATE_FD, {
+          request: FrontendReq.SET_DEVICE_STATE_FD, value: 22n | BigInt(VHOST_USER_DEVICE_STATE_NOFD_MASK), fd: null,
+        }, this.ctx));
       } else if (this.ackAllowed(msg)) this.send(encodeReplyAck(msg.header.request, 1n));
       else this.conn.close(err);
       return;

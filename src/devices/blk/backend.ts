@@ -45,6 +45,15 @@ export interface VhostUserBlkBackendOptions {
   discard?: boolean;
 }
 
+/** What {@link VhostUserBlkBackend.saveState} transfers. */
+interface BlkState {
+  version: 1;
+  writeback: number;
+  capacity: number;
+  numQueues: number;
+  readOnly: boolean;
+}
+
 function bit(n: number): bigint {
   return 1n << BigInt(n);
 }
@@ -120,7 +129,7 @@ export class VhostUserBlkBackend implements VhostUserBackend {
   }
 
   protocolFeatures(): bigint {
-    return [ProtocolFeature.CONFIG, ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.LOG_SHMFD, ProtocolFeature.PAGEFAULT, ProtocolFeature.CONFIGURE_MEM_SLOTS,
+    return [ProtocolFeature.CONFIG, ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.LOG_SHMFD, ProtocolFeature.PAGEFAULT, ProtocolFeature.DEVICE_STATE, ProtocolFeature.CONFIGURE_MEM_SLOTS,
       ProtocolFeature.RESET_DEVICE, ProtocolFeature.STATUS].reduce((m, b) => m | bit(b), 0n);
   }
 
@@ -232,6 +241,33 @@ export class VhostUserBlkBackend implements VhostUserBackend {
       lock.release();
       this.logger.log('info', `image lock released on ${lock.path}: device stopped during migration`);
     }
+  }
+
+  /**
+   * Migration source (DEVICE_STATE): the driver-set config (the writeback cache mode) and the
+   * device's shape, so the destination can refuse a disk that does not match. JSON, versioned.
+   */
+  saveState(): Uint8Array {
+    const s: BlkState = { version: 1, writeback: this.writeback, capacity: this.executor.capacity, numQueues: this.nQueues, readOnly: this.readOnly };
+    return new TextEncoder().encode(JSON.stringify(s));
+  }
+
+  /** Migration destination: restores {@link saveState}'s state; throws when the device differs. */
+  loadState(state: Uint8Array): void {
+    let s: Partial<BlkState>;
+    try {
+      s = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(state)) as Partial<BlkState>;
+    } catch (e) {
+      throw new Error(`blk state is not JSON: ${(e as Error).message}`);
+    }
+    if (s.version !== 1) throw new Error(`blk state version ${String(s.version)} (this device reads version 1)`);
+    const mine = { capacity: this.executor.capacity, numQueues: this.nQueues, readOnly: this.readOnly };
+    for (const k of ['capacity', 'numQueues', 'readOnly'] as const) {
+      if (s[k] !== mine[k]) throw new Error(`blk state: source ${k} ${String(s[k])} differs from this device's ${String(mine[k])}`);
+    }
+    if (s.writeback !== 0 && s.writeback !== 1) throw new Error(`blk state: writeback ${String(s.writeback)} is not 0 or 1`);
+    this.writeback = s.writeback;
+    this.updateCacheMode();
   }
 
   resetDevice(): void {
