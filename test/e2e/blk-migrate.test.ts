@@ -20,7 +20,7 @@ import { waitForUnixListener } from '../helpers/process.js';
 
 const MiB = 1024 * 1024;
 const BLOCK = 64 * 1024;
-const BLOCKS = 160;
+const BLOCKS = 100;
 /** Small guest RAM keeps two TCG guests and the RAM transfer within the time budget. */
 const MEM_MB = 128;
 
@@ -58,8 +58,8 @@ async function migrate(t: TestContext, postcopy: boolean): Promise<void> {
   const diag = (): string => `\n--- source QEMU\n${src.diagnostics()}\n--- destination QEMU\n${dst.diagnostics()}\n` +
     `--- source daemon\n${srcDaemon.proc.diagnostics()}\n--- destination daemon\n${dstDaemon.proc.diagnostics()}`;
 
-  // Migrate while the guest writes: after its 20th block.
-  await src.waitFor(/VTEST-PROGRESS blk-migrate iter=20\n/, 60_000);
+  // Migrate while the guest writes: after its 5th block.
+  await src.waitFor(/VTEST-PROGRESS blk-migrate iter=5\n/, 120_000);
   const t0 = performance.now();
   await qa.execute('migrate', { uri: `unix:${migSock}` });
   const startIter = lastIter(src);
@@ -92,12 +92,12 @@ async function migrate(t: TestContext, postcopy: boolean): Promise<void> {
   await src.stop();
 }
 
-test('live migration (precopy) of a guest writing to our vhost-user-blk: two QEMUs, two daemons on one image; data verifies', { timeout: 150_000 }, async (t) => {
+test('live migration (precopy) of a guest writing to our vhost-user-blk: two QEMUs, two daemons on one image; data verifies', { timeout: 240_000 }, async (t) => {
   if (!requireTools(t, ...GUEST_TOOLS)) return;
   await migrate(t, false);
 });
 
-test('postcopy live migration (postcopy-ram, migrate-start-postcopy) of a guest writing to our vhost-user-blk: data verifies', { timeout: 150_000 }, async (t) => {
+test('postcopy live migration (postcopy-ram, migrate-start-postcopy) of a guest writing to our vhost-user-blk: data verifies', { timeout: 240_000 }, async (t) => {
   if (!requireTools(t, ...GUEST_TOOLS)) return;
   await migrate(t, true);
 });
