@@ -76,9 +76,9 @@ export class VhostUserHandler implements BackendReqHandler {
   private protocolNegotiated = false;
   private status = 0;
   /** Dirty-page logging (live migration): the log, its eventfd, VHOST_F_LOG_ALL. */
-  readonly logging = new DirtyLogging();
+  private readonly logging = new DirtyLogging();
   /** Postcopy migration (PAGEFAULT): the userfaultfd and the registered regions. */
-  readonly postcopy = new Postcopy();
+  private readonly postcopy = new Postcopy();
   /** Device-state transfer (DEVICE_STATE) through the device's saveState/loadState hooks. */
   private readonly deviceState: DeviceStateTransfer;
 

@@ -16,8 +16,16 @@ import { SysError, lockFile } from '../../sys/index.js';
 export class ImageLock {
   private fd = -1;
 
+  /** The image file. */
+  readonly path: string;
+  /** Exclusive (writer) or shared (read-only disk). */
+  readonly exclusive: boolean;
+
   /** Does not lock yet: call {@link acquire}. */
-  constructor(readonly path: string, readonly exclusive: boolean) {}
+  constructor(path: string, exclusive: boolean) {
+    this.path = path;
+    this.exclusive = exclusive;
+  }
 
   /** Whether this process holds the lock now. */
   get held(): boolean {
