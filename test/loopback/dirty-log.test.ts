@@ -16,6 +16,7 @@ import { negotiate } from '../../src/vhost-user/negotiate.js';
 import { VhostUserDaemon, type VhostUserBackend } from '../../src/backend/index.js';
 import { RamDisk, VhostUserBlkBackend, VIRTIO_BLK_T_IN } from '../../src/devices/blk/index.js';
 import { VhostUserRngBackend } from '../../src/devices/rng/index.js';
+import { LoopbackLink, VhostUserNetBackend } from '../../src/devices/net/index.js';
 import { ProtocolFeature, VHOST_VRING_F_LOG, protocolFeatureMask } from '../../src/vhost-user/constants.js';
 import { VHOST_F_LOG_ALL, VIRTIO_F_RING_PACKED } from '../../src/virtio/features.js';
 import { packedRingLayout, splitRingLayout, type PackedQueueDriver } from '../../src/queue/index.js';
@@ -24,6 +25,7 @@ import { CapturingLogger } from './fixtures/proto-device.js';
 const PAGE = 0x1000;
 const MEM = 1 << 20;
 const RING = 0x10000;
+const RING1 = 0x14000;
 const LOG_BYTES = 4096;
 const bit = (n: number): bigint => 1n << BigInt(n);
 
@@ -31,6 +33,8 @@ interface Rig {
   fe: Frontend;
   mem: FrontendMemory;
   q: FrontendQueue | FrontendQueue<PackedQueueDriver>;
+  /** Queue 1 (split), when asked for. */
+  q1: FrontendQueue | null;
   features: bigint;
   logger: CapturingLogger;
   usedGpa: number;
@@ -40,7 +44,7 @@ interface Rig {
   logEvent: number;
 }
 
-async function rig(t: TestContext, dev: VhostUserBackend, packed = false): Promise<Rig> {
+async function rig(t: TestContext, dev: VhostUserBackend, packed = false, twoQueues = false): Promise<Rig> {
   const dir = mkdtempSync(join(tmpdir(), 'vu-dirty-'));
   const sock = join(dir, 'd.sock');
   const logger = new CapturingLogger();
@@ -57,9 +61,11 @@ async function rig(t: TestContext, dev: VhostUserBackend, packed = false): Promi
   const n = await negotiate(fe, { wantProtocolFeatures, wantFeatures: packed ? ~bit(VHOST_F_LOG_ALL) : ~(bit(VHOST_F_LOG_ALL) | bit(VIRTIO_F_RING_PACKED)) });
   await fe.setMemTable(mem.regions());
   const q = packed ? await setupPackedQueue(fe, mem, 0, 64, RING, { enable: true }) : await setupQueue(fe, mem, 0, 64, RING, { enable: true });
+  const q1 = twoQueues ? await setupQueue(fe, mem, 1, 64, RING1, { enable: true }) : null;
   t.after(async () => {
     fe.close();
     q.close();
+    q1?.close();
     await daemon.stop();
     mem.close();
     logMap.unmap();
@@ -69,7 +75,7 @@ async function rig(t: TestContext, dev: VhostUserBackend, packed = false): Promi
   });
   const usedGpa = packed ? packedRingLayout(64, RING).descGpa : splitRingLayout(64, RING).usedGpa;
   const usedBytes = packed ? 64 * 16 : 6 + 8 * 64;
-  return { fe, mem, q, features: n.features, logger, usedGpa, usedBytes, bits: new Uint8Array(logMap.windows[0]!), logFd, logEvent };
+  return { fe, mem, q, q1, features: n.features, logger, usedGpa, usedBytes, bits: new Uint8Array(logMap.windows[0]!), logFd, logEvent };
 }
 
 /** Starts logging in QEMU's order (vhost_migration_log): log fd, log base, features, ring addresses. */
@@ -78,6 +84,11 @@ async function startLogging(r: Rig): Promise<void> {
   await r.fe.setLogBase({ mmapSize: BigInt(LOG_BYTES), mmapOffset: 0n }, r.logFd);
   await r.fe.setFeatures(r.features | bit(VHOST_F_LOG_ALL));
   await setAddr(r, 1 << VHOST_VRING_F_LOG);
+  if (r.q1 !== null) {
+    const l = splitRingLayout(64, RING1);
+    await r.fe.setVringAddr({ index: 1, flags: 1 << VHOST_VRING_F_LOG, descUserAddr: r.mem.uva(l.descGpa), availUserAddr: r.mem.uva(l.availGpa),
+      usedUserAddr: r.mem.uva(l.usedGpa), logGuestAddr: BigInt(l.usedGpa) });
+  }
 }
 
 function setAddr(r: Rig, flags: number, logGpa = r.usedGpa): Promise<void> {
@@ -144,6 +155,24 @@ test('dirty log (rng): the random bytes\' pages and the used ring are marked, no
   r.q.kick();
   assert.equal((await r.q.nextUsed()).len, 0x28);
   assert.deepEqual(dirtyPages(r.bits), dirtyPages(expected([[0x30ff0, 0x20], [0x50000, 8], [r.usedGpa, r.usedBytes]])));
+});
+
+test('dirty log (net, loopback link): the received frame\'s buffer pages and both used rings are marked, the transmitted frame\'s are not', async (t) => {
+  const dev = new VhostUserNetBackend({});
+  new LoopbackLink(dev);
+  const r = await rig(t, dev, false, true);
+  const tx = r.q1 as FrontendQueue;
+  await startLogging(r);
+  r.q.driver.addChain([], [{ gpa: 0x70800, len: 2048 }]);
+  r.q.kick(true);
+  const frame = Buffer.alloc(12 + 100);
+  Buffer.from('ffffffffffff525400123456', 'hex').copy(frame, 12);
+  r.mem.memory.write(0x90000, frame);
+  tx.driver.addChain([{ gpa: 0x90000, len: frame.length }], []);
+  tx.kick(true);
+  assert.equal((await tx.nextUsed()).len, 0);
+  assert.equal((await r.q.nextUsed()).len, frame.length, 'looped back into the receive buffer');
+  assert.deepEqual(dirtyPages(r.bits), dirtyPages(expected([[0x70800, frame.length], [r.usedGpa, r.usedBytes], [splitRingLayout(64, RING1).usedGpa, 6 + 8 * 64]])));
 });
 
 test('dirty log, hostile: a log smaller than guest memory, beyond its file, or a used-ring log address outside it is refused; the connection serves on', async (t) => {
