@@ -84,6 +84,7 @@ void mem_register(napi_env env, napi_value exports);
 void watch_register(napi_env env, napi_value exports);
 void fdops_register(napi_env env, napi_value exports);
 void netlink_register(napi_env env, napi_value exports);
+void uffd_register_fns(napi_env env, napi_value exports);
 void guard_register_fns(napi_env env, napi_value exports);
 void uring_register(napi_env env, napi_value exports);
 

@@ -3,7 +3,7 @@
  * `vhost-user-blk`: a virtio-blk back-end over a file or block device, or a RAM disk.
  *
  *     vhost-user-blk (--socket-path PATH | --fd N) [--blk-file FILE] [--read-only] [--num-queues N]
- *                    [--aio io_uring|threads]
+ *                    [--aio io_uring|threads] [--threads N] [--incoming]
  * @module
  */
 import { UsageError, intOption, runBackendCli } from './backend-cli.js';
@@ -25,6 +25,7 @@ const code = await runBackendCli({
     serial: { type: 'string' },
     aio: { type: 'string' },
     threads: { type: 'string' },
+    incoming: { type: 'boolean' },
   },
   usage:
     '  --blk-file PATH         file or block device to serve (default: a RAM disk)\n' +
@@ -35,7 +36,10 @@ const code = await runBackendCli({
     '  --serial STR            GET_ID serial (default vhost-user-blk)\n' +
     '  --aio io_uring|threads  how --blk-file I/O is done (default io_uring, threads where unavailable)\n' +
     '  --threads N             serve queue q from thread q % N (0: main thread, others: worker threads;\n' +
-    '                          needs --blk-file; default 1)',
+    '                          needs --blk-file; default 1)\n' +
+    '  --incoming              live-migration destination: open --blk-file while the source\'s daemon\n' +
+    '                          still holds its lock; take the lock at the first request (the source\n' +
+    '                          releases it when its rings stop during the migration)',
   async create(values, logger) {
     const numQueues = intOption(values, 'num-queues', 1, 64) ?? 1;
     const queueSize = intOption(values, 'queue-size', 1, 32768) ?? 256;
@@ -50,7 +54,7 @@ const code = await runBackendCli({
     if (file !== undefined) {
       let fd: FileDisk;
       try {
-        fd = FileDisk.open(file, { readOnly, aio });
+        fd = FileDisk.open(file, { readOnly, aio, deferLock: values.incoming === true });
       } catch (e) {
         throw new Error(`cannot open --blk-file ${file}: ${(e as Error).message}`);
       }
@@ -72,7 +76,7 @@ const code = await runBackendCli({
       describe: (socketPath) => {
         const what = file !== undefined ? file : `a ${disk.size / MiB} MiB RAM disk`;
         const sock = socketPath ?? '<the socket passed with --fd>';
-        return `${PROGRAM}: serving ${what}${readOnly ? ' read-only' : ''} with ${numQueues} queue(s)${threads > 1 ? ` on ${threads} threads` : ''} on ${sock}\n` +
+        return `${PROGRAM}: serving ${what}${readOnly ? ' read-only' : ''}${values.incoming === true ? ' (incoming migration)' : ''} with ${numQueues} queue(s)${threads > 1 ? ` on ${threads} threads` : ''} on ${sock}\n` +
           'Connect QEMU (guest RAM must be shared):\n' +
           '  qemu-system-x86_64 -m 1G -object memory-backend-memfd,id=mem,size=1G,share=on -numa node,memdev=mem \\\n' +
           `    -chardev socket,id=vublk0,path=${sock} -device vhost-user-blk-pci,chardev=vublk0,num-queues=${numQueues} ...`;

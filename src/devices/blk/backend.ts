@@ -11,7 +11,7 @@ import type { VhostUserBackend } from '../../backend/index.js';
 import type { DescriptorChain } from '../../queue/index.js';
 import { ProtocolFeature } from '../../vhost-user/constants.js';
 import {
-  VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VIRTIO_F_RING_PACKED,
+  VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VIRTIO_F_RING_PACKED, VHOST_F_LOG_ALL,
 } from '../../virtio/features.js';
 import { defaultLogger, type Logger } from '../../log.js';
 import {
@@ -20,6 +20,7 @@ import {
   VIRTIO_BLK_F_TOPOLOGY, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_SECTOR_SIZE, encodeBlkConfig, encodeBlkSerial,
 } from './config.js';
 import type { BlockDisk } from './disk.js';
+import type { ImageLock } from './image-lock.js';
 import { BlkRequestExecutor, BlkRequestSlot } from './request.js';
 import { FileDisk } from './disk.js';
 import type { BlkWorkerData } from './worker.js';
@@ -53,6 +54,15 @@ export interface VhostUserBlkBackendOptions {
   threads?: number;
 }
 
+/** What {@link VhostUserBlkBackend.saveState} transfers. */
+interface BlkState {
+  version: 1;
+  writeback: number;
+  capacity: number;
+  numQueues: number;
+  readOnly: boolean;
+}
+
 function bit(n: number): bigint {
   return 1n << BigInt(n);
 }
@@ -73,6 +83,8 @@ export class VhostUserBlkBackend implements VhostUserBackend {
   private acked = 0n;
   private readonly nThreads: number;
   private readonly workerData: BlkWorkerData | null;
+  /** Queues that served a request since they last stopped (for the image lock hand-over). */
+  private readonly running = new Set<number>();
   private readonly configBuf = new Uint8Array(VIRTIO_BLK_CONFIG_SIZE);
 
   constructor(opts: VhostUserBlkBackendOptions) {
@@ -131,6 +143,7 @@ export class VhostUserBlkBackend implements VhostUserBackend {
 
   features(): bigint {
     let f = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_RING_F_EVENT_IDX) | bit(VIRTIO_RING_F_INDIRECT_DESC) | bit(VHOST_USER_F_PROTOCOL_FEATURES)
+      | bit(VHOST_F_LOG_ALL)
       | bit(VIRTIO_BLK_F_SEG_MAX) | bit(VIRTIO_BLK_F_BLK_SIZE) | bit(VIRTIO_BLK_F_FLUSH) | bit(VIRTIO_BLK_F_TOPOLOGY)
       | bit(VIRTIO_BLK_F_CONFIG_WCE);
     if (this.nThreads === 1) f |= bit(VIRTIO_F_RING_PACKED);
@@ -141,7 +154,7 @@ export class VhostUserBlkBackend implements VhostUserBackend {
   }
 
   protocolFeatures(): bigint {
-    return [ProtocolFeature.CONFIG, ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.CONFIGURE_MEM_SLOTS,
+    return [ProtocolFeature.CONFIG, ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.LOG_SHMFD, ProtocolFeature.PAGEFAULT, ProtocolFeature.DEVICE_STATE, ProtocolFeature.CONFIGURE_MEM_SLOTS,
       ProtocolFeature.RESET_DEVICE, ProtocolFeature.STATUS].reduce((m, b) => m | bit(b), 0n);
   }
 
@@ -224,6 +237,9 @@ export class VhostUserBlkBackend implements VhostUserBackend {
    * lives on the recycled chain object, so a request allocates nothing but its promise.
    */
   processChain(_queueIndex: number, chain: DescriptorChain, _vring?: Vring, done?: CompletionCallback): number | Promise<number> | typeof PENDING {
+    const lock = this.disk.imageLock;
+    if (lock !== undefined && !lock.held) this.takeImageLock(lock);
+    this.running.add(_queueIndex);
     let slot = chain.userData as BlkRequestSlot | null;
     if (slot === null) {
       slot = new BlkRequestSlot();
@@ -233,7 +249,66 @@ export class VhostUserBlkBackend implements VhostUserBackend {
     return this.executor.start(slot, done);
   }
 
+  /**
+   * Takes the image lock before the first I/O: on a migration destination (disk opened with
+   * `deferLock`), or where the source resumes after handing the image over. Throws (the request
+   * fails) while another process, e.g. the other side of the migration, holds it.
+   */
+  private takeImageLock(lock: ImageLock): void {
+    try {
+      lock.acquire();
+    } catch (e) {
+      const msg = `image lock: ${(e as Error).message}; request refused`;
+      this.logger.log('error', msg);
+      throw new Error(msg);
+    }
+    this.logger.log('info', `image lock taken on ${lock.path}`);
+  }
+
+  /**
+   * A ring stopped (GET_VRING_BASE). Once all are stopped while dirty logging is on, this is a
+   * live migration's switch-over: the image lock goes, so the destination's daemon can take it.
+   * In-flight requests still finish first: the front-end gets the ring base only after them, and
+   * the destination starts only after that.
+   */
+  queueStopped(queueIndex: number): void {
+    this.running.delete(queueIndex);
+    const lock = this.disk.imageLock;
+    if (this.running.size === 0 && lock?.held === true && (this.acked & bit(VHOST_F_LOG_ALL)) !== 0n) {
+      lock.release();
+      this.logger.log('info', `image lock released on ${lock.path}: device stopped during migration`);
+    }
+  }
+
+  /**
+   * Migration source (DEVICE_STATE): the driver-set config (the writeback cache mode) and the
+   * device's shape, so the destination can refuse a disk that does not match. JSON, versioned.
+   */
+  saveState(): Uint8Array {
+    const s: BlkState = { version: 1, writeback: this.writeback, capacity: this.executor.capacity, numQueues: this.nQueues, readOnly: this.readOnly };
+    return new TextEncoder().encode(JSON.stringify(s));
+  }
+
+  /** Migration destination: restores {@link saveState}'s state; throws when the device differs. */
+  loadState(state: Uint8Array): void {
+    let s: Partial<BlkState>;
+    try {
+      s = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(state)) as Partial<BlkState>;
+    } catch (e) {
+      throw new Error(`blk state is not JSON: ${(e as Error).message}`);
+    }
+    if (s.version !== 1) throw new Error(`blk state version ${String(s.version)} (this device reads version 1)`);
+    const mine = { capacity: this.executor.capacity, numQueues: this.nQueues, readOnly: this.readOnly };
+    for (const k of ['capacity', 'numQueues', 'readOnly'] as const) {
+      if (s[k] !== mine[k]) throw new Error(`blk state: source ${k} ${String(s[k])} differs from this device's ${String(mine[k])}`);
+    }
+    if (s.writeback !== 0 && s.writeback !== 1) throw new Error(`blk state: writeback ${String(s.writeback)} is not 0 or 1`);
+    this.writeback = s.writeback;
+    this.updateCacheMode();
+  }
+
   resetDevice(): void {
+    this.running.clear();
     this.acked = 0n;
     this.writeback = this.initialWriteback;
     this.updateCacheMode();

@@ -7,10 +7,11 @@
 import * as fs from 'node:fs';
 import {
   BLKDISCARD, BLKGETSIZE64, BLKZEROOUT, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE,
-  SysError, fallocateAsync, ioctl, ioctlRangeAsync, lockFile,
+  SysError, fallocateAsync, ioctl, ioctlRangeAsync,
 } from '../../sys/index.js';
 import { UringEngine, type UringTarget } from '../../sys/uring.js';
 import { UringDisk, type AioMode } from './uring-io.js';
+import { ImageLock } from './image-lock.js';
 
 /**
  * A disk as the request executor sees it. Offsets and lengths are bytes; the executor has already
@@ -37,6 +38,8 @@ export interface BlockDisk {
   writeZeroes(offset: number, length: number, mayUnmap: boolean): Promise<void>;
   /** Releases the backing (idempotent). */
   close(): Promise<void>;
+  /** The image lock, for disks over a file others may open (see {@link ImageLock}). */
+  readonly imageLock?: ImageLock;
 }
 
 /** Total bytes of `views`. */
@@ -79,6 +82,11 @@ export interface FileDiskOptions {
   aio?: AioMode;
   /** io_uring submission entries (default 256). */
   uringEntries?: number;
+  /**
+   * Live-migration destination: open without taking the image lock; whoever serves the disk takes
+   * it ({@link ImageLock.acquire}) before the first I/O, once the source released it.
+   */
+  deferLock?: boolean;
 }
 
 /** Largest chunk written per call when a write-zeroes range must be written out as zeroes. */
@@ -98,6 +106,8 @@ export class FileDisk implements BlockDisk {
   /** Opened a block device (size from BLKGETSIZE64; discard/zeroes via BLKDISCARD/BLKZEROOUT). */
   readonly isBlockDevice: boolean;
   private fdValue: number;
+  /** The image lock (held unless opened with `deferLock` or released for a migration). */
+  imageLock?: ImageLock;
   // Learned at run time: once a mode fails as unsupported it is not tried again.
   private punchOk = true;
   private zeroRangeOk = true;
@@ -139,17 +149,12 @@ export class FileDisk implements BlockDisk {
       } else {
         throw new Error(`${path} is neither a regular file nor a block device`);
       }
-      // Two writers on one image corrupt it: hold a lock as long as the disk is open (shared for a
-      // read-only disk so several readers may coexist, but never beside a writer).
-      try {
-        lockFile(fd, !readOnly);
-      } catch (e) {
-        if (e instanceof SysError && e.code === 'EAGAIN') {
-          throw new Error(`${path} is locked by another process (${readOnly ? 'a writer holds it' : 'another reader or writer holds it'})`);
-        }
-        throw e;
-      }
+      // Two writers on one image corrupt it: hold a lock while serving (shared for a read-only disk
+      // so several readers may coexist, but never beside a writer).
+      const lock = new ImageLock(path, !readOnly);
+      if (opts.deferLock !== true) lock.acquire();
       const disk = new FileDisk(fd, size, readOnly, blockSize, st.isBlockDevice());
+      disk.imageLock = lock;
       if (opts.aio === 'io_uring') disk.startUring(opts.uringEntries ?? 256);
       return disk;
     } catch (e) {
@@ -349,6 +354,7 @@ export class FileDisk implements BlockDisk {
     this.uring?.close();
     this.uring = null;
     if (this.borrowed) return Promise.resolve();
+    this.imageLock?.release();
     return new Promise((resolve, reject) => fs.close(fd, (e) => (e ? reject(e) : resolve())));
   }
 }
