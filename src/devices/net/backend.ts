@@ -29,6 +29,7 @@ import {
 } from './header.js';
 import { NetRxQueue, type RxFeatures } from './rx.js';
 import type { GuestOffloads } from './tap-port.js';
+import { decodeNetState, type NetState } from './state.js';
 
 /** Options of {@link VhostUserNetBackend}. */
 export interface VhostUserNetBackendOptions {
@@ -172,7 +173,7 @@ export class VhostUserNetBackend implements VhostUserBackend, FrameSource {
   protocolFeatures(): bigint {
     return [ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.CONFIGURE_MEM_SLOTS, ProtocolFeature.RESET_DEVICE,
       ProtocolFeature.STATUS, ProtocolFeature.CONFIG, ProtocolFeature.RARP, ProtocolFeature.MTU, ProtocolFeature.LOG_SHMFD,
-      ProtocolFeature.PAGEFAULT].reduce((m, b) => m | bit(b), 0n);
+      ProtocolFeature.PAGEFAULT, ProtocolFeature.DEVICE_STATE].reduce((m, b) => m | bit(b), 0n);
   }
 
   ackedFeatures(features: bigint): void {
@@ -376,6 +377,42 @@ export class VhostUserNetBackend implements VhostUserBackend, FrameSource {
       if (f.hdrU16(VIRTIO_NET_HDR_OFFSETS.gsoSize) === 0) return 'GSO frame with gso_size 0';
     }
     return null;
+  }
+
+  // --- migration ---------------------------------------------------------------------------------
+
+  /**
+   * Migration source (DEVICE_STATE): MAC, receive filter, pairs in use, MTU, status and the packet
+   * counters, as versioned JSON ({@link NetState}).
+   */
+  saveState(): Uint8Array {
+    const c = (x: PacketCounters): [number, number, number] => [x.packets, x.bytes, x.drops];
+    const s: NetState = {
+      version: 1, maxPairs: this.maxPairs, mac: formatMac(this.macBytes), status: this.status, mtu: this.mtu, activePairs: this.activePairs,
+      filter: { promisc: this.filter.promisc, allmulti: this.filter.allmulti, unicast: [...this.filter.unicast], multicast: [...this.filter.multicast] },
+      rx: this.rxCountersKept.map(c), tx: this.txCounters.map(c), drops: this.drops.nonZero(),
+    };
+    return new TextEncoder().encode(JSON.stringify(s));
+  }
+
+  /** Migration destination: restores {@link saveState}'s state; throws when it does not fit this device. */
+  loadState(state: Uint8Array): void {
+    const s = decodeNetState(state, this.maxPairs);
+    this.macBytes = parseMac(s.mac);
+    this.status = s.status;
+    this.mtu = s.mtu;
+    this.activePairs = s.activePairs;
+    this.filter.promisc = s.filter.promisc;
+    this.filter.allmulti = s.filter.allmulti;
+    this.filter.unicast = new Set(s.filter.unicast);
+    this.filter.multicast = new Set(s.filter.multicast);
+    const set = (x: PacketCounters, v: [number, number, number]): void => {
+      [x.packets, x.bytes, x.drops] = v;
+    };
+    s.rx.forEach((v, i) => set(this.rxCountersKept[i] as PacketCounters, v));
+    s.tx.forEach((v, i) => set(this.txCounters[i] as PacketCounters, v));
+    this.drops.clear();
+    for (const [k, v] of Object.entries(s.drops) as [DropReason, number][]) if (k in this.drops.byReason) this.drops.byReason[k] = v;
   }
 
   // --- CtrlTarget -------------------------------------------------------------------------------
