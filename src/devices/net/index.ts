@@ -11,5 +11,5 @@ export { TapPort, TAP_READ_BUDGET, type TapPortOptions, type GuestOffloads } fro
 export { PacketCounters, DropCounters, type DropReason } from './counters.js';
 export { RxFilter, MAX_MAC_TABLE_ENTRIES } from './ctrl.js';
 export { NetRxQueue, RX_BACKLOG_FRAMES, RX_BACKLOG_BYTES, type RxFeatures } from './rx.js';
-export { decodeNetState, type NetState } from './state.js';
+export { decodeNetState, type NetState, type NetFilterState } from './state.js';
 export * from './header.js';

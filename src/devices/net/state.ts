@@ -7,7 +7,19 @@
  */
 import type { DropReason } from './counters.js';
 
-/** What {@link VhostUserNetBackend.saveState} transfers (version 1). */
+/** The receive filter in a {@link NetState}. */
+export interface NetFilterState {
+  /** Promiscuous mode. */
+  promisc: boolean;
+  /** All-multicast mode. */
+  allmulti: boolean;
+  /** Extra unicast MACs accepted. */
+  unicast: string[];
+  /** Multicast MACs accepted. */
+  multicast: string[];
+}
+
+/** What `VhostUserNetBackend.saveState` transfers (version 1). */
 export interface NetState {
   /** Format version (1). */
   version: 1;
@@ -22,7 +34,7 @@ export interface NetState {
   /** Queue pairs in use. */
   activePairs: number;
   /** Receive filter. */
-  filter: { promisc: boolean; allmulti: boolean; unicast: string[]; multicast: string[] };
+  filter: NetFilterState;
   /** Per pair [packets, bytes, drops] delivered to the guest. */
   rx: [number, number, number][];
   /** Per pair [packets, bytes, drops] transmitted by the guest. */
