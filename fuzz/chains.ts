@@ -16,27 +16,31 @@ import { VERSION_1, NEED_REPLY_FLAG, message, type RawClient, type WaitResult } 
 import { FUZZ_PROTOCOL_FEATURES } from './protocol.js';
 import { FEATURES_NEEDING_FRONTEND_SUPPORT } from '../src/vhost-user/negotiate.js';
 import type { Rng } from './rng.js';
+import { packedChainCase } from './packed-chains.js';
+
+/** Share of chain cases run on a packed ring (VIRTIO_F_RING_PACKED negotiated). */
+const PACKED_SHARE = 0.4;
 import { memTablePayload, u64Payload, vringAddr, vringState, type WireRegion } from './wire.js';
 
-const MiB = 1024 * 1024;
-const REGION_SIZE = 1 * MiB;
-const UADDR_A = 0x7f10_0000_0000;
+export const MiB = 1024 * 1024;
+export const REGION_SIZE = 1 * MiB;
+export const UADDR_A = 0x7f10_0000_0000;
 const UADDR_B = 0x7f20_0000_0000;
 /** Guest layout inside region A. */
-const RING_GPA = 0x0;
-const HDR_GPA = 0x10000;
-const STATUS_GPA = 0x11000;
-const INDIRECT_GPA = 0x12000;
-const DATA_GPA = 0x20000;
-const DATA_STRIDE = 0x800;
+export const RING_GPA = 0x0;
+export const HDR_GPA = 0x10000;
+export const STATUS_GPA = 0x11000;
+export const INDIRECT_GPA = 0x12000;
+export const DATA_GPA = 0x20000;
+export const DATA_STRIDE = 0x800;
 /** Sectors of the daemon's RAM disk the fuzzer writes (it runs with --ram-size-mib 8). */
-const DISK_SECTORS = (8 * MiB) / 512;
-const VIRTIO_BLK_T_IN = 0;
-const VIRTIO_BLK_T_OUT = 1;
-const VIRTIO_BLK_T_FLUSH = 4;
-const VIRTIO_BLK_T_GET_ID = 8;
-const VIRTIO_BLK_S_OK = 0;
-const bit = (n: number): bigint => 1n << BigInt(n);
+export const DISK_SECTORS = (8 * MiB) / 512;
+export const VIRTIO_BLK_T_IN = 0;
+export const VIRTIO_BLK_T_OUT = 1;
+export const VIRTIO_BLK_T_FLUSH = 4;
+export const VIRTIO_BLK_T_GET_ID = 8;
+export const VIRTIO_BLK_S_OK = 0;
+export const bit = (n: number): bigint => 1n << BigInt(n);
 
 /** Counters and outcome of one chain case. */
 export interface ChainCaseStats {
@@ -53,7 +57,7 @@ export interface ChainCaseStats {
 }
 
 /** Guest memory of one case: two 1 MiB memfds, region B adjacent to A or behind a hole. */
-class CaseMemory {
+export class CaseMemory {
   readonly fds: number[] = [];
   readonly maps: sys.Mapping[] = [];
   readonly memory: GuestMemory;
@@ -85,7 +89,7 @@ class CaseMemory {
 }
 
 /** Waits on the call and error eventfds of one queue. */
-class QueueEvents {
+export class QueueEvents {
   errFired = false;
   private wake: (() => void) | null = null;
   private readonly watchers: sys.FdWatcher[];
@@ -116,30 +120,37 @@ class QueueEvents {
   }
 }
 
+/** What {@link runBatch} needs of a driver: reap used entries, ask for the next interrupt. */
+export interface UsedReaper {
+  popUsed(): unknown;
+  enableInterrupts(): void;
+}
+
 /** One request-chain placement inside a batch. */
-interface Placed {
+export interface Placed {
   head: number;
   /** Valid request: its slot (status byte to check); -1 for a hostile chain. */
   slot: number;
 }
 
 /** Sends `bytes` with NEED_REPLY semantics and waits for the ack or reply. */
-async function ask(client: RawClient, request: number, payload: Uint8Array, fds: number[], timeoutMs: number): Promise<WaitResult> {
+export async function ask(client: RawClient, request: number, payload: Uint8Array, fds: number[], timeoutMs: number): Promise<WaitResult> {
   return client.roundTrip(message(request, VERSION_1 | NEED_REPLY_FLAG, payload), fds, timeoutMs);
 }
 
-function ackOk(r: WaitResult): boolean {
+export function ackOk(r: WaitResult): boolean {
   if (r === 'closed' || r === 'timeout') return false;
   return r.payload.length < 8 || new DataView(r.payload.buffer, r.payload.byteOffset).getBigUint64(0, true) === 0n || r.request === FrontendReq.GET_FEATURES || r.request === FrontendReq.GET_PROTOCOL_FEATURES;
 }
 
-function u64Of(r: WaitResult): bigint {
+export function u64Of(r: WaitResult): bigint {
   if (r === 'closed' || r === 'timeout' || r.payload.length < 8) return 0n;
   return new DataView(r.payload.buffer, r.payload.byteOffset).getBigUint64(0, true);
 }
 
-/** Runs one chain case on `client`. */
+/** Runs one chain case on `client`: a split ring, or a packed one ({@link packedChainCase}). */
 export async function chainCase(rng: Rng, client: RawClient, timeoutMs: number): Promise<ChainCaseStats> {
+  if (rng.chance(PACKED_SHARE)) return packedChainCase(rng, client, timeoutMs);
   const stats: ChainCaseStats = { messages: 0, chains: 0, hostileChains: 0, batches: 0, broken: false, failure: null, check: 'skipped' };
   const fail = (kind: string, detail: string): ChainCaseStats => {
     stats.failure ??= { kind, detail };
@@ -370,7 +381,7 @@ function hostileBatch(rng: Rng, d: SplitQueueDriver, mem: CaseMemory, qsize: num
  * Kicks and waits until `want` used entries arrived ('ok'), the error fd fired ('broken'), or
  * `timeoutMs` passed without either ('timeout').
  */
-async function runBatch(d: SplitQueueDriver, ev: QueueEvents, kickFd: number, want: number, timeoutMs: number): Promise<'ok' | 'broken' | 'timeout'> {
+export async function runBatch(d: UsedReaper, ev: QueueEvents, kickFd: number, want: number, timeoutMs: number): Promise<'ok' | 'broken' | 'timeout'> {
   sys.eventfdWrite(kickFd, 1);
   const deadline = Date.now() + timeoutMs;
   let got = 0;

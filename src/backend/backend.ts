@@ -89,6 +89,13 @@ export interface VhostUserBackend {
    * A throw or rejection completes the request with used length 0.
    */
   processChain?(queueIndex: number, chain: DescriptorChain, vring: Vring): number | Promise<number>;
+  /**
+   * Whether the device fills queue `queueIndex` on its own schedule (a NIC's receive queues): the
+   * framework then does not pop it with {@link processChain}; its kicks go to {@link handleEvent}
+   * (with the queue index), and the device serves it through an `RxQueue`. Asked on every kick,
+   * so the answer may follow the negotiated features. Default: no queue.
+   */
+  fillsQueue?(queueIndex: number): boolean;
   /** Requests of queue `queueIndex` in flight before the framework stops popping (default: no bound). */
   maxInFlight?(queueIndex: number): number;
   /**

@@ -91,6 +91,8 @@ export class VringEventHandler {
     const s = this.servers.get(vring.index);
     if (s === undefined) return Promise.resolve();
     this.queueStopped(vring.index);
+    // A queue the device fills itself has nothing in flight once the device stopped it.
+    if (this.backend.fillsQueue?.(vring.index) === true) return Promise.resolve();
     return s.quiesce();
   }
 
@@ -180,7 +182,8 @@ export class VringEventHandler {
 
   private dispatch(event: number, evset: number): void {
     const server = this.servers.get(event);
-    if (server !== undefined) {
+    // Asked per kick: which queues a device fills can depend on the negotiated features.
+    if (server !== undefined && this.backend.fillsQueue?.(event) !== true) {
       server.kick();
       return;
     }

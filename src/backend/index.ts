@@ -8,3 +8,4 @@ export { VhostUserDaemon, DEFAULT_HANDSHAKE_TIMEOUT_MS, MAX_WAITING_FRONTENDS, t
 export { QueueStats, statsFields, type QueueStatsSnapshot } from './stats.js';
 export { WorkerVringGroup, type VringSyncExtra } from './worker-group.js';
 export type { VringWorker, VringWorkerModule, CreateVringWorker } from './worker-protocol.js';
+export { RxQueue, type RxQueueOptions } from './rx-queue.js';

@@ -51,7 +51,7 @@ export const SHUTDOWN_TIMEOUT_MS = 4000;
 const EXIT_FORCED = 3;
 
 /** --log-level / --log-format. */
-function logOptions(values: OptionValues): StderrLoggerOptions {
+export function logOptions(values: OptionValues): StderrLoggerOptions {
   const level = values['log-level'] as string | undefined;
   const format = values['log-format'] as string | undefined;
   if (level !== undefined && !isLogLevel(level)) throw new UsageError(`--log-level ${level}: one of ${LOG_LEVELS.join(', ')}`);
@@ -108,7 +108,7 @@ export class UsageError extends Error {
 }
 
 /** The package version, for `--version`. */
-function packageVersion(): string {
+export function packageVersion(): string {
   try {
     const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version?: unknown };
     return typeof pkg.version === 'string' ? pkg.version : 'unknown';
@@ -118,13 +118,13 @@ function packageVersion(): string {
 }
 
 /** How the daemon reaches its front-end: a socket path, or an inherited fd of either kind. */
-type Endpoint =
+export type Endpoint =
   | { kind: 'path'; path: string; mode: number; group: string | undefined }
   | { kind: 'listening-fd'; fd: number }
   | { kind: 'connected-fd'; fd: number };
 
 /** Checks `--fd N` before anything else happens: it must be a Unix stream socket. */
-function inheritedSocket(arg: string): Endpoint {
+export function inheritedSocket(arg: string): Endpoint {
   const fd = /^\d+$/.test(arg) ? Number(arg) : NaN;
   if (!Number.isSafeInteger(fd) || fd > 0x7fffffff) throw new UsageError(`--fd ${arg} is not a file descriptor number`);
   let st;

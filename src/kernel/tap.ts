@@ -88,3 +88,22 @@ export function openTap(opts: TapOptions = {}): Tap {
     throw e;
   }
 }
+
+/** TUNSETOFFLOAD flag: the TAP may hand over frames with a partial checksum. */
+export const TUN_F_CSUM = 0x01;
+/** TUNSETOFFLOAD flag: ... TSO over IPv4 frames (needs TUN_F_CSUM). */
+export const TUN_F_TSO4 = 0x02;
+/** TUNSETOFFLOAD flag: ... TSO over IPv6 frames (needs TUN_F_CSUM). */
+export const TUN_F_TSO6 = 0x04;
+/** TUNSETOFFLOAD flag: ... TSO frames with ECN. */
+export const TUN_F_TSO_ECN = 0x08;
+/** TUNSETOFFLOAD flag: ... UFO frames. */
+export const TUN_F_UFO = 0x10;
+
+/**
+ * TUNSETOFFLOAD: which offloaded frames (partial checksum, TSO) the TAP may hand to the reader,
+ * i.e. what the consumer of its frames (a guest) negotiated. TSO flags need TUN_F_CSUM.
+ */
+export function setTapOffload(fd: number, flags: number): void {
+  sys.ioctl(fd, TUNSETOFFLOAD, flags);
+}

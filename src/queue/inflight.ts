@@ -212,17 +212,17 @@ export class SplitInflightRegion extends InflightRegionBase {
     step('after-pop');
   }
 
-  /** Before the used ring shows `head`: it becomes the last batch (of one). */
+  /** Before the used ring shows `head`: it joins the last batch (the list from last_batch_head). */
   beforeUsed(head: number): void {
     this.v.set16(this.d(head) + SD_NEXT, this.v.get16(S_LAST_BATCH_HEAD));
     this.v.set16(S_LAST_BATCH_HEAD, head);
     step('before-used');
   }
 
-  /** After the used ring's idx became `usedIdx` with `head` in it. */
-  afterUsed(head: number, usedIdx: number): void {
+  /** After the used ring's idx became `usedIdx`, covering the batch `heads`. */
+  afterUsedBatch(heads: readonly number[], usedIdx: number): void {
     step('after-used');
-    this.v.set8(this.d(head) + SD_INFLIGHT, 0);
+    for (const h of heads) this.v.set8(this.d(h) + SD_INFLIGHT, 0);
     this.v.set16(S_USED_IDX, usedIdx);
   }
 
@@ -412,8 +412,9 @@ export class PackedInflightRegion extends InflightRegionBase {
   }
 
   /**
-   * Before the used descriptor for buffer `id` is published: its entries return to the free list
-   * and the used position advances to `usedIdx`/`usedWrap`.
+   * Before the used descriptor for buffer `id` is published (alone or as part of a batch whose
+   * first descriptor's flags are stored last): its entries return to the free list and the used
+   * position advances to `usedIdx`/`usedWrap`.
    */
   beforeUsed(id: number, usedIdx: number, usedWrap: boolean): void {
     const v = this.v;
@@ -426,20 +427,22 @@ export class PackedInflightRegion extends InflightRegionBase {
     step('before-used');
   }
 
-  /** After the used descriptor for buffer `id` was published. */
-  afterUsed(id: number): void {
+  /** After the used batch of buffers `ids` was published (its first descriptor's flags stored). */
+  afterUsedBatch(ids: readonly number[]): void {
     step('after-used');
     const v = this.v;
-    const e = this.entryOfId[id] ?? NO_ENTRY;
-    if (e === NO_ENTRY) return;
-    this.entryOfId[id] = NO_ENTRY;
-    v.set8(this.d(e) + PD_INFLIGHT, 0);
+    for (const id of ids) {
+      const e = this.entryOfId[id] ?? NO_ENTRY;
+      if (e === NO_ENTRY) continue;
+      this.entryOfId[id] = NO_ENTRY;
+      v.set8(this.d(e) + PD_INFLIGHT, 0);
+    }
     v.set16(P_OLD_FREE_HEAD, v.get16(P_FREE_HEAD));
     v.set16(P_OLD_USED_IDX, v.get16(P_USED_IDX));
     v.set8(P_OLD_USED_WRAP, v.get8(P_USED_WRAP));
   }
 
-  /** Re-registers a recovered chain's id → head entry mapping is done by recover(); ids in flight (tests). */
+  /** Buffer ids recorded in flight (diagnostics, tests). */
   inflightIds(): number[] {
     const out: number[] = [];
     this.entryOfId.forEach((e, id) => { if (e !== NO_ENTRY) out.push(id); });

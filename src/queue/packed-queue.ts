@@ -90,6 +90,8 @@ export class PackedQueue implements VirtQueue {
   /** Chains recovered from the region, handed out by pop before new requests. */
   private resubmit: InflightPackedChain[] = [];
   private resubmitPos = 0;
+  /** Buffer ids of the unpublished used batch, recorded in the region once it is published. */
+  private readonly pendingIds: number[] = [];
 
   /** `maxSize` bounds `setSize` (1..32768). */
   constructor(maxSize: number = VIRTQ_PACKED_MAX_SIZE) {
@@ -246,6 +248,7 @@ export class PackedQueue implements VirtQueue {
   /** Stops recording in the inflight region (the region itself is left as it is). */
   stopInflight(): void {
     this.inflightRegion = null;
+    this.pendingIds.length = 0;
     this.resubmit = [];
     this.resubmitPos = 0;
   }
@@ -471,9 +474,7 @@ export class PackedQueue implements VirtQueue {
     if (!(id >= 0 && id < this.size) || !Number.isInteger(id) || this.inflight[id] === 0) {
       throw new QueueError('bad-buffer-id', `used id ${id} is not a buffer in flight (queue size ${this.size})`);
     }
-    // With inflight tracking each chain is published on its own, between the region's updates.
     const region = this.inflightRegion;
-    if (region !== null) this.publishUsed();
     const pos = this.nextUsed;
     const b = 4 * pos;
     // WRITE in a used descriptor says whether len is meaningful (§2.8.4).
@@ -487,10 +488,13 @@ export class PackedQueue implements VirtQueue {
       next -= this.size;
       nextWrap = !nextWrap;
     }
+    // The region moves first (spec order): a crash before the batch's first flags store rolls
+    // the whole batch back, one after it commits it.
     if (region !== null) {
       region.beforeUsed(id, next, nextWrap);
-      Atomics.store(desc16, 2 * b + 7, flags);
-    } else if (this.pendingPos < 0) {
+      this.pendingIds.push(id);
+    }
+    if (this.pendingPos < 0) {
       this.pendingPos = pos;
       this.pendingFlags = flags;
     } else {
@@ -501,7 +505,6 @@ export class PackedQueue implements VirtQueue {
     this.inflightDescs -= n;
     this.usedWrap = nextWrap;
     this.nextUsed = next;
-    region?.afterUsed(id);
     if (this.usedSinceSignal < 0x10000) this.usedSinceSignal += n;
     if (this.logging) this.mem?.dirtyLog?.markDirty(this.descGpa + 16 * pos, 16);
   }
@@ -513,6 +516,10 @@ export class PackedQueue implements VirtQueue {
     this.pendingPos = -1;
     const d = this.desc16;
     if (d !== null) Atomics.store(d, 8 * pos + 7, this.pendingFlags);
+    if (this.pendingIds.length > 0) {
+      this.inflightRegion?.afterUsedBatch(this.pendingIds);
+      this.pendingIds.length = 0;
+    }
   }
 
   /**

@@ -69,6 +69,10 @@ export class SplitQueue {
   /** Heads recovered from the region, handed out by pop before new requests. */
   private resubmit: number[] = [];
   private resubmitPos = 0;
+  /** Heads of the unpublished used batch, recorded in the region once it is published. */
+  private readonly pendingHeads: number[] = [];
+  /** addUsedDeferred wrote entries that used.idx does not cover yet. */
+  private unpublished = false;
 
   /** `maxSize` bounds `setSize` (power of two ≤ 32768). */
   constructor(maxSize: number = VIRTQ_MAX_SIZE) {
@@ -168,6 +172,7 @@ export class SplitQueue {
     this.nextAvail = s.nextAvail;
     this.shadowAvail = s.nextAvail;
     this.nextUsed = s.nextUsed;
+    this.unpublished = false;
     this.signalledUsedValid = false;
     // New indices from the front-end are a fresh start for a ring that was broken.
     this.broken = false;
@@ -203,6 +208,7 @@ export class SplitQueue {
   /** Stops recording in the inflight region (the region itself is left as it is). */
   stopInflight(): void {
     this.inflightRegion = null;
+    this.pendingHeads.length = 0;
     this.resubmit = [];
     this.resubmitPos = 0;
   }
@@ -226,6 +232,7 @@ export class SplitQueue {
     this.eventIdx = false;
     this.broken = false;
     this.nextAvail = this.nextUsed = this.shadowAvail = 0;
+    this.unpublished = false;
     this.signalledUsedValid = false;
     this.logUsedGpa = -1;
     this.mem = null;
@@ -370,20 +377,34 @@ export class SplitQueue {
    * Atomics.store (release). `len` is the number of bytes written into the chain.
    */
   addUsed(headIndex: number, len: number): void {
+    this.addUsedDeferred(headIndex, len);
+    this.publishUsed();
+  }
+
+  /**
+   * Like addUsed, but used.idx is not advanced until `publishUsed()` (or `needsNotification()`):
+   * a batch of completions (e.g. the several buffers of one mergeable receive frame) becomes
+   * visible to the driver with one release store.
+   */
+  addUsedDeferred(headIndex: number, len: number): void {
     const used32 = this.used32;
     const used16 = this.used16;
     if (used32 === null || used16 === null) throw new QueueError('not-ready', 'queue rings are not mapped');
     if (!(headIndex >= 0 && headIndex < this.size) || !Number.isInteger(headIndex)) {
       throw new QueueError('bad-index', `used id ${headIndex} ≥ queue size ${this.size}`);
     }
+    // Spec order: the head joins the region's last batch before used.idx covers it; the batch
+    // is marked done in the region only after publishUsed() (so a crash anywhere is recoverable).
     const region = this.inflightRegion;
-    region?.beforeUsed(headIndex);
+    if (region !== null) {
+      region.beforeUsed(headIndex);
+      this.pendingHeads.push(headIndex);
+    }
     const slot = this.nextUsed & (this.size - 1);
     used32[1 + 2 * slot] = headIndex;
     used32[2 + 2 * slot] = len >>> 0;
     this.nextUsed = (this.nextUsed + 1) & 0xffff;
-    Atomics.store(used16, 1, this.nextUsed);
-    region?.afterUsed(headIndex, this.nextUsed);
+    this.unpublished = true;
     if (this.logUsedGpa >= 0) {
       const log = (this.mem as GuestMemory).dirtyLog;
       if (log !== null) {
@@ -393,12 +414,25 @@ export class SplitQueue {
     }
   }
 
+  /** Publishes used.idx for the entries written by addUsedDeferred (Atomics.store: release). */
+  publishUsed(): void {
+    if (!this.unpublished) return;
+    this.unpublished = false;
+    const used16 = this.used16;
+    if (used16 !== null) Atomics.store(used16, 1, this.nextUsed);
+    if (this.pendingHeads.length > 0) {
+      this.inflightRegion?.afterUsedBatch(this.pendingHeads, this.nextUsed);
+      this.pendingHeads.length = 0;
+    }
+  }
+
   /**
    * Whether the driver wants an interrupt for the used entries added since the last call.
    * With EVENT_IDX: vring_need_event(used_event, new, old). Atomics.store of used.idx (seq-cst) is
    * ordered before the Atomics.load of used_event, which is the full barrier the spec requires.
    */
   needsNotification(): boolean {
+    this.publishUsed();
     const avail16 = this.availRing();
     if (!this.eventIdx) {
       return (Atomics.load(avail16, 0) & VIRTQ_AVAIL_F_NO_INTERRUPT) === 0;

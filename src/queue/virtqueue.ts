@@ -41,6 +41,10 @@ export interface VirtQueue {
   popDescriptorChain(reuse?: DescriptorChain): DescriptorChain | null;
   /** Completes the chain with id `id` (split: head index; packed: buffer id), `len` bytes written. */
   addUsed(id: number, len: number): void;
+  /** Like addUsed, but invisible to the driver until publishUsed() (or needsNotification()). */
+  addUsedDeferred(id: number, len: number): void;
+  /** Makes the entries of addUsedDeferred visible to the driver with one release store. */
+  publishUsed(): void;
   /** Whether the driver wants a used-buffer notification now. */
   needsNotification(): boolean;
   /** Asks the driver not to notify. */

@@ -63,7 +63,7 @@ test('split region: spec wire offsets and update order (counter + inflight on po
     assert.equal(dv.getBigUint64(16 + 16 * 3 + 8, true), 2n, 'desc[3].counter');
     r.beforeUsed(3);
     assert.equal(dv.getUint16(12, true), 3, 'last_batch_head');
-    r.afterUsed(3, 101);
+    r.afterUsedBatch([3], 101);
     assert.equal(dv.getUint8(16 + 16 * 3), 0);
     assert.equal(dv.getUint16(14, true), 101);
     completing = 5;
@@ -218,5 +218,66 @@ test('inflight area: allocated sealed; a front-end area that is too small, for t
   } finally {
     area.close();
     sys.close(fd);
+  }
+});
+
+/** Runs `fn`, which must stop at `at` (the hook throws there, as a crash would stop the process). */
+function crashAt(at: InflightStep, fn: () => void): void {
+  setInflightStepHook((s) => { if (s === at) throw new Error(`crash at ${s}`); });
+  try {
+    assert.throws(fn, new RegExp(`crash at ${at}`));
+  } finally {
+    setInflightStepHook(null);
+  }
+}
+
+test('batched completions (addUsedDeferred + publishUsed): a crash after the batch reached the driver commits all of it, one before rolls all of it back', () => {
+  for (const at of ['after-used', 'before-used'] as const) {
+    // Split.
+    const { mem, q, drv } = splitRig(8);
+    const buf = new ArrayBuffer(inflightQueueRegionSize(8));
+    q.startInflight(new SplitInflightRegion(buf, 0, buf.byteLength, 8));
+    const heads = [0, 1, 2, 3].map((i) => drv.addChain([{ gpa: DATA + 0x100 * i, len: 4 }]));
+    for (let i = 0; i < 4; i++) pop(q as never);
+    q.addUsedDeferred(heads[2]!, 0);
+    q.addUsedDeferred(heads[0]!, 0);
+    if (at === 'after-used') crashAt(at, () => { q.addUsedDeferred(heads[1]!, 0); q.publishUsed(); });
+    else crashAt(at, () => q.addUsedDeferred(heads[1]!, 0));
+    const again = splitRig(8, mem).q;
+    again.startInflight(new SplitInflightRegion(buf, 0, buf.byteLength, 8));
+    const left = [];
+    for (let c = again.popDescriptorChain(); c !== null; c = again.popDescriptorChain()) left.push(c.headIndex);
+    assert.deepEqual(left, at === 'after-used' ? [heads[3]] : [heads[0], heads[1], heads[2], heads[3]], `split, crash ${at}`);
+  }
+  for (const at of ['after-used', 'before-used'] as const) {
+    const mems = mapShared();
+    try {
+      const { q, drv } = packedRig(mems, 8);
+      const buf = new ArrayBuffer(inflightQueueRegionSize(8));
+      q.startInflight(new PackedInflightRegion(buf, 0, buf.byteLength, 8));
+      const ids = [0, 1, 2, 3].map((i) => drv.addChain([{ gpa: DATA + 0x100 * i, len: 4 }]));
+      for (let i = 0; i < 4; i++) pop(q);
+      q.addUsedDeferred(ids[2]!, 0);
+      q.addUsedDeferred(ids[0]!, 0);
+      if (at === 'after-used') crashAt(at, () => { q.addUsedDeferred(ids[1]!, 0); q.publishUsed(); });
+      else crashAt(at, () => q.addUsedDeferred(ids[1]!, 0));
+      const again = new PackedQueue(8);
+      again.setMemory(mems.devMem);
+      again.setAddresses(q.descGpa, q.driverGpa, q.deviceGpa);
+      again.ready = true;
+      again.startInflight(new PackedInflightRegion(buf, 0, buf.byteLength, 8));
+      const left = [];
+      for (let c = again.popDescriptorChain(); c !== null; c = again.popDescriptorChain()) left.push(c.headIndex);
+      if (at === 'after-used') {
+        assert.deepEqual(left, [ids[3]], 'packed: the published batch is committed');
+        assert.deepEqual(again.getState(), { nextAvail: 4, availWrap: true, nextUsed: 3, usedWrap: true });
+      } else {
+        // The batch never became visible (its first flags were not stored): everything is redone.
+        assert.deepEqual(left, [ids[0], ids[1], ids[2], ids[3]], 'packed: the unpublished batch is rolled back');
+        assert.deepEqual(again.getState(), { nextAvail: 4, availWrap: true, nextUsed: 0, usedWrap: true });
+      }
+    } finally {
+      mems.dispose();
+    }
   }
 });
