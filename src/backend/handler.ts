@@ -376,6 +376,9 @@ export class VhostUserHandler implements BackendReqHandler {
   setVringCall(index: number, fd: number | null): void | Promise<void> {
     const v = this.vring(index);
     v.setCallFd(fd === null ? null : sys.dup(fd));
+    // After a reconnect the previous back-end may have died between publishing used entries and
+    // signalling them: one spurious interrupt makes the driver look (as libvhost-user does).
+    if (fd !== null && this.inflightArea !== null) v.signalUsedQueue();
     this.sync(v);
     return this.workersSynced();
   }
