@@ -43,8 +43,12 @@ async function reconnectRun(t: TestContext, signal: 'SIGKILL' | 'SIGTERM', packe
   for (let i = 0; i < RESTARTS; i++) {
     // QEMU reconnected and restarted the ring: the writers' requests flow again.
     await daemon.proc.waitForText(/queue 0 started/, 30_000, () => daemon.proc.stderr);
-    // A random moment while they do (the delay picks the moment; nothing is checked after it).
-    await new Promise((r) => setTimeout(r, 50 + Math.random() * 350));
+    // A random moment while they do: just after some writer finished a write (the others are
+    // usually mid-request then), plus a random delay that picks the moment (nothing is checked
+    // after it).
+    const seen = vm.output.length;
+    await vm.proc.waitForText(/VTEST-PROGRESS blk-writers /, 30_000, () => vm.output.slice(seen));
+    await new Promise((r) => setTimeout(r, Math.random() * 150));
     assert.doesNotMatch(vm.output, /VTEST-RESULT/, `the guest finished after only ${i} restarts: raise ITERS`);
     daemon.proc.signal(signal);
     const st = await daemon.exited;
