@@ -180,10 +180,16 @@ export class PackedQueue implements VirtQueue {
     return encodePackedState(this.getState());
   }
 
-  /** SET_VRING_BASE: decodes the packed encoding (avail idx/wrap in bits 0..15, used in 16..31). */
+  /**
+   * SET_VRING_BASE: decodes the packed encoding (avail idx/wrap in bits 0..15, used in 16..31).
+   * Front-ends that send only the avail half (DPDK's virtio_user sends 0x8000 for a fresh ring)
+   * mean a ring with nothing in flight: the used position is the avail one, as DPDK's vhost
+   * library reads it. (A used half of exactly 0, position 0 with wrap counter 0, is then read
+   * the same way; with nothing in flight both halves are equal anyway.)
+   */
   setVringBase(base: number): void {
     if (!Number.isInteger(base) || base < 0 || base > 0xffff_ffff) throw new QueueError('bad-index', `vring base ${base} is not a u32`);
-    this.setState(decodePackedState(base));
+    this.setState(decodePackedState(base >>> 16 === 0 ? (base & 0xffff) * 0x10001 : base));
   }
 
   /** Current positions and wrap counters. */

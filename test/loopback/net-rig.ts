@@ -197,3 +197,63 @@ export function ethFrame(dst: string, src: string, payloadLen: number, seed = 0,
   for (let i = 0; i < payloadLen; i++) f[14 + i] = (i * 7 + seed) & 0xff;
   return f;
 }
+
+function ipBytes(ip: string): Buffer {
+  return Buffer.from(ip.split('.').map(Number));
+}
+
+function sum16(b: Buffer, start = 0, end = b.length, init = 0): number {
+  let s = init;
+  for (let i = start; i + 1 < end; i += 2) s += b.readUInt16BE(i);
+  if ((end - start) % 2 === 1) s += (b[end - 1] as number) << 8;
+  while (s > 0xffff) s = (s & 0xffff) + (s >>> 16);
+  return s;
+}
+
+/**
+ * An IPv4/UDP frame. With `partial` the UDP checksum field holds the pseudo-header sum and the
+ * returned header asks for NEEDS_CSUM (csum_start 34, csum_offset 6), as a guest with CSUM sends it;
+ * otherwise the checksum is complete and the header is all zero.
+ */
+export function udpFrame(dstMac: string, srcMac: string, srcIp: string, dstIp: string, sport: number, dport: number, payload: Buffer, partial: boolean): { frame: Buffer; hdr: Buffer } {
+  const f = Buffer.alloc(14 + 20 + 8 + payload.length);
+  Buffer.from(dstMac.split(':').map((h) => parseInt(h, 16))).copy(f, 0);
+  Buffer.from(srcMac.split(':').map((h) => parseInt(h, 16))).copy(f, 6);
+  f.writeUInt16BE(0x0800, 12);
+  f[14] = 0x45;
+  f.writeUInt16BE(20 + 8 + payload.length, 16);
+  f[22] = 64;
+  f[23] = 17;
+  ipBytes(srcIp).copy(f, 26);
+  ipBytes(dstIp).copy(f, 30);
+  f.writeUInt16BE(~sum16(f, 14, 34) & 0xffff, 24);
+  f.writeUInt16BE(sport, 34);
+  f.writeUInt16BE(dport, 36);
+  f.writeUInt16BE(8 + payload.length, 38);
+  payload.copy(f, 42);
+  const pseudo = sum16(Buffer.concat([f.subarray(26, 34), Buffer.from([0, 17]), f.subarray(38, 40)]));
+  const hdr = Buffer.alloc(VIRTIO_NET_HDR_V1_SIZE);
+  if (partial) {
+    f.writeUInt16BE(pseudo, 40);
+    hdr[0] = 1;
+    hdr.writeUInt16LE(34, 6);
+    hdr.writeUInt16LE(6, 8);
+  } else {
+    f.writeUInt16BE(~sum16(f, 34, f.length, pseudo) & 0xffff, 40);
+  }
+  return { frame: f, hdr };
+}
+
+/** Whether the UDP checksum of an IPv4/UDP frame verifies. */
+export function udpChecksumOk(f: Buffer): boolean {
+  const pseudo = sum16(Buffer.concat([f.subarray(26, 34), Buffer.from([0, 17]), f.subarray(38, 40)]));
+  return sum16(f, 34, f.length, pseudo) === 0xffff;
+}
+
+/** A logger that keeps its records (for rate-limit checks). */
+export class CaptureLogger {
+  readonly records: { level: string; message: string }[] = [];
+  log(level: string, message: string): void {
+    this.records.push({ level, message });
+  }
+}
