@@ -429,13 +429,20 @@ export class VhostUserHandler implements BackendReqHandler {
 
   // --- inflight I/O tracking ---------------------------------------------------------------
 
-  getInflightFd(request: Inflight): { inflight: Inflight; fd: number } {
+  /** GET_INFLIGHT_FD: a new area for the requested queues (it replaces any earlier one). */
+  getInflightFd(request: Inflight): {
+    /** The area as allocated (size, offset 0, the requested counts). */
+    inflight: Inflight;
+    /** The area's memfd; ownership passes to the endpoint, which sends and closes it. */
+    fd: number;
+  } {
     const { area, fd, size } = InflightArea.allocate(request.numQueues, request.queueSize, this.vrings.length);
     this.replaceInflightArea(area);
     this.logger.log('info', `inflight area allocated: ${request.numQueues} queue(s) of ${request.queueSize} entries, ${size} bytes`);
     return { inflight: { mmapSize: BigInt(size), mmapOffset: 0n, numQueues: request.numQueues, queueSize: request.queueSize }, fd };
   }
 
+  /** SET_INFLIGHT_FD: adopts the front-end's area (after a reconnect, with the earlier back-end's records). */
   setInflightFd(inflight: Inflight, fd: number): void {
     const area = InflightArea.adopt(fd, inflight.mmapSize, inflight.mmapOffset, inflight.numQueues, inflight.queueSize, this.vrings.length, this);
     this.replaceInflightArea(area);
