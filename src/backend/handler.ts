@@ -461,6 +461,11 @@ export class VhostUserHandler implements BackendReqHandler {
   private startInflight(v: Vring): void {
     const area = this.inflightArea;
     if (area === null || v.index >= area.numQueues || this.workers[this.threadOf[v.index]!] !== null) return;
+    if (v.ringUserAddrs === null || v.queue.memory === null) {
+      // Started before its rings were placed: nothing to recover against, so nothing is tracked.
+      this.logger.log('warn', `queue ${v.index}: started without ring addresses or memory; inflight tracking off for this start`, { queue: v.index });
+      return;
+    }
     try {
       const n = v.queue instanceof PackedQueue
         ? v.queue.startInflight(area.packedRegion(v.index, v.queue.size))
