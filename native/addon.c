@@ -281,6 +281,7 @@ static napi_value Init(napi_env env, napi_value exports) {
   mem_register(env, exports);
   watch_register(env, exports);
   fdops_register(env, exports);
+  netlink_register(env, exports);
 
   napi_value c;
   napi_create_object(env, &c);

@@ -83,6 +83,7 @@ void sock_register(napi_env env, napi_value exports);
 void mem_register(napi_env env, napi_value exports);
 void watch_register(napi_env env, napi_value exports);
 void fdops_register(napi_env env, napi_value exports);
+void netlink_register(napi_env env, napi_value exports);
 void guard_register_fns(napi_env env, napi_value exports);
 
 /* SIGBUS guard (guard.c): process-wide, async-signal-safe table of mappings

@@ -243,9 +243,14 @@ static bool arg_length(napi_env env, napi_value v, uint64_t *out) {
   return true;
 }
 
-/* mmap(fd, offset, length, prot, flags) -> [handle, address, id, guarded] */
+/* mmap(fd, offset, length, prot, flags, unsized?) -> [handle, address, id, guarded]
+ * `unsized`: the fd is a device file without a size (a VDUSE IOTLB fd); the range is not
+ * checked against a size, and the mapping is always SIGBUS-guarded since the kernel may refuse
+ * to fault a page in. */
 static napi_value js_mmap(napi_env env, napi_callback_info info) {
-  GET_ARGS(5);
+  GET_ARGS(6);
+  bool unsized = false;
+  if (!arg_is_undefined(env, argv[5]) && !arg_bool(env, argv[5], &unsized)) return NULL;
   int fd;
   int32_t prot, flags;
   uint64_t offset, length;
@@ -271,9 +276,9 @@ static napi_value js_mmap(napi_env env, napi_callback_info info) {
   int err = get_file_info(fd, &fi);
   if (err != 0) return throw_errno(env, err, "fstat", NULL);
   char detail[200];
-  if (fi.kind == FILE_OTHER)
+  if (fi.kind == FILE_OTHER && !unsized)
     return throw_errno(env, ENODEV, "mmap", "not a regular file or block device: its size cannot be checked");
-  if (offset > fi.size || length > fi.size - offset) {
+  if (!unsized && (offset > fi.size || length > fi.size - offset)) {
     snprintf(detail, sizeof detail, "range 0x%llx+0x%llx ends beyond the end of the file (0x%llx bytes)",
              (unsigned long long)offset, (unsigned long long)length, (unsigned long long)fi.size);
     return throw_errno(env, EINVAL, "mmap", detail);

@@ -48,5 +48,7 @@ export { VhostKernNet } from './kernel/net.js';
 export { VhostKernVsock } from './kernel/vsock.js';
 export { VhostKernVdpa, type IovaRange } from './kernel/vdpa.js';
 export { VhostUserBackendAdapter } from './kernel/vhost-user-adapter.js';
+export { VduseDaemon, vduseFeatures, type VduseDaemonOptions } from './kernel/vduse-daemon.js';
+export { VdpaNetlink, type VdpaMgmtDev, type VdpaDevInfo } from './kernel/vdpa-netlink.js';
 export { openTap, type Tap, type TapOptions } from './kernel/tap.js';
 export { VhostBackendError, type VhostBackend, type VhostMemoryRegion, type VhostDirtyLog, type VhostVringConfig } from './kernel/vhost-backend.js';

@@ -63,6 +63,8 @@ export class VhostUserHandler implements BackendReqHandler {
   /** One vring per queue of the backend, indexed by queue index; the handler owns their fds. */
   readonly vrings: Vring[];
   private readonly memory = new GuestMemoryAtomic();
+  /** Extra ADD_MEM_REGs of a mapped region, by {@link regionKey} (see addMemReg). */
+  private readonly regionRepeats = new Map<string, number>();
   private handlers: VringEventHandler[] = [];
   /** Per thread: the worker serving its vrings, or null when the thread's handler serves them. */
   private readonly workers: (WorkerVringGroup | null)[];
@@ -217,11 +219,23 @@ export class VhostUserHandler implements BackendReqHandler {
       throw e;
     }
     this.memory.replace(next);
+    this.regionRepeats.clear();
     this.logger.log('info', `memory table: ${mapped.length} region(s): ${mapped.map((r) => `gpa 0x${r.guestPhysAddr.toString(16)}+0x${r.size.toString(16)}`).join(', ')}`);
     return this.memoryChanged();
   }
 
   addMemReg(region: MemoryRegionWithFd): void | Promise<void> {
+    // QEMU before 8.0 sends ADD_MEM_REG/REM_MEM_REG once per vhost device, and a multi-queue NIC
+    // is one vhost device per queue pair on the same connection: the same region arrives once per
+    // pair. An exact repeat of a mapped region is counted instead of refused as an overlap (it
+    // maps nothing new); each REM_MEM_REG drops one count, the last one unmaps.
+    const key = regionKey(region);
+    const same = this.memory.memory.regions.find((r) => regionKey(r) === key && r.mmapOffset === Number(region.mmapOffset));
+    if (same !== undefined) {
+      this.regionRepeats.set(key, (this.regionRepeats.get(key) ?? 0) + 1);
+      this.logger.log('debug', `ADD_MEM_REG repeats region ${same.toString()}: counted, not mapped again`);
+      return;
+    }
     if (this.memory.memory.regions.length >= MAX_MEM_SLOTS) throw new Error(`all ${MAX_MEM_SLOTS} memory slots are in use`);
     const r = mapGuestRegion(region, region.fd, this);
     try {
@@ -234,6 +248,13 @@ export class VhostUserHandler implements BackendReqHandler {
   }
 
   remMemReg(region: AnyMemoryRegion): void | Promise<void> {
+    const key = regionKey(region);
+    const repeats = this.regionRepeats.get(key) ?? 0;
+    if (repeats > 0) {
+      if (repeats === 1) this.regionRepeats.delete(key);
+      else this.regionRepeats.set(key, repeats - 1);
+      return;
+    }
     this.memory.withRegionRemoved(
       u64ToNumber(region.guestPhysAddr, 'guest address'),
       u64ToNumber(region.memorySize, 'region size'),
@@ -595,4 +616,9 @@ function featureNames(features: bigint, deviceType: string | undefined): string[
   } catch {
     return decodeFeatures(features);
   }
+}
+
+/** How REM_MEM_REG identifies a region: guest address, size and front-end user address. */
+function regionKey(r: { guestPhysAddr: bigint | number; memorySize?: bigint; size?: number; userAddr: bigint | number }): string {
+  return `${BigInt(r.guestPhysAddr)}/${BigInt(r.memorySize ?? r.size ?? 0)}/${BigInt(r.userAddr)}`;
 }

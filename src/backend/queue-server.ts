@@ -143,7 +143,7 @@ export class QueueServer {
         if (this.inFlightCount >= this.maxInFlight) {
           // Notifications stay off: a completion resumes the drain.
           this.throttled = true;
-          if (used) vring.signalUsedIfNeeded();
+          if (used) this.publish();
           return;
         }
         const req = this.free.pop() ?? new Request(this);
@@ -161,7 +161,7 @@ export class QueueServer {
             continue;
           }
           this.markBroken(e);
-          if (used) vring.signalUsedIfNeeded();
+          if (used) this.publish();
           return;
         }
         if (chain === null) {
@@ -182,15 +182,21 @@ export class QueueServer {
           r.then(req.done, req.fail);
           continue;
         }
-        this.finish(chain, r);
+        this.finish(chain, r, true);
         this.free.push(req);
         used = true;
       }
       if (used) {
-        vring.signalUsedIfNeeded();
+        this.publish();
         used = false;
       }
     } while (q.enableNotification());
+  }
+
+  /** Makes the batch's used entries visible (one release store), then interrupts if the driver asked. */
+  private publish(): void {
+    this.vring.queue.publishUsed();
+    this.vring.signalUsedIfNeeded();
   }
 
   /** NEEDS_RESET: the ring is not served again until the front-end resets it. */
@@ -212,7 +218,7 @@ export class QueueServer {
   }
 
   /** Logs the written range in the dirty log, then publishes the used entry. */
-  private finish(chain: DescriptorChain, usedLen: number): void {
+  private finish(chain: DescriptorChain, usedLen: number, deferred = false): void {
     let len = usedLen;
     if (!(Number.isInteger(len) && len >= 0 && len <= chain.writableBytes)) {
       this.logger.log('warn', `${this.name}: request (head ${chain.headIndex}) reported used length ${String(usedLen)} for ${chain.writableBytes} writable bytes; clamped`);
@@ -222,7 +228,10 @@ export class QueueServer {
     // Log everything written: the used length, and any writer views handed out beyond it.
     const log = q.memory?.dirtyLog ?? null;
     if (log !== null) chain.logWritten(Math.max(len, chain.writer.bytesWritten), log);
-    q.addUsed(chain.headIndex, len);
+    // A synchronous batch is published once (publish()): one used-index store per wake-up. An
+    // asynchronous completion is visible at once, as a polling driver expects.
+    if (deferred) q.addUsedDeferred(chain.headIndex, len);
+    else q.addUsed(chain.headIndex, len);
     const st = this.vring.stats;
     st.requests++;
     st.bytesIn += chain.readableBytes;
@@ -268,7 +277,7 @@ export class QueueServer {
     if (this.needSignal) {
       this.needSignal = false;
       try {
-        this.vring.signalUsedIfNeeded();
+        this.publish();
       } catch (e) {
         this.logger.log('error', `${this.name}: cannot signal: ${(e as Error).message}`);
       }

@@ -7,7 +7,7 @@
  *
  * @module
  */
-import { writeSync } from 'node:fs';
+import { fstatSync, writeSync } from 'node:fs';
 import * as k from './ioctl.js';
 import { VhostKernBase, openVhostDevice } from './kern-base.js';
 import { VhostBackendError, type VhostDirtyLog, type VhostMemoryRegion } from './vhost-backend.js';
@@ -34,6 +34,7 @@ export class VhostKernVdpa extends VhostKernBase {
   private readonly rangeBuf = new Uint8Array(k.VHOST_VDPA_IOVA_RANGE_SIZE);
   private mapped: VhostMemoryRegion[] = [];
   private range: IovaRange | null = null;
+  private fdChecked = false;
 
   /** Opens /dev/vhost-vdpa-N (`path`). */
   static open(path: string): VhostKernVdpa {
@@ -129,9 +130,19 @@ export class VhostKernVdpa extends VhostKernBase {
     return Promise.resolve().then(() => { this.ioctl(k.VHOST_VDPA_SUSPEND); });
   }
 
-  /** Writes one vhost_msg_v2; the kernel applies it synchronously and fails the write on error. */
+  /**
+   * Writes one vhost_msg_v2; the kernel applies it synchronously and fails the write on error.
+   * A pipe or a regular file would take the bytes without complaint, so the fd's type is checked
+   * before the first message.
+   */
   private sendIotlb(msg: k.VhostIotlbMsg): void {
     if (this.fd < 0) throw new VhostBackendError('VHOST_IOTLB_MSG_V2', 'vhost-vdpa device is closed');
+    if (!this.fdChecked) {
+      const st = fstatSync(this.fd);
+      const kind = st.isFIFO() ? 'pipe' : st.isFile() ? 'regular file' : st.isDirectory() ? 'directory' : null;
+      if (kind !== null) throw new VhostBackendError('VHOST_IOTLB_MSG_V2', `fd ${this.fd} is a ${kind}, not a vhost-vdpa device`);
+      this.fdChecked = true;
+    }
     const bytes = k.encodeMsgV2(this.msgBuf, this.asid, msg);
     const n = writeSync(this.fd, bytes);
     if (n !== bytes.length) throw new VhostBackendError('VHOST_IOTLB_MSG_V2', `short write ${n} of ${bytes.length}`);

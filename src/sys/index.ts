@@ -212,3 +212,24 @@ export function socketInfo(fd: number): SocketInfo {
 export function openFdCount(): number {
   return native.openFdCount();
 }
+
+/** NETLINK_GENERIC: the generic netlink protocol (families such as "vdpa", "nlctrl"). */
+export const NETLINK_GENERIC = 16;
+
+/** A bound AF_NETLINK raw socket of `protocol` (close-on-exec; extended acks requested). */
+export function netlinkOpen(protocol: number): number {
+  return native.netlinkOpen(protocol);
+}
+
+/**
+ * Sends one netlink message to the kernel from the libuv threadpool: the kernel runs a generic
+ * netlink command inside sendmsg, and a command may wait for this very process (VDUSE).
+ */
+export function netlinkSendAsync(fd: number, data: Uint8Array): Promise<number> {
+  return native.netlinkSendAsync(fd, data);
+}
+
+/** One netlink datagram into `buf` without waiting: its length, or null when none is queued. */
+export function netlinkRecv(fd: number, buf: Uint8Array): number | null {
+  return native.netlinkRecv(fd, buf);
+}

@@ -127,6 +127,16 @@ export function mmap(fd: number, offset: number | bigint, length: number, prot: 
 }
 
 /**
+ * mmap of a device file that has no size (a VDUSE IOTLB fd): the range is not checked against a
+ * file size, and faults the kernel refuses (SIGBUS) are recovered by the guard like truncated
+ * files' (see {@link onMemoryFault}).
+ */
+export function mmapDevice(fd: number, offset: number | bigint, length: number, flags: number = MAP_SHARED): Mapping {
+  const [handle, address, id, guarded] = native.mmap(fd, offset, length, PROT_READ | PROT_WRITE, flags, true);
+  return new MappingImpl(handle, length, address, id, guarded);
+}
+
+/**
  * Windows over `length` bytes at host address `address` that another thread of this process
  * mapped (e.g. guest memory a worker_thread receives from the main thread), with the same
  * overlapping-window layout as {@link mmap}. The caller guarantees the memory stays mapped while

@@ -33,8 +33,11 @@ export interface NativeAddon {
   socketInfo(fd: number): { domain: number; type: number; listening: boolean };
   fallocateAsync(fd: number, mode: number, offset: number | bigint, length: number | bigint): Promise<void>;
   ioctlRangeAsync(fd: number, request: number | bigint, offset: number | bigint, length: number | bigint): Promise<void>;
+  netlinkOpen(protocol: number): number;
+  netlinkSendAsync(fd: number, data: Uint8Array): Promise<number>;
+  netlinkRecv(fd: number, buf: Uint8Array): number | null;
   /** [handle, address, mapping id, guarded against SIGBUS] */
-  mmap(fd: number, offset: number | bigint, length: number, prot: number, flags: number): [NativeHandle, bigint, number, boolean];
+  mmap(fd: number, offset: number | bigint, length: number, prot: number, flags: number, unsized?: boolean): [NativeHandle, bigint, number, boolean];
   munmap(handle: NativeHandle): void;
   wrapMemory(address: bigint, length: number): [NativeHandle, bigint, number, boolean];
   window(handle: NativeHandle, index: number): ArrayBuffer;

@@ -1,17 +1,17 @@
 /**
  * Runs INSIDE the 6.12 test guest: the control path of VhostKernVdpa against a real vDPA device.
- * A blk device is created through VDUSE (/dev/vduse/control), added to the vdpa bus with
- * iproute2's `vdpa dev add`, bound to vhost_vdpa, and driven through /dev/vhost-vdpa-0: device id,
+ * A blk device is created through VDUSE (/dev/vduse/control), added to the vdpa bus with the
+ * netlink API (VdpaNetlink), bound to vhost_vdpa, and driven through /dev/vhost-vdpa-0: device id,
  * queue count and size, config space, IOVA range, backend features, status, and IOTLB updates,
- * which reach the VDUSE side as UPDATE_IOTLB messages. No I/O: the data path of a VDUSE device is
- * issue 11 item 3.
+ * which reach the VDUSE side as UPDATE_IOTLB messages. No I/O here: vduse-blk.ts serves the data
+ * path with VduseDaemon.
  */
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
 import { closeSync, existsSync, openSync, readFileSync, watch, constants as fsConstants } from 'node:fs';
 import { Worker } from 'node:worker_threads';
 import * as sys from '../../src/sys/index.js';
 import { VhostKernVdpa } from '../../src/kernel/vdpa.js';
+import { VdpaNetlink } from '../../src/kernel/vdpa-netlink.js';
 import * as k from '../../src/kernel/ioctl.js';
 import { VDUSE_CREATE_DEV, VDUSE_SET_API_VERSION, VDUSE_SET_STATUS, VDUSE_UPDATE_IOTLB, VDUSE_VQ_SETUP, encodeDevConfig, encodeVqConfig } from '../../src/kernel/vduse.js';
 import { GuestRam, detail, runGuestScript } from './harness.js';
@@ -57,7 +57,9 @@ runGuestScript(async () => {
   const worker = new Worker(new URL('./vduse-responder.js', import.meta.url), { workerData: `/dev/vduse/${NAME}` });
   await new Promise<void>((resolve) => worker.once('message', () => resolve()));
   worker.on('message', (m: Msg) => { messages.push(m); for (const w of waiters.splice(0)) w(); });
-  execFileSync('vdpa', ['dev', 'add', 'name', NAME, 'mgmtdev', 'vduse']);
+  // The add probes vhost_vdpa while the worker answers; the netlink send runs off this thread.
+  const nl = await VdpaNetlink.open();
+  await nl.addDevice(NAME, 'vduse');
   await waitForFile('/dev/vhost-vdpa-0');
   detail('vhost_vdpa', 'present');
   detail('vdpa_added_at', uptime());
@@ -100,6 +102,9 @@ runGuestScript(async () => {
   vdpa.close();
   await seen(() => messages.filter((m) => m.type === VDUSE_SET_STATUS && m.status === 0).length > resets, 'reset on close');
   ram.close();
+  // Off the bus (the reset answered by the worker), so later scripts find a clean bus.
+  await nl.deleteDevice(NAME);
+  nl.close();
   detail('vdpa', 'ok');
   detail('finished_at', uptime());
 });

@@ -43,6 +43,13 @@ export interface TestpmdCommonOptions {
   readonly timeoutMs?: number;
   /** When given, testpmd is stopped after the test. */
   readonly t?: TestContext;
+  /**
+   * More --vdev devices after the main one, e.g. ['net_tap0,iface=tap0'] or a second net_vhost:
+   * io forwarding pairs port 0 with port 1.
+   */
+  readonly extraVdevs?: readonly string[];
+  /** argv prefix testpmd runs under, e.g. ['ip', 'netns', 'exec', NS] (net_tap's TAP lands there). */
+  readonly wrapper?: readonly string[];
 }
 
 /** Options for {@link startTestpmdVhost}. */
@@ -118,7 +125,7 @@ function spawnTestpmd(vdev: string, role: 'vhost' | 'virtio-user', o: TestpmdCom
   const eal = [
     '--no-huge', '-m', String(o.memMb ?? 256), '--no-shconf', `--file-prefix=${prefix}`, '--no-pci',
     '-l', '0,1', '--main-lcore', String(o.mainLcore ?? defaultMain), '--log-level=lib.eal:warning',
-    '--vdev', vdev,
+    '--vdev', vdev, ...(o.extraVdevs ?? []).flatMap((v) => ['--vdev', v]),
   ];
   const app = [
     `--total-num-mbufs=16384`, `--rxq=${q}`, `--txq=${q}`, `--forward-mode=${o.forwardMode ?? defaultMode}`,
@@ -126,8 +133,8 @@ function spawnTestpmd(vdev: string, role: 'vhost' | 'virtio-user', o: TestpmdCom
   ];
   // testpmd writes with printf: on a pipe its stdout is block-buffered and the readiness lines
   // would only arrive at exit. stdbuf (coreutils, LD_PRELOAD) makes it line-buffered.
-  const proc = ManagedProcess.spawn('stdbuf', ['-oL', '-eL', 'dpdk-testpmd', ...eal, '--', ...app],
-    { label: `testpmd-${role}` });
+  const argv = [...(o.wrapper ?? []), 'stdbuf', '-oL', '-eL', 'dpdk-testpmd', ...eal, '--', ...app];
+  const proc = ManagedProcess.spawn(argv[0] ?? 'stdbuf', argv.slice(1), { label: `testpmd-${role}` });
   let stopped: Promise<string> | undefined;
   const numbers = (re: RegExp): number[] => [...proc.stdout.matchAll(re)].map((m) => Number(m[1]));
   const pmd: Testpmd = {
@@ -160,10 +167,10 @@ function spawnTestpmd(vdev: string, role: 'vhost' | 'virtio-user', o: TestpmdCom
   return pmd;
 }
 
-/** Waits until testpmd started forwarding on exactly one port; fails fast if the vdev failed. */
-async function waitForwarding(pmd: Testpmd, timeoutMs: number): Promise<void> {
+/** Waits until testpmd started forwarding on all `ports`; fails fast if a vdev failed. */
+async function waitForwarding(pmd: Testpmd, timeoutMs: number, ports = 1): Promise<void> {
   const m = await pmd.waitFor(/packet forwarding - ports=(\d+)/, timeoutMs);
-  if (m[1] !== '1') throw new Error(`testpmd probed ${m[1]} ports (vdev failed)\n${pmd.proc.diagnostics()}`);
+  if (m[1] !== String(ports)) throw new Error(`testpmd probed ${m[1]} ports (vdev failed)\n${pmd.proc.diagnostics()}`);
 }
 
 /** Awaits `ready`; if it fails, stops testpmd before passing the error on. */
@@ -190,8 +197,10 @@ export async function startTestpmdVhost(opts: TestpmdVhostOptions): Promise<Test
   const pmd = spawnTestpmd(vdev, 'vhost', opts, 'io', 0);
   const timeout = opts.timeoutMs ?? 15_000;
   return readyOrStop(pmd, (async () => {
-    await waitForwarding(pmd, timeout);
-    if (!client) await waitForUnixListener(opts.socketPath, timeout, pmd.proc);
+    await waitForwarding(pmd, timeout, 1 + (opts.extraVdevs?.length ?? 0));
+    // Under a wrapper (ip netns exec, which execs) testpmd keeps the pid but not the netns.
+    const table = opts.wrapper ? `/proc/${pmd.proc.pid}/net/unix` : undefined;
+    if (!client) await waitForUnixListener(opts.socketPath, timeout, pmd.proc, table);
   })());
 }
 

@@ -219,8 +219,9 @@ const SO_ACCEPTCON = 0x10000;
  * /proc/net/unix. Unlike a probing connect() this does not consume a connection of the server
  * (a vhost-user backend would treat the probe as a frontend session).
  */
-export async function isUnixListening(path: string): Promise<boolean> {
-  const table = await readFile('/proc/net/unix', 'utf8');
+export async function isUnixListening(path: string, tablePath = '/proc/net/unix'): Promise<boolean> {
+  // /proc/net/unix lists the reader's network namespace only; /proc/PID/net/unix that of PID.
+  const table = await readFile(tablePath, 'utf8').catch(() => '');
   for (const line of table.split('\n')) {
     // Num RefCount Protocol Flags Type St Inode Path
     const f = line.trim().split(/\s+/);
@@ -236,12 +237,13 @@ export async function isUnixListening(path: string): Promise<boolean> {
  * early when `proc` exits first, with its diagnostics. Only for programs that announce nothing when
  * they start listening (qemu-storage-daemon, testpmd): listen() has no observable event, and
  * connecting to find out would be a connection the program serves. Our daemons print a banner:
- * wait for it instead (`startOurDaemon`).
+ * wait for it instead (`startOurDaemon`). A program in another network namespace lists its sockets
+ * in its own table: pass `/proc/<its pid>/net/unix` as `tablePath`.
  */
-export async function waitForUnixListener(path: string, timeoutMs: number, proc?: ManagedProcess): Promise<void> {
+export async function waitForUnixListener(path: string, timeoutMs: number, proc?: ManagedProcess, tablePath?: string): Promise<void> {
   const deadline = performance.now() + timeoutMs;
   for (;;) {
-    if (await isUnixListening(path)) return;
+    if (await isUnixListening(path, tablePath)) return;
     if (proc?.exitStatusNow) {
       throw new Error(`${proc.label} exited before listening on ${path}\n${proc.diagnostics()}`);
     }

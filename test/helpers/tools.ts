@@ -20,6 +20,8 @@ const PACKAGE_OF: Readonly<Record<string, string>> = {
   'dpkg-deb': 'dpkg',
   'apt-get': 'apt',
   vdpa: 'iproute2',
+  ip: 'iproute2',
+  stdbuf: 'coreutils',
   gzip: 'gzip',
   gcc: 'gcc',
 };

@@ -2,7 +2,7 @@
 // example device must survive malformed chains.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -29,6 +29,20 @@ test('examples/blk-ram-disk writes and reads a sector through the blk daemon', (
   const script = fileURLToPath(new URL('../../examples/blk-ram-disk.js', import.meta.url));
   const out = execFileSync(process.execPath, [script], { env: { ...process.env, VHOST_USER_LOG: 'warn' }, timeout: 20_000 }).toString();
   assert.equal(out, 'capacity: 32768 sectors\nwrite ok, read ok: hello, virtio-blk\n');
+});
+
+test('examples/vduse-blk reports a missing VDUSE control device clearly (its kernel run is the 6.12 guest e2e)', () => {
+  const script = fileURLToPath(new URL('../../examples/vduse-blk.js', import.meta.url));
+  const r = spawnSync(process.execPath, [script, 'example0', '1'], { env: { ...process.env, VDUSE_CONTROL: '/dev/null' }, timeout: 20_000 });
+  assert.equal(r.status, 1);
+  assert.match(r.stderr.toString(), /^vduse-blk: ioctl failed: ENOTTY .*: VDUSE_SET_API_VERSION\n$/);
+});
+
+test('examples/net-switch passes a broadcast and a learnt unicast between two guests', () => {
+  const script = fileURLToPath(new URL('../../examples/net-switch.js', import.meta.url));
+  const out = execFileSync(process.execPath, [script], { env: { ...process.env, VHOST_USER_LOG: 'warn' }, timeout: 20_000 }).toString();
+  assert.equal(out, 'B got from 52:54:00:00:00:0a: hello, anyone?\nA got from 52:54:00:00:00:0b: hello A, B here\n' +
+    'switch: 1 flooded, 1 forwarded, 2 MACs learnt\n');
 });
 
 // --- every example device survives malformed chains and keeps serving -----------------------------

@@ -32,6 +32,8 @@ export interface NetGuestOptions {
   qsize?: number;
   /** Set up the control queue (default true). */
   ctrl?: boolean;
+  /** The device's queue pairs (to find the control queue; default: the in-process device's, or `pairs`). */
+  maxPairs?: number;
   /** Daemon logger (default silent). */
   logger?: Logger;
 }
@@ -57,23 +59,40 @@ export class NetGuest {
   private next = 0x200000;
   private readonly rxBufs = new Map<string, GuestBuffer[]>();
 
-  private constructor(readonly fe: Frontend, readonly mem: FrontendMemory, readonly daemon: VhostUserDaemon, readonly dev: VhostUserNetBackend) {}
+  private constructor(readonly fe: Frontend, readonly mem: FrontendMemory, private readonly served: VhostUserDaemon | null, private readonly device: VhostUserNetBackend | null) {}
+
+  /** The in-process daemon (start() only). */
+  get daemon(): VhostUserDaemon {
+    if (this.served === null) throw new Error('the device runs in another process');
+    return this.served;
+  }
+
+  /** The in-process device (start() only). */
+  get dev(): VhostUserNetBackend {
+    if (this.device === null) throw new Error('the device runs in another process');
+    return this.device;
+  }
 
   /** Serves `dev` on a fresh socket and connects a front-end with `opts`' rings. */
   static async start(t: TestContext, dev: VhostUserNetBackend, opts: NetGuestOptions = {}): Promise<NetGuest> {
     const dir = mkdtempSync(join(tmpdir(), 'vu-net-'));
+    t.after(() => rmSync(dir, { recursive: true, force: true }));
     const sock = join(dir, 'net.sock');
     const daemon = new VhostUserDaemon('net', dev, { logger: opts.logger ?? silentLogger });
     daemon.serve(sock);
+    t.after(() => daemon.stop());
+    return NetGuest.connect(t, sock, opts, daemon, dev);
+  }
+
+  /** Connects a front-end to a net back-end listening on `sock` (e.g. the vhost-user-net CLI). */
+  static async connect(t: TestContext, sock: string, opts: NetGuestOptions = {}, daemon: VhostUserDaemon | null = null, dev: VhostUserNetBackend | null = null): Promise<NetGuest> {
     const fe = await Frontend.connect(sock);
     const mem = new FrontendMemory(32 << 20);
     const g = new NetGuest(fe, mem, daemon, dev);
-    t.after(async () => {
+    t.after(() => {
       for (const q of [...g.rx, ...g.tx, ...(g.ctrl ? [g.ctrl] : [])]) q.close();
       fe.close();
-      await daemon.stop();
       mem.close();
-      rmSync(dir, { recursive: true, force: true });
     });
     let want = opts.features ?? ~featureMask(VIRTIO_F_RING_PACKED);
     if (opts.packed === true) want |= featureMask(VIRTIO_F_RING_PACKED);
@@ -93,7 +112,7 @@ export class NetGuest {
     }
     if (opts.ctrl ?? true) {
       const mq = (n.features & featureMask(VIRTIO_NET_F_MQ)) !== 0n;
-      g.ctrl = await setup(mq ? 2 * dev.maxPairs : 2);
+      g.ctrl = await setup(mq ? 2 * (opts.maxPairs ?? dev?.maxPairs ?? pairs) : 2);
     }
     return g;
   }

@@ -146,18 +146,37 @@ test('VDUSE ioctl numbers and struct sizes equal linux/vduse.h', (t) => {
   if (!requireTools(t, 'gcc')) return;
   const dir = makeTempDir(t, 'vduse');
   const names = ['VDUSE_GET_API_VERSION', 'VDUSE_SET_API_VERSION', 'VDUSE_CREATE_DEV', 'VDUSE_DESTROY_DEV', 'VDUSE_VQ_SETUP',
-    'VDUSE_DEV_GET_FEATURES', 'VDUSE_VQ_GET_INFO', 'VDUSE_GET_VQ_STATE', 'VDUSE_SET_STATUS', 'VDUSE_UPDATE_IOTLB', 'VDUSE_API_VERSION'] as const;
+    'VDUSE_DEV_GET_FEATURES', 'VDUSE_VQ_GET_INFO', 'VDUSE_GET_VQ_STATE', 'VDUSE_SET_STATUS', 'VDUSE_UPDATE_IOTLB', 'VDUSE_API_VERSION',
+    'VDUSE_IOTLB_GET_FD', 'VDUSE_VQ_SETUP_KICKFD', 'VDUSE_VQ_INJECT_IRQ', 'VDUSE_DEV_INJECT_CONFIG_IRQ', 'VDUSE_EVENTFD_DEASSIGN',
+    'VDUSE_ACCESS_RO', 'VDUSE_ACCESS_WO', 'VDUSE_ACCESS_RW', 'VDUSE_REQ_RESULT_OK', 'VDUSE_REQ_RESULT_FAILED'] as const;
   const src = ['#include <stdio.h>', '#include <stddef.h>', '#include <linux/ioctl.h>', '#include <linux/vduse.h>', 'int main(void) {',
     ...names.map((n) => `  printf("${n} %lu\\n", (unsigned long)(${n}));`),
     '  printf("config %zu %zu %zu\\n", sizeof(struct vduse_dev_config), offsetof(struct vduse_dev_config, features), offsetof(struct vduse_dev_config, config_size));',
     '  printf("vq %zu msg %zu %zu\\n", sizeof(struct vduse_vq_config), sizeof(struct vduse_dev_request), sizeof(struct vduse_dev_response));',
     '  printf("req %zu %zu\\n", offsetof(struct vduse_dev_request, s), offsetof(struct vduse_dev_response, vq_state.split.avail_index));',
+    '  printf("iotlb %zu %zu %zu %zu\\n", sizeof(struct vduse_iotlb_entry), offsetof(struct vduse_iotlb_entry, start), offsetof(struct vduse_iotlb_entry, last), offsetof(struct vduse_iotlb_entry, perm));',
+    '  printf("info %zu %zu %zu %zu\\n", sizeof(struct vduse_vq_info), offsetof(struct vduse_vq_info, device_addr), offsetof(struct vduse_vq_info, split.avail_index), offsetof(struct vduse_vq_info, ready));',
+    '  printf("efd %zu %zu\\n", sizeof(struct vduse_vq_eventfd), offsetof(struct vduse_vq_eventfd, fd));',
     '  return 0;', '}'].join('\n');
   writeFileSync(dir.file('v.c'), src);
   execFileSync('gcc', ['-Wall', '-Werror', '-o', dir.file('v'), dir.file('v.c')]);
   const out = execFileSync(dir.file('v'), { encoding: 'utf8' });
   const ours = vduse as unknown as Record<string, number>;
   const expected = [...names.map((n) => `${n} ${ours[n]}`),
-    `config ${vduse.VDUSE_DEV_CONFIG_SIZE} 264 332`, `vq ${vduse.VDUSE_VQ_CONFIG_SIZE} msg ${vduse.VDUSE_MSG_SIZE} ${vduse.VDUSE_MSG_SIZE}`, 'req 24 28'];
+    `config ${vduse.VDUSE_DEV_CONFIG_SIZE} 264 332`, `vq ${vduse.VDUSE_VQ_CONFIG_SIZE} msg ${vduse.VDUSE_MSG_SIZE} ${vduse.VDUSE_MSG_SIZE}`, 'req 24 28',
+    `iotlb ${vduse.VDUSE_IOTLB_ENTRY_SIZE} 8 16 24`, `info ${vduse.VDUSE_VQ_INFO_SIZE} 24 32 40`, `efd ${vduse.VDUSE_VQ_EVENTFD_SIZE} 4`];
+  // VDUSE_EVENTFD_DEASSIGN is -1: printed through unsigned long by the C side.
+  expected[names.indexOf('VDUSE_EVENTFD_DEASSIGN')] = `VDUSE_EVENTFD_DEASSIGN ${BigInt.asUintN(64, -1n)}`;
   assert.deepEqual(out.trim().split('\n'), expected);
+  // The encoders put the fields where the C structs have them.
+  const b = new Uint8Array(64);
+  const e = vduse.decodeIotlbEntry(vduse.encodeIotlbEntry(b, 0x1000n, 0x1fffn));
+  assert.deepEqual(e, { offset: 0n, start: 0x1000n, last: 0x1fffn, perm: 0 });
+  assert.deepEqual([...vduse.encodeVqEventfd(b, 3, -1)], [3, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]);
+  const info = vduse.encodeVqInfoQuery(new Uint8Array(vduse.VDUSE_VQ_INFO_SIZE), 5);
+  new DataView(info.buffer).setUint32(4, 128, true);
+  new DataView(info.buffer).setBigUint64(24, 0x3000n, true);
+  new DataView(info.buffer).setUint16(32, 9, true);
+  info[40] = 1;
+  assert.deepEqual(vduse.decodeVqInfo(info), { index: 5, num: 128, descAddr: 0n, driverAddr: 0n, deviceAddr: 0x3000n, availIndex: 9, ready: true });
 });

@@ -17,6 +17,7 @@ test('package exports: root, devices/blk, devices/rng, driver and package.json r
   for (const raw of ['mmap', 'wrapMemory', 'ioctl', 'dup', 'memfdCreate']) assert.equal(root[raw], undefined, raw);
   assert.equal(typeof (await load('vhost-user/devices/blk'))['VhostUserBlkBackend'], 'function');
   assert.equal(typeof (await load('vhost-user/devices/rng'))['VhostUserRngBackend'], 'function');
+  assert.equal(typeof (await load('vhost-user/devices/net'))['VhostUserNetBackend'], 'function');
   const driver = await load('vhost-user/driver');
   assert.equal(typeof driver['FrontendMemory'], 'function');
   assert.equal(typeof driver['setupQueue'], 'function');

@@ -28,6 +28,7 @@ import {
   VIRTIO_NET_HDR_OFFSETS, VIRTIO_NET_HDR_V1_SIZE, VIRTIO_NET_S_ANNOUNCE, VIRTIO_NET_S_LINK_UP, buildRarp, encodeNetConfig, formatMac, parseMac,
 } from './header.js';
 import { NetRxQueue, type RxFeatures } from './rx.js';
+import type { GuestOffloads } from './tap-port.js';
 
 /** Options of {@link VhostUserNetBackend}. */
 export interface VhostUserNetBackendOptions {
@@ -85,6 +86,10 @@ export class VhostUserNetBackend implements VhostUserBackend, FrameSource {
   private ackedBits = 0n;
   private status = VIRTIO_NET_S_LINK_UP;
   private activePairs = 1;
+  // Queue roles under the negotiated features (cached: asked per chain).
+  private ctrlIndex = 2;
+  private dataQueues = 2;
+  private hasCtrl = false;
   private readonly rx: (NetRxQueue | null)[];
   private readonly rxCountersKept: PacketCounters[];
   private rxFeatures: RxFeatures = { hdrLen: VIRTIO_NET_HDR_V1_SIZE, mergeable: false, guestCsum: false, guestTso4: false, guestTso6: false, guestEcn: false, guestUfo: false };
@@ -135,7 +140,7 @@ export class VhostUserNetBackend implements VhostUserBackend, FrameSource {
   }
 
   /** Whether the guest negotiated each receive offload (TUNSETOFFLOAD follows these). */
-  get guestOffloads(): { csum: boolean; tso4: boolean; tso6: boolean; ecn: boolean; ufo: boolean } {
+  get guestOffloads(): GuestOffloads {
     const f = this.rxFeatures;
     return { csum: f.guestCsum, tso4: f.guestTso4, tso6: f.guestTso6, ecn: f.guestEcn, ufo: f.guestUfo };
   }
@@ -182,15 +187,16 @@ export class VhostUserNetBackend implements VhostUserBackend, FrameSource {
     // Without MQ only the first pair exists; with it, all are usable until VQ_PAIRS_SET says otherwise
     // (vhost-user front-ends such as QEMU enable the rings of the pairs in use instead).
     this.activePairs = has(VIRTIO_NET_F_MQ) ? this.maxPairs : 1;
+    this.ctrlIndex = 2 * this.activePairs;
+    this.dataQueues = 2 * this.activePairs;
+    this.hasCtrl = has(VIRTIO_NET_F_CTRL_VQ);
     this.onFeatures?.(this);
   }
 
   /** The role of queue `index` under the negotiated features. */
   private role(index: number): Role {
-    const mq = (this.ackedBits & bit(VIRTIO_NET_F_MQ)) !== 0n;
-    const ctrl = mq ? 2 * this.maxPairs : 2;
-    if (index === ctrl) return (this.ackedBits & bit(VIRTIO_NET_F_CTRL_VQ)) !== 0n ? 'ctrl' : 'none';
-    if (index >= 2 * (mq ? this.maxPairs : 1)) return 'none';
+    if (index === this.ctrlIndex) return this.hasCtrl ? 'ctrl' : 'none';
+    if (index >= this.dataQueues) return 'none';
     return (index & 1) === 0 ? 'rx' : 'tx';
   }
 

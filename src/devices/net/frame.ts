@@ -68,7 +68,14 @@ export class NetFrame {
 }
 
 /** Outcome of handing a frame to an endpoint: Sent (written into guest buffers or a TAP), Queued (copied into the receiver's bounded backlog: it had no buffer now), Dropped (and counted by the receiver). */
-export const Delivery = Object.freeze({ Sent: 0, Queued: 1, Dropped: 2 } as const);
+export const Delivery = Object.freeze({
+  /** Written into the receiver (guest buffers, a TAP). */
+  Sent: 0,
+  /** Copied into the receiver's bounded backlog: it had no buffer now. */
+  Queued: 1,
+  /** Dropped, and counted by the receiver. */
+  Dropped: 2,
+} as const);
 /** One of the {@link Delivery} values. */
 export type Delivery = (typeof Delivery)[keyof typeof Delivery];
 
@@ -99,7 +106,7 @@ export interface FrameSource extends FrameEndpoint {
   /** Connects the endpoint's transmissions to `link`. */
   attach(link: NetLink): void;
   /**
-   * Called by a link when `to` has receive buffers again after returning {@link Delivery.Queued}:
+   * Called by a link when `to` has receive buffers again after returning `Delivery.Queued`:
    * a source that paused (a TAP) resumes reading.
    */
   resume?(): void;

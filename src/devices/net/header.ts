@@ -64,7 +64,22 @@ export const VIRTIO_NET_HDR_V1_SIZE = 12;
 /** Legacy header without num_buffers. */
 export const VIRTIO_NET_HDR_LEGACY_SIZE = 10;
 /** Offsets inside the header. */
-export const VIRTIO_NET_HDR_OFFSETS = Object.freeze({ flags: 0, gsoType: 1, hdrLen: 2, gsoSize: 4, csumStart: 6, csumOffset: 8, numBuffers: 10 });
+export const VIRTIO_NET_HDR_OFFSETS = Object.freeze({
+  /** u8 VIRTIO_NET_HDR_F_*. */
+  flags: 0,
+  /** u8 VIRTIO_NET_HDR_GSO_*. */
+  gsoType: 1,
+  /** le16 length of the headers to copy into each segment. */
+  hdrLen: 2,
+  /** le16 payload bytes per segment. */
+  gsoSize: 4,
+  /** le16 where the checksummed part starts. */
+  csumStart: 6,
+  /** le16 where the checksum goes, from csumStart. */
+  csumOffset: 8,
+  /** le16 buffers a mergeable frame took. */
+  numBuffers: 10,
+});
 
 /** Ethernet header (destination, source, ethertype). */
 export const ETH_HLEN = 14;
@@ -78,7 +93,16 @@ export const VIRTIO_NET_S_ANNOUNCE = 2;
 /** Config space bytes served (mac, status, max_virtqueue_pairs, mtu). */
 export const VIRTIO_NET_CONFIG_SIZE = 12;
 /** Config field offsets. */
-export const VIRTIO_NET_CONFIG_OFFSETS = Object.freeze({ mac: 0, status: 6, maxVirtqueuePairs: 8, mtu: 10 });
+export const VIRTIO_NET_CONFIG_OFFSETS = Object.freeze({
+  /** 6-byte MAC. */
+  mac: 0,
+  /** le16 VIRTIO_NET_S_*. */
+  status: 6,
+  /** le16 queue pairs. */
+  maxVirtqueuePairs: 8,
+  /** le16 MTU. */
+  mtu: 10,
+});
 
 /** Control-queue ack: success. */
 export const VIRTIO_NET_OK = 0;

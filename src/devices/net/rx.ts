@@ -52,6 +52,8 @@ export class NetRxQueue {
   private readonly backlog: { hdr: Uint8Array; data: Uint8Array }[] = [];
   private backlogBytes = 0;
   private readonly hdrOut = new Uint8Array(VIRTIO_NET_HDR_V1_SIZE);
+  /** The header as written for each header length (views made once). */
+  private readonly hdrViews = new Map<number, Uint8Array>();
   private readonly scratch = new NetFrame();
   private bounce = new Uint8Array(2048);
   // Source cursor of the frame being copied.
@@ -216,7 +218,7 @@ export class NetRxQueue {
     this.hdrOut[VIRTIO_NET_HDR_OFFSETS.numBuffers] = 1;
     this.hdrOut[VIRTIO_NET_HDR_OFFSETS.numBuffers + 1] = 0;
     this.startCopy(frame);
-    c.writer.write(this.hdrOut.subarray(0, hdrLen));
+    c.writer.write(this.hdrView(hdrLen));
     this.copyTo(c.writer, frame.length);
     this.stash.shift();
     this.stashBytes -= c.writableBytes;
@@ -244,7 +246,7 @@ export class NetRxQueue {
       const c = this.stash[j] as DescriptorChain;
       let used = 0;
       if (j === 0) {
-        c.writer.write(this.hdrOut.subarray(0, hdrLen));
+        c.writer.write(this.hdrView(hdrLen));
         used = hdrLen;
       }
       const n = Math.min(c.writableBytes - used, left);
@@ -256,6 +258,15 @@ export class NetRxQueue {
     this.stash.splice(0, k);
     this.sent(frame);
     return Delivery.Sent;
+  }
+
+  private hdrView(hdrLen: number): Uint8Array {
+    let v = this.hdrViews.get(hdrLen);
+    if (v === undefined) {
+      v = this.hdrOut.subarray(0, hdrLen);
+      this.hdrViews.set(hdrLen, v);
+    }
+    return v;
   }
 
   private sent(frame: NetFrame): void {
