@@ -282,6 +282,8 @@ static napi_value Init(napi_env env, napi_value exports) {
   watch_register(env, exports);
   fdops_register(env, exports);
   netlink_register(env, exports);
+  uring_register(env, exports);
+  uffd_register_fns(env, exports);
 
   napi_value c;
   napi_create_object(env, &c);

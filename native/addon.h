@@ -84,7 +84,12 @@ void mem_register(napi_env env, napi_value exports);
 void watch_register(napi_env env, napi_value exports);
 void fdops_register(napi_env env, napi_value exports);
 void netlink_register(napi_env env, napi_value exports);
+void uffd_register_fns(napi_env env, napi_value exports);
 void guard_register_fns(napi_env env, napi_value exports);
+void uring_register(napi_env env, napi_value exports);
+
+/* mem.c: [addr, addr + len) lies inside one live mapping of this env (io_uring checks iovecs). */
+bool mem_range_mapped(addon_inst *inst, const void *addr, size_t len);
 
 /* SIGBUS guard (guard.c): process-wide, async-signal-safe table of mappings
  * whose faults past the end of the file are recovered. guard_register returns

@@ -456,6 +456,26 @@ void mem_teardown(addon_inst *inst) {
   }
 }
 
+bool mem_range_mapped(addon_inst *inst, const void *addr, size_t len) {
+  uintptr_t a = (uintptr_t)addr;
+  if (len == 0 || a > UINTPTR_MAX - len) return false;
+  for (list_node *n = inst->mappings.next; n != &inst->mappings; n = n->next) {
+    const mapping *m = (const mapping *)n;
+    if (!m->mapped) continue;
+    if (!m->sparse) {
+      uintptr_t b = (uintptr_t)m->addr;
+      if (a >= b && a - b <= m->len && len <= m->len - (a - b)) return true;
+      continue;
+    }
+    for (uint32_t i = 0; i < m->nwin; i++) {
+      uintptr_t b = (uintptr_t)m->win_addr[i];
+      size_t wl = window_length(m, i);
+      if (b != 0 && a >= b && a - b <= wl && len <= wl - (a - b)) return true;
+    }
+  }
+  return false;
+}
+
 void mem_register(napi_env env, napi_value exports) {
   static const export_fn fns[] = {
       {"mmap", js_mmap},           {"munmap", js_munmap},       {"wrapMemory", js_wrap_memory},

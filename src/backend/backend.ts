@@ -8,6 +8,7 @@ import type { BackendChannel } from '../vhost-user/backend-channel.js';
 import type { CryptoSession, ShmemConfig } from '../vhost-user/messages.js';
 import type { DescriptorChain } from '../queue/index.js';
 import { ProtocolFeature, protocolFeatureMask } from '../vhost-user/constants.js';
+import type { CompletionCallback, PENDING } from './queue-server.js';
 import type { Vring } from './vring.js';
 import type { VringWorkerModule } from './worker-protocol.js';
 
@@ -16,7 +17,7 @@ export const DEFAULT_MAX_QUEUE_SIZE = 256;
 
 /** The protocol features offered by a device without `protocolFeatures()`. */
 export function defaultProtocolFeatures(backend: VhostUserBackend): bigint {
-  let f = [ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.CONFIGURE_MEM_SLOTS, ProtocolFeature.RESET_DEVICE, ProtocolFeature.STATUS]
+  let f = [ProtocolFeature.MQ, ProtocolFeature.LOG_SHMFD, ProtocolFeature.PAGEFAULT, ProtocolFeature.REPLY_ACK, ProtocolFeature.CONFIGURE_MEM_SLOTS, ProtocolFeature.RESET_DEVICE, ProtocolFeature.STATUS]
     .reduce((m, b) => m | protocolFeatureMask(b), 0n);
   if (typeof backend.getConfig === 'function') f |= protocolFeatureMask(ProtocolFeature.CONFIG);
   return f;
@@ -43,7 +44,7 @@ export interface VhostUserBackend {
   features(): bigint;
   /**
    * Protocol feature bits offered; the daemon offers only those it also implements. Default
-   * {@link defaultProtocolFeatures}: MQ, REPLY_ACK, CONFIGURE_MEM_SLOTS, RESET_DEVICE, STATUS, and
+   * {@link defaultProtocolFeatures}: MQ, LOG_SHMFD (the framework logs every write), PAGEFAULT (postcopy), REPLY_ACK, CONFIGURE_MEM_SLOTS, RESET_DEVICE, STATUS, and
    * CONFIG when the device has `getConfig`.
    */
   protocolFeatures?(): bigint;
@@ -87,8 +88,10 @@ export interface VhostUserBackend {
    * ({@link maxInFlight}), per-ring quiesce for GET_VRING_BASE, interrupt coalescing, pinning the
    * memory snapshot while the promise is pending, and dirty-page logging of the written range.
    * A throw or rejection completes the request with used length 0.
+   * Instead of a promise the device may return {@link PENDING} and call `done(usedLength)` once
+   * later: no allocation per request.
    */
-  processChain?(queueIndex: number, chain: DescriptorChain, vring: Vring): number | Promise<number>;
+  processChain?(queueIndex: number, chain: DescriptorChain, vring: Vring, done?: CompletionCallback): number | Promise<number> | typeof PENDING;
   /**
    * Whether the device fills queue `queueIndex` on its own schedule (a NIC's receive queues): the
    * framework then does not pop it with {@link processChain}; its kicks go to {@link handleEvent}
@@ -145,4 +148,17 @@ export interface VhostUserBackend {
   createCryptoSession?(session: CryptoSession): bigint | Promise<bigint>;
   /** CLOSE_CRYPTO_SESSION: release session `sessionId`; a throw fails the request (non-zero REPLY_ACK). */
   closeCryptoSession?(sessionId: bigint): void | Promise<void>;
+  /**
+   * Live migration, source side (DEVICE_STATE): the device's internal state as bytes, called while
+   * the device is stopped (SET_DEVICE_STATE_FD, direction SAVE). The daemon frames and checksums
+   * it; the format of the bytes is the device's own (version it if it may change). Throwing makes
+   * the front-end's CHECK_DEVICE_STATE fail. Offer DEVICE_STATE only together with {@link loadState}.
+   */
+  saveState?(): Uint8Array | Promise<Uint8Array>;
+  /**
+   * Live migration, destination side: restores what {@link saveState} produced on the source
+   * (already checked against its checksum). Throw when the state is not acceptable (e.g. an unknown
+   * version or a config this device cannot take): CHECK_DEVICE_STATE then reports the failure.
+   */
+  loadState?(state: Uint8Array): void | Promise<void>;
 }

@@ -34,7 +34,7 @@ export class VringEventHandler {
     if (typeof serve === 'function') {
       for (const v of vrings) {
         const index = v.index;
-        this.servers.set(index, new QueueServer(v, (chain, vring) => serve.call(backend, index, chain, vring), {
+        this.servers.set(index, new QueueServer(v, (chain, vring, done) => serve.call(backend, index, chain, vring, done), {
           maxInFlight: backend.maxInFlight?.(index),
           logger,
           name: `vring ${index}`,

@@ -8,6 +8,8 @@ import { GuestMemory, GuestMemoryAtomic, GuestMemoryError, mapDirtyLog, mapGuest
 import type { BackendReqHandler } from '../vhost-user/backend-handler.js';
 import type { BackendChannel } from '../vhost-user/backend-channel.js';
 import {
+  DeviceStateDirection,
+  type DeviceStatePhase,
   ProtocolFeature,
   VHOST_USER_F_PROTOCOL_FEATURES,
   VHOST_VRING_F_LOG,
@@ -26,6 +28,9 @@ import { VringEventHandler } from './event-handler.js';
 import { WorkerVringGroup, type VringSyncExtra } from './worker-group.js';
 import type { Logger } from '../log.js';
 import { InflightArea } from './inflight-area.js';
+import { DirtyLogging } from './dirty-logging.js';
+import { Postcopy } from './postcopy.js';
+import { DeviceStateTransfer } from './device-state.js';
 
 /** Memory slots offered with CONFIGURE_MEM_SLOTS (QEMU asks for at least its DIMM count). */
 export const MAX_MEM_SLOTS = 32;
@@ -37,6 +42,8 @@ export const MAX_MEM_SLOTS = 32;
 export const DAEMON_PROTOCOL_FEATURES: bigint = [
   ProtocolFeature.MQ,
   ProtocolFeature.LOG_SHMFD,
+  ProtocolFeature.PAGEFAULT,
+  ProtocolFeature.DEVICE_STATE,
   ProtocolFeature.REPLY_ACK,
   ProtocolFeature.BACKEND_REQ,
   ProtocolFeature.CONFIG,
@@ -77,8 +84,15 @@ export class VhostUserHandler implements BackendReqHandler {
   /** The inflight area (GET/SET_INFLIGHT_FD), or null. */
   private inflightArea: InflightArea | null = null;
   private status = 0;
+  /** Dirty-page logging (live migration): the log, its eventfd, VHOST_F_LOG_ALL. */
+  private readonly logging = new DirtyLogging();
+  /** Postcopy migration (PAGEFAULT): the userfaultfd and the registered regions. */
+  private readonly postcopy = new Postcopy();
+  /** Device-state transfer (DEVICE_STATE) through the device's saveState/loadState hooks. */
+  private readonly deviceState: DeviceStateTransfer;
 
   constructor(private readonly backend: VhostUserBackend, private readonly logger: Logger) {
+    this.deviceState = new DeviceStateTransfer(backend);
     const n = backend.numQueues();
     const maxSize = backend.maxQueueSize?.() ?? DEFAULT_MAX_QUEUE_SIZE;
     this.vrings = Array.from({ length: n }, (_, i) => new Vring(i, maxSize));
@@ -170,6 +184,10 @@ export class VhostUserHandler implements BackendReqHandler {
     this.backend.setEventIdx?.(eventIdx);
     for (const w of this.workers) w?.setFeatures(features, eventIdx);
     this.backend.ackedFeatures?.(features);
+    if (this.logging.setEnabled((features & bit(VHOST_F_LOG_ALL)) !== 0n)) {
+      this.logger.log('info', `dirty logging ${this.logging.active === null ? 'stopped' : 'started'}`);
+      void this.setLogActive();
+    }
     // Without protocol features there is no SET_VRING_ENABLE: rings are enabled from the start.
     if ((features & bit(VHOST_USER_F_PROTOCOL_FEATURES)) === 0n) {
       for (const v of this.vrings) this.enable(v, true);
@@ -180,12 +198,13 @@ export class VhostUserHandler implements BackendReqHandler {
   }
 
   getProtocolFeatures(): bigint {
+    const served = DAEMON_PROTOCOL_FEATURES & (this.deviceState.supported ? ~0n : ~protocolFeatureMask(ProtocolFeature.DEVICE_STATE));
     // Inflight tracking lives in the queue layer, so every device gets it without asking; rings
     // served by worker threads are not tracked (yet), so those devices do not offer it.
     const inflight = this.workers.every((w) => w === null)
       ? protocolFeatureMask(ProtocolFeature.INFLIGHT_SHMFD) | protocolFeatureMask(ProtocolFeature.GET_VRING_BASE_INFLIGHT)
       : 0n;
-    return ((this.backend.protocolFeatures?.() ?? defaultProtocolFeatures(this.backend)) | inflight) & DAEMON_PROTOCOL_FEATURES;
+    return ((this.backend.protocolFeatures?.() ?? defaultProtocolFeatures(this.backend)) | inflight) & served;
   }
 
   setProtocolFeatures(features: bigint): void {
@@ -208,7 +227,7 @@ export class VhostUserHandler implements BackendReqHandler {
 
   // --- memory --------------------------------------------------------------------------------
 
-  setMemTable(regions: readonly MemoryRegionWithFd[]): void | Promise<void> {
+  setMemTable(regions: readonly MemoryRegionWithFd[]): void | bigint[] | Promise<void | bigint[]> {
     const mapped: GuestRegion[] = [];
     let next: GuestMemory;
     try {
@@ -221,10 +240,14 @@ export class VhostUserHandler implements BackendReqHandler {
     this.memory.replace(next);
     this.regionRepeats.clear();
     this.logger.log('info', `memory table: ${mapped.length} region(s): ${mapped.map((r) => `gpa 0x${r.guestPhysAddr.toString(16)}+0x${r.size.toString(16)}`).join(', ')}`);
-    return this.memoryChanged();
+    const changed = this.memoryChanged();
+    if (!this.postcopy.listening) return changed;
+    // Postcopy: answer with our mapping addresses once the rings follow the new table.
+    const bases = this.postcopy.bases(mapped);
+    return changed instanceof Promise ? changed.then(() => bases) : bases;
   }
 
-  addMemReg(region: MemoryRegionWithFd): void | Promise<void> {
+  addMemReg(region: MemoryRegionWithFd): void | bigint | Promise<void | bigint> {
     // QEMU before 8.0 sends ADD_MEM_REG/REM_MEM_REG once per vhost device, and a multi-queue NIC
     // is one vhost device per queue pair on the same connection: the same region arrives once per
     // pair. An exact repeat of a mapped region is counted instead of refused as an overlap (it
@@ -234,7 +257,8 @@ export class VhostUserHandler implements BackendReqHandler {
     if (same !== undefined) {
       this.regionRepeats.set(key, (this.regionRepeats.get(key) ?? 0) + 1);
       this.logger.log('debug', `ADD_MEM_REG repeats region ${same.toString()}: counted, not mapped again`);
-      return;
+      // Postcopy: every ADD_MEM_REG is answered with our address, a repeat too.
+      return this.postcopy.listening ? this.postcopy.bases([same])[0] : undefined;
     }
     if (this.memory.memory.regions.length >= MAX_MEM_SLOTS) throw new Error(`all ${MAX_MEM_SLOTS} memory slots are in use`);
     const r = mapGuestRegion(region, region.fd, this);
@@ -244,7 +268,10 @@ export class VhostUserHandler implements BackendReqHandler {
       r.unmap();
       throw e;
     }
-    return this.memoryChanged();
+    const changed = this.memoryChanged();
+    if (!this.postcopy.listening) return changed;
+    const base = this.postcopy.bases([r])[0] as bigint;
+    return changed instanceof Promise ? changed.then(() => base) : base;
   }
 
   remMemReg(region: AnyMemoryRegion): void | Promise<void> {
@@ -264,8 +291,51 @@ export class VhostUserHandler implements BackendReqHandler {
   }
 
   setLogBase(log: Log, fd: number): void | Promise<void> {
-    this.memory.setDirtyLog(mapDirtyLog(fd, log.mmapSize, log.mmapOffset, this));
+    this.logging.setBase(mapDirtyLog(fd, log.mmapSize, log.mmapOffset, this), this.memory.memory);
+    return this.memory.memory.dirtyLog === this.logging.active ? undefined : this.setLogActive();
+  }
+
+  /** Hands the active log (or none) to the guest memory and every vring. */
+  private setLogActive(): void | Promise<void> {
+    this.memory.setDirtyLog(this.logging.active);
     return this.memoryChanged();
+  }
+
+  postcopyAdvise(): number {
+    const fd = this.postcopy.advise();
+    this.logger.log('info', 'postcopy: advised, userfaultfd handed to the front-end');
+    return fd;
+  }
+
+  postcopyListen(): void {
+    this.postcopy.listen();
+    this.logger.log('info', 'postcopy: listening (memory tables are answered with our mapping addresses)');
+  }
+
+  postcopyAck(): void {
+    this.postcopy.acknowledged(this.memory.memory.regions);
+    this.logger.log('info', `postcopy: ${this.postcopy.registeredCount} region(s) registered with the userfaultfd`);
+  }
+
+  postcopyEnd(): bigint {
+    this.postcopy.end();
+    this.logger.log('info', 'postcopy: ended');
+    return 0n;
+  }
+
+  setDeviceStateFd(direction: DeviceStateDirection, phase: DeviceStatePhase, fd: number): null {
+    this.deviceState.start(direction, phase, fd);
+    this.logger.log('info', `device state: ${direction === DeviceStateDirection.SAVE ? 'saving to' : 'loading from'} the front-end's pipe`);
+    return null;
+  }
+
+  async checkDeviceState(): Promise<void> {
+    await this.deviceState.check();
+    this.logger.log('info', 'device state: transfer checked');
+  }
+
+  setLogFd(fd: number): void {
+    this.logging.setFd(fd);
   }
 
   /** Re-points every vring at the new snapshot; the old one is unmapped once nothing pins it. */
@@ -314,6 +384,7 @@ export class VhostUserHandler implements BackendReqHandler {
     if (logging && (this.acked & bit(VHOST_F_LOG_ALL)) === 0n) {
       this.logger.log('warn', `vring ${addr.index}: VHOST_VRING_F_LOG set without VHOST_F_LOG_ALL negotiated`);
     }
+    if (logging) this.logging.checkUsedLog(addr.index, u64ToNumber(addr.logGuestAddr, 'log address'), v.packed ? descTableSize(v.queue.size) : usedRingSize(v.queue.size));
     v.ringUserAddrs = { desc: addr.descUserAddr, avail: addr.availUserAddr, used: addr.usedUserAddr, log: logging ? addr.logGuestAddr : null };
     try {
       this.translateRing(v);
@@ -589,6 +660,7 @@ export class VhostUserHandler implements BackendReqHandler {
     // What the area recorded belongs to rings that no longer exist.
     this.inflightArea?.close();
     this.inflightArea = null;
+    if (this.logging.setEnabled(false)) await this.setLogActive();
     await this.backend.resetDevice?.();
   }
 
@@ -605,6 +677,9 @@ export class VhostUserHandler implements BackendReqHandler {
       this.inflightArea?.close();
       this.inflightArea = null;
       this.memory.close();
+      this.logging.close();
+      this.postcopy.close();
+      this.deviceState.close();
     }
   }
 }

@@ -19,7 +19,18 @@ import type { Vring } from './vring.js';
  * The chain (and guest memory views taken from it) stays valid until the returned promise
  * settles; the memory snapshot is pinned for that long.
  */
-export type ChainHandler = (chain: DescriptorChain, vring: Vring) => number | Promise<number>;
+export type ChainHandler = (chain: DescriptorChain, vring: Vring, done?: CompletionCallback) => number | Promise<number> | typeof PENDING;
+
+/** Completes a request a handler answered with {@link PENDING}: its used length. Call it once. */
+export type CompletionCallback = (used: number) => void;
+
+/**
+ * What a {@link ChainHandler} returns to complete the request later by calling its `done`
+ * callback: the zero-allocation alternative to a promise (the callback is bound once per request
+ * slot). The memory snapshot stays pinned until `done` runs; a negative or oversized used length
+ * is clamped as for a promise.
+ */
+export const PENDING: unique symbol = Symbol('vhost-user.pending');
 
 /** Options of a {@link QueueServer}. */
 export interface QueueServerOptions {
@@ -168,12 +179,18 @@ export class QueueServer {
           this.free.push(req);
           break;
         }
-        let r: number | Promise<number>;
+        let r: number | Promise<number> | typeof PENDING;
         try {
-          r = this.handler(chain, vring);
+          r = this.handler(chain, vring, req.done);
         } catch (e) {
           this.requestFailed(chain, e);
           r = 0;
+        }
+        if (r === PENDING) {
+          req.guard = vring.acquireMemory();
+          req.gen = this.gen;
+          this.inFlightCount++;
+          continue;
         }
         if (isThenable(r)) {
           req.guard = vring.acquireMemory();

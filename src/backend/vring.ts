@@ -101,6 +101,7 @@ export class Vring {
 
   /** Interrupts the guest only if the driver asked for it (EVENT_IDX / NO_INTERRUPT). */
   signalUsedIfNeeded(): void {
+    this.queue.memory?.dirtyLog?.notify();
     if (this.call !== null && this.queue.needsNotification()) {
       sys.eventfdWrite(this.call, 1);
       this.stats.interrupts++;

@@ -1,4 +1,5 @@
 import { GuestMemoryError, checkAddress, hex } from './errors.js';
+import { eventfdWrite } from '../sys/index.js';
 import { WINDOW_STRIDE, type RegionBacking } from './region.js';
 
 /** Granularity of the dirty log: one bit per 4 KiB guest page (VHOST_LOG_PAGE). */
@@ -20,6 +21,12 @@ export class DirtyLog {
   private readonly u8: readonly Uint8Array[];
   /** Set when the front-end truncated the file behind the log (see onGuestMemoryFault). */
   poisoned = false;
+  /**
+   * VHOST_USER_SET_LOG_FD: an eventfd (borrowed; its owner closes it) signalled by {@link notify}
+   * once pages were marked since the last signal, as libvhost-user does. Null: no signal.
+   */
+  notifyFd: number | null = null;
+  private pending = false;
   private refs = 0;
   private released = false;
 
@@ -51,6 +58,7 @@ export class DirtyLog {
     if (last >= this.size * 8) {
       throw new GuestMemoryError('out-of-range', `dirty range ${hex(gpa)}+${hex(len)} is beyond the ${hex(this.size)}-byte log`);
     }
+    this.pending = true;
     let page = first;
     while (page <= last) {
       const byte = Math.floor(page / 8);
@@ -71,6 +79,20 @@ export class DirtyLog {
     const i = o - w * WINDOW_STRIDE;
     if (i >= u8.length) throw new GuestMemoryError('unmapped', 'dirty log is no longer mapped');
     Atomics.or(u8, i, mask);
+  }
+
+  /**
+   * Tells the front-end the log changed (SET_LOG_FD eventfd), when anything was marked since the
+   * last call. Called once per batch of completions, after the used ring was updated.
+   */
+  notify(): void {
+    if (!this.pending || this.notifyFd === null) return;
+    this.pending = false;
+    try {
+      eventfdWrite(this.notifyFd, 1);
+    } catch {
+      // A full counter (nobody reads it) or not an eventfd: the front-end reads the log anyway.
+    }
   }
 
   /** True when the page holding `gpa` is marked dirty (for tests and diagnostics). */

@@ -1,6 +1,7 @@
 import { GuestMemoryError, MAX_ADDRESS, checkAddress, hex, u64ToNumber } from './errors.js';
 import { GuestRegion, WINDOW_STRIDE } from './region.js';
 import type { DirtyLog } from './dirty-log.js';
+import { hostAddressOf } from '../sys/mapping.js';
 
 /**
  * An immutable snapshot of guest memory: regions sorted by guest-physical address, non-overlapping.
@@ -173,6 +174,37 @@ export class GuestMemory {
       left -= n;
     }
     return out;
+  }
+
+  /**
+   * Host addresses covering `[gpa, gpa + len)`, appended to `out` as [address, length] pairs from
+   * pair index `at` (for io_uring). Returns the next free pair index, or -1 when a part is not in
+   * a live mmap'ed region of this thread or more than `max` pairs would be needed (the caller takes
+   * its view-based path then). Throws `out-of-range` like {@link translateSegments}. Allocates nothing.
+   */
+  hostRanges(gpa: number, len: number, out: Float64Array, at: number, max: number): number {
+    this.validate(gpa, len);
+    let addr = gpa;
+    let left = len;
+    let k = at;
+    while (left > 0) {
+      const r = this.findRegion(addr);
+      if (r === null) {
+        throw new GuestMemoryError('out-of-range', `guest range ${hex(gpa)}+${hex(len)} is not backed by guest memory at ${hex(addr)}`);
+      }
+      const n = Math.min(left, r.end - addr);
+      const ro = addr - r.guestPhysAddr;
+      const w = r.windowFor(ro, n);
+      if (w < 0 || k >= max) return -1;
+      const base = hostAddressOf(r.u8[w] as Uint8Array);
+      if (base < 0) return -1;
+      out[2 * k] = base + r.backingOffset + ro - w * WINDOW_STRIDE;
+      out[2 * k + 1] = n;
+      k++;
+      addr += n;
+      left -= n;
+    }
+    return k;
   }
 
   /** Guest-physical address of front-end user address `uva`; `[uva, uva + len)` must lie in one region. */

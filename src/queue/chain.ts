@@ -139,6 +139,14 @@ abstract class Cursor {
     }
   }
 
+  /**
+   * Guest address of the cursor when the next `n` bytes are contiguous in one buffer, else -1.
+   * Consumes nothing (lets a device peek at a header before deciding how to serve the request).
+   */
+  contiguousAddress(n: number): number {
+    return n <= this.left ? this.contiguous(n) : -1;
+  }
+
   /** Guest address of the cursor if the next `n` bytes are contiguous in one buffer, else -1. */
   protected contiguous(n: number): number {
     const lens = this.chain.lens;
@@ -190,6 +198,40 @@ abstract class Cursor {
     });
     return out;
   }
+  /**
+   * Host [address, length] pairs of the next `len` bytes appended to `out` from pair index `at`
+   * (see GuestMemory.hostRanges), consuming them. Returns the next free pair index, or -1 (nothing
+   * consumed) when some byte is not host-addressable or more than `max` pairs are needed.
+   * Allocates nothing.
+   */
+  hostSegments(len: number, out: Float64Array, at: number, max: number): number {
+    this.need(len);
+    const mem = this.chain.memory;
+    const { addrs, lens } = this.chain;
+    let idx = this.idx;
+    let off = this.off;
+    let pos = 0;
+    let k = at;
+    while (pos < len) {
+      const blen = lens[idx] as number;
+      const take = Math.min(blen - off, len - pos);
+      if (take > 0) {
+        k = mem.hostRanges((addrs[idx] as number) + off, take, out, k, max);
+        if (k < 0) return -1;
+        pos += take;
+        off += take;
+      }
+      if (off === blen) {
+        idx++;
+        off = 0;
+      }
+    }
+    this.idx = idx;
+    this.off = off;
+    this.left -= len;
+    return k;
+  }
+
 }
 
 /** Reads the device-readable part of a chain as one byte stream (little-endian scalars). */

@@ -20,6 +20,7 @@ export {
   type Mapping, type FileInfo, type FileKind,
 } from './mapping.js';
 export { onMemoryFault, type MemoryFault, type MemoryFaultListener } from './faults.js';
+export { uffdCreate, uffdRegister, uffdUnregister, UFFDIO_COPY_BIT } from './uffd.js';
 /** eventfd flag: non-blocking. */
 export const EFD_NONBLOCK: number = constant('EFD_NONBLOCK');
 /** eventfd flag: close-on-exec. */

@@ -66,6 +66,24 @@ export interface Mapping {
   unmap(): void;
 }
 
+/**
+ * Host address of byte 0 of every window of a contiguous mapping, so a guest-memory view can be
+ * handed to the kernel by address (io_uring) without a native call per view.
+ */
+const windowBases = new WeakMap<ArrayBuffer, number>();
+
+/**
+ * Host address of `view`'s first byte when it lies in a live window of a contiguous {@link Mapping}
+ * made by this thread, else -1 (a plain ArrayBuffer, a detached window, a sparse mapping's window).
+ * The caller keeps the mapping alive while the kernel uses the address.
+ */
+export function hostAddressOf(view: Uint8Array): number {
+  const buf = view.buffer as ArrayBuffer;
+  const base = windowBases.get(buf);
+  if (base === undefined || buf.byteLength === 0) return -1;
+  return base + view.byteOffset;
+}
+
 class MappingImpl implements Mapping {
   readonly length: number;
   readonly address: bigint;
@@ -97,6 +115,8 @@ class MappingImpl implements Mapping {
     if (this.#handle === null) return new ArrayBuffer(0);
     const w = native.window(this.#handle, index);
     this.#cache[index] = w;
+    // A sparse mapping (address 0) maps each window separately: its windows have no known base.
+    if (this.address !== 0n) windowBases.set(w, Number(this.address) + index * WINDOW_STRIDE);
     return w;
   }
 

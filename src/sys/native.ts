@@ -31,6 +31,9 @@ export interface NativeAddon {
   openFdCount(): number;
   lockFile(fd: number, exclusive: boolean): void;
   socketInfo(fd: number): { domain: number; type: number; listening: boolean };
+  uffdCreate(): number;
+  uffdRegister(fd: number, address: bigint, length: number): number;
+  uffdUnregister(fd: number, address: bigint, length: number): void;
   fallocateAsync(fd: number, mode: number, offset: number | bigint, length: number | bigint): Promise<void>;
   ioctlRangeAsync(fd: number, request: number | bigint, offset: number | bigint, length: number | bigint): Promise<void>;
   netlinkOpen(protocol: number): number;

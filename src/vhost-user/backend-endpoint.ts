@@ -124,6 +124,10 @@ export class BackendEndpoint {
 
   private onMessage(msg: RawMessage): void | Promise<void> {
     const name = requestName(msg.header.request);
+    if (this.ctx.postcopyListening === true && msg.header.request === FrontendReq.ADD_MEM_REG && msg.payload.length === 8 && msg.fds.length === 0) {
+      // QEMU acknowledges a series of postcopy ADD_MEM_REG replies with an 8-byte ADD_MEM_REG.
+      return this.postcopyAck(msg);
+    }
     let req: FrontendRequest;
     try {
       req = decodeFrontendRequest(msg.header, msg.payload, msg.fds, this.ctx);
@@ -131,7 +135,15 @@ export class BackendEndpoint {
       for (const fd of msg.fds) closeQuietly(fd);
       const err = e as Error;
       this.logger.log('warn', `rejected ${err instanceof VhostUserProtocolError ? '' : `${name}: `}${err.message}`);
-      if (this.ackAllowed(msg)) this.send(encodeReplyAck(msg.header.request, 1n));
+      if (msg.header.request === FrontendReq.SET_LOG_BASE && hasProtocolFeature(this.ctx.protocolFeatures, ProtocolFeature.LOG_SHMFD)) {
+        // The front-end waits for this reply (a u64): refuse through it rather than by closing.
+        this.send(encodeFrontendReply(FrontendReq.SET_LOG_BASE, { request: FrontendReq.SET_LOG_BASE, value: 1n }, this.ctx));
+      } else if (msg.header.request === FrontendReq.SET_DEVICE_STATE_FD) {
+        // Its u64 reply carries errors (e.g. an unknown direction or phase): no need to close.
+        this.send(encodeFrontendReply(FrontendReq.SET_DEVICE_STATE_FD, {
+          request: FrontendReq.SET_DEVICE_STATE_FD, value: 22n | BigInt(VHOST_USER_DEVICE_STATE_NOFD_MASK), fd: null,
+        }, this.ctx));
+      } else if (this.ackAllowed(msg)) this.send(encodeReplyAck(msg.header.request, 1n));
       else this.conn.close(err);
       return;
     }
@@ -151,6 +163,20 @@ export class BackendEndpoint {
       );
     }
     this.finish(msg, req, outcome);
+  }
+
+  /** The 8-byte ADD_MEM_REG acknowledgement (no reply: QEMU reads none). */
+  private postcopyAck(msg: RawMessage): void | Promise<void> {
+    const req: FrontendRequest = { request: FrontendReq.SET_MEM_TABLE, regions: [] };
+    const value = new DataView(msg.payload.buffer, msg.payload.byteOffset, 8).getBigUint64(0, true);
+    try {
+      if (value !== 0n) throw new VhostUserError('invalid-argument', 'VHOST_USER_ADD_MEM_REG', `postcopy acknowledgement carries error ${value}`);
+      const r = this.call(req, 'postcopyAck')();
+      if (r instanceof Promise) return r.then(() => undefined, (e: unknown) => this.fail(msg, req, e as Error));
+    } catch (e) {
+      this.fail(msg, req, e as Error);
+    }
+    return undefined;
   }
 
   private finish(msg: RawMessage, req: FrontendRequest, outcome: Outcome): void {
@@ -201,6 +227,13 @@ export class BackendEndpoint {
         // A negative session id is the spec's failure reply.
         this.send(encodeFrontendReply(req.request, { ...req, sessionId: -code }, this.ctx));
         return;
+      case FrontendReq.SET_LOG_BASE:
+        // With LOG_SHMFD the front-end waits for a u64 reply: non-zero tells it the log was refused.
+        if (hasProtocolFeature(this.ctx.protocolFeatures, ProtocolFeature.LOG_SHMFD)) {
+          this.send(encodeFrontendReply(req.request, { request: req.request, value: code }, this.ctx));
+          return;
+        }
+        break;
       case FrontendReq.SET_DEVICE_STATE_FD:
         this.send(encodeFrontendReply(req.request, {
           request: req.request,
@@ -209,13 +242,14 @@ export class BackendEndpoint {
         }, this.ctx));
         return;
       default:
-        if (this.ackAllowed(msg) && !hasMandatoryReply(req.request)) {
-          this.send(encodeReplyAck(req.request, code));
-          return;
-        }
-        this.conn.close(new VhostUserError(err instanceof VhostUserError ? err.code : 'invalid-argument', name,
-          `failed and the front-end cannot be told: ${err.message}`, { cause: err, errno: Number(code) }));
+        break;
     }
+    if (this.ackAllowed(msg) && !hasMandatoryReply(req.request)) {
+      this.send(encodeReplyAck(req.request, code));
+      return;
+    }
+    this.conn.close(new VhostUserError(err instanceof VhostUserError ? err.code : 'invalid-argument', name,
+      `failed and the front-end cannot be told: ${err.message}`, { cause: err, errno: Number(code) }));
   }
 
   private call<K extends keyof BackendReqHandler>(req: FrontendRequest, method: K): NonNullable<BackendReqHandler[K]> {
@@ -243,7 +277,12 @@ export class BackendEndpoint {
       case R.RESET_OWNER:
         return none(this.call(req, 'resetOwner')());
       case R.SET_MEM_TABLE:
-        return none(this.call(req, 'setMemTable')(req.regions));
+        // While postcopy listens, an empty table is the front-end's acknowledgement of our reply.
+        if (req.regions.length === 0) return none(this.call(req, 'postcopyAck')());
+        return then(this.call(req, 'setMemTable')(req.regions), (bases) => (Array.isArray(bases) ? {
+          request: req.request, kind: 'postcopy',
+          regions: req.regions.map((r, i) => ({ guestPhysAddr: r.guestPhysAddr, memorySize: r.memorySize, userAddr: bases[i] as bigint, mmapOffset: r.mmapOffset })),
+        } : null));
       case R.SET_LOG_BASE: {
         const r = this.call(req, 'setLogBase')({ mmapSize: req.mmapSize, mmapOffset: req.mmapOffset }, req.fd);
         // With LOG_SHMFD QEMU blocks until the back-end confirms the log is mapped.
@@ -322,7 +361,10 @@ export class BackendEndpoint {
       case R.GET_MAX_MEM_SLOTS:
         return then(this.call(req, 'getMaxMemSlots')(), (value) => ({ request: req.request, value }));
       case R.ADD_MEM_REG:
-        return none(this.call(req, 'addMemReg')(req.region));
+        return then(this.call(req, 'addMemReg')(req.region), (base) => (typeof base === 'bigint' ? {
+          request: req.request, kind: 'postcopy',
+          region: { guestPhysAddr: req.region.guestPhysAddr, memorySize: req.region.memorySize, userAddr: base, mmapOffset: req.region.mmapOffset },
+        } : null));
       case R.REM_MEM_REG:
         return none(this.call(req, 'remMemReg')(req.region));
       case R.SET_STATUS:

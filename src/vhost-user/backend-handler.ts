@@ -48,8 +48,12 @@ export interface BackendReqHandler {
   getProtocolFeatures?(): MaybePromise<bigint>;
   /** VHOST_USER_SET_PROTOCOL_FEATURES. */
   setProtocolFeatures?(features: bigint): MaybePromise<void>;
-  /** VHOST_USER_SET_MEM_TABLE: replaces the whole guest memory table. */
-  setMemTable?(regions: readonly MemoryRegionWithFd[]): MaybePromise<void>;
+  /**
+   * VHOST_USER_SET_MEM_TABLE: replaces the whole guest memory table. While postcopy is listening,
+   * returns the back-end's host address of each region's first byte: the endpoint replies with
+   * the table carrying them (the spec's postcopy reply).
+   */
+  setMemTable?(regions: readonly MemoryRegionWithFd[]): MaybePromise<void | readonly bigint[]>;
   /** VHOST_USER_SET_LOG_BASE: the dirty log shared memory. */
   setLogBase?(log: Log, fd: number): MaybePromise<void>;
   /** VHOST_USER_SET_LOG_FD. */
@@ -113,8 +117,14 @@ export interface BackendReqHandler {
   vringKick?(index: number): MaybePromise<void>;
   /** VHOST_USER_GET_MAX_MEM_SLOTS. */
   getMaxMemSlots?(): MaybePromise<bigint>;
-  /** VHOST_USER_ADD_MEM_REG. */
-  addMemReg?(region: MemoryRegionWithFd): MaybePromise<void>;
+  /** VHOST_USER_ADD_MEM_REG; while postcopy is listening returns the region's host address for the reply. */
+  addMemReg?(region: MemoryRegionWithFd): MaybePromise<void | bigint>;
+  /**
+   * Postcopy: the front-end acknowledged the addresses of the postcopy memory reply (an empty
+   * SET_MEM_TABLE, or an 8-byte ADD_MEM_REG after a series of regions); register the memory with
+   * the userfaultfd now. Failing it closes the connection (the front-end expects no reply).
+   */
+  postcopyAck?(): MaybePromise<void>;
   /** VHOST_USER_REM_MEM_REG. */
   remMemReg?(region: AnyMemoryRegion): MaybePromise<void>;
   /** VHOST_USER_SET_STATUS. */

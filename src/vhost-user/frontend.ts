@@ -160,6 +160,17 @@ export class Frontend {
   setMemTable(regions: readonly MemoryRegionWithFd[]): Promise<void> {
     return this.set({ request: FrontendReq.SET_MEM_TABLE, regions: [...regions] });
   }
+  /**
+   * VHOST_USER_SET_MEM_TABLE after POSTCOPY_LISTEN, as QEMU's destination sends it: the back-end
+   * replies with the table carrying its own mapping addresses, which this resolves with (in
+   * region order), after acknowledging them with the empty table the spec describes.
+   */
+  async setMemTablePostcopy(regions: readonly MemoryRegionWithFd[]): Promise<bigint[]> {
+    const r = await this.get(FrontendReq.SET_MEM_TABLE, { request: FrontendReq.SET_MEM_TABLE, regions: [...regions] });
+    if (r.kind !== 'postcopy') throw new VhostUserRequestFailedError(requestName(r.request), r.value === 0n ? 1n : r.value);
+    await this.requester.request(FrontendReq.SET_MEM_TABLE, encodeFrontendRequest({ request: FrontendReq.SET_MEM_TABLE, regions: [] }, this.ctx), false);
+    return r.regions.map((x) => x.userAddr);
+  }
   /** VHOST_USER_ADD_MEM_REG. */
   addMemReg(region: MemoryRegionWithFd): Promise<void> {
     return this.set({ request: FrontendReq.ADD_MEM_REG, region });

@@ -140,7 +140,7 @@ function validateDescriptor(d: unknown): string[] {
 test('the shipped descriptors validate against QEMU\'s vhost-user.json schema and match the programs', async () => {
   const dir = join(root, 'share/qemu/vhost-user');
   const files = readdirSync(dir).filter((f) => f.endsWith('.json'));
-  assert.deepEqual(files.sort(), ['50-vhost-user-blk.json', '50-vhost-user-rng.json']);
+  assert.deepEqual(files.sort(), ['50-vhost-user-blk.json', '50-vhost-user-net.json', '50-vhost-user-rng.json']);
   const pkg = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { bin: Record<string, string>; files: string[] };
   assert.ok(pkg.files.includes('share'), 'shipped in the package');
   for (const f of files) {

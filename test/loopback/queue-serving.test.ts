@@ -143,6 +143,8 @@ test('dirty log: buffers written by processChain (sync and async, zero-copy view
   const bits = new Uint8Array(logMap.windows[0] as ArrayBuffer);
   const dirty = (gpa: number): boolean => (((bits[Math.floor(gpa / 0x8000)] as number) >> (Math.floor(gpa / 0x1000) % 8)) & 1) === 1;
   await fe.setLogBase({ mmapSize: 4096n, mmapOffset: 0n }, logFd);
+  // Migration start as QEMU does it: SET_LOG_BASE, SET_FEATURES with VHOST_F_LOG_ALL, ring addresses with VHOST_VRING_F_LOG.
+  await fe.setFeatures(device.features());
   for (const [index, ring] of [[0, 0x10000], [1, 0x20000]] as const) {
     const l = splitRingLayout(64, ring);
     await fe.setVringAddr({ index, flags: 1 << VHOST_VRING_F_LOG, descUserAddr: mem.uva(l.descGpa), usedUserAddr: mem.uva(l.usedGpa), availUserAddr: mem.uva(l.availGpa), logGuestAddr: BigInt(l.usedGpa) });

@@ -25,81 +25,132 @@ function readFile(path: string, off: number, len: number): Uint8Array {
   }
 }
 
-test('FileDisk: OUT lands in the file, IN returns file bytes, FLUSH succeeds (verified with fs)', async (t) => {
+// Every data-path test runs on both I/O paths: the libuv threadpool and io_uring.
+for (const aio of ['threads', 'io_uring'] as const) {
+  test(`FileDisk (aio=${aio}): OUT lands in the file, IN returns file bytes, FLUSH succeeds (verified with fs)`, async (t) => {
+    const dir = makeTempDir(t, 'blkfile');
+    const path = dir.file('disk.img');
+    image(path, 4 * MIB, 5);
+    const disk = FileDisk.open(path, { aio });
+    const r = new BlkRig({ disk });
+    assert.equal(disk.aio, aio);
+    t.after(async () => { r.close(); await disk.close(); });
+    assert.equal(disk.size, 4 * MIB);
+    assert.equal(disk.isBlockDevice, false);
+    const data = pattern(8192, 77);
+    const w = r.submit(VIRTIO_BLK_T_OUT, 100, { out: [data.subarray(0, 512), data.subarray(512, 4608), data.subarray(4608)] });
+    const rd = r.submit(VIRTIO_BLK_T_IN, 2000, { inLens: [512, 512, 3072] });
+    const f = r.submit(VIRTIO_BLK_T_FLUSH, 0);
+    const used = await r.run();
+    assert.equal(used.length, 3);
+    assert.equal(r.status(w), VIRTIO_BLK_S_OK);
+    assert.equal(r.status(rd), VIRTIO_BLK_S_OK);
+    assert.equal(r.status(f), VIRTIO_BLK_S_OK);
+    assert.deepEqual(readFile(path, 100 * 512, 8192), data);
+    // The io_uring disk really moved the data through the ring (read, write and flush).
+    if (aio === 'io_uring') assert.ok(disk.uringOps >= 3, `uring ops ${disk.uringOps}`);
+    assert.deepEqual(r.inData(rd), pattern(4 * MIB, 5).subarray(2000 * 512, 2000 * 512 + 4096));
+    // Neighbouring bytes untouched.
+    assert.deepEqual(readFile(path, 100 * 512 - 512, 512), pattern(4 * MIB, 5).subarray(99 * 512, 100 * 512));
+  });
+
+  test(`FileDisk (aio=${aio}): DISCARD punches a hole; WRITE_ZEROES with and without unmap, and the write-zeroes fallback`, async (t) => {
+    const dir = makeTempDir(t, 'blkfile');
+    const path = dir.file('disk.img');
+    image(path, 8 * MIB, 1);
+    const disk = FileDisk.open(path, { aio });
+    const r = new BlkRig({ disk });
+    assert.equal(disk.aio, aio);
+    t.after(async () => { r.close(); await disk.close(); });
+    const spm = MIB / 512;
+    const blocksBefore = fstatSync(disk.fd).blocks;
+    const d = r.submit(VIRTIO_BLK_T_DISCARD, 0, { out: [dwzSegments([{ sector: spm, num: 2 * spm }])] });
+    const z1 = r.submit(VIRTIO_BLK_T_WRITE_ZEROES, 0, { out: [dwzSegments([{ sector: 4 * spm + 3, num: 5, flags: 1 }])] });
+    const z2 = r.submit(VIRTIO_BLK_T_WRITE_ZEROES, 0, { out: [dwzSegments([{ sector: 5 * spm + 1, num: 2 }])] });
+    await r.run();
+    for (const x of [d, z1, z2]) assert.equal(r.status(x), VIRTIO_BLK_S_OK);
+    assert.ok(fstatSync(disk.fd).blocks <= blocksBefore - (2 * MIB) / 512, 'discard deallocated the range');
+    assert.equal(fstatSync(disk.fd).size, 8 * MIB);
+    const expect = pattern(8 * MIB, 1);
+    expect.fill(0, MIB, 3 * MIB);
+    expect.fill(0, (4 * spm + 3) * 512, (4 * spm + 8) * 512);
+    expect.fill(0, (5 * spm + 1) * 512, (5 * spm + 3) * 512);
+    assert.equal(Buffer.compare(readFile(path, 0, 8 * MIB), expect), 0);
+    // A file system without fallocate support: zeroes are written out.
+    disk.setFallocateSupport(false, false);
+    assert.equal(disk.canUnmap, false);
+    const z3 = r.submit(VIRTIO_BLK_T_WRITE_ZEROES, 0, { out: [dwzSegments([{ sector: 6 * spm + 4, num: spm - 4, flags: 1 }])] });
+    const d2 = r.submit(VIRTIO_BLK_T_DISCARD, 0, { out: [dwzSegments([{ sector: 0, num: 8 }])] });
+    await r.run();
+    assert.equal(r.status(z3), VIRTIO_BLK_S_OK);
+    assert.equal(r.status(d2), VIRTIO_BLK_S_OK, 'discard is advisory: OK even when nothing is deallocated');
+    expect.fill(0, 6 * MIB + 2048, 7 * MIB);
+    assert.equal(Buffer.compare(readFile(path, 0, 8 * MIB), expect), 0);
+    assert.equal(r.backend.getConfig(56, 1)[0], 0, 'write_zeroes_may_unmap cleared once unmapping is known unsupported');
+  });
+
+  test(`FileDisk (aio=${aio}): read-only open refuses writes; a file that is not a multiple of 512 exposes whole sectors only`, async (t) => {
+    const dir = makeTempDir(t, 'blkfile');
+    const path = dir.file('odd.img');
+    image(path, 4096 + 100, 3);
+    const disk = FileDisk.open(path, { readOnly: true, aio });
+    const r = new BlkRig({ disk });
+    assert.equal(disk.aio, aio);
+    t.after(async () => { r.close(); await disk.close(); });
+    assert.equal(r.backend.executor.capacity, 8);
+    const w = r.submit(VIRTIO_BLK_T_OUT, 0, { out: [new Uint8Array(512)] });
+    const rd = r.submit(VIRTIO_BLK_T_IN, 7, { inLens: [512] });
+    const past = r.submit(VIRTIO_BLK_T_IN, 8, { inLens: [512] });
+    await r.run();
+    assert.equal(r.status(w), VIRTIO_BLK_S_IOERR);
+    assert.equal(r.status(rd), VIRTIO_BLK_S_OK);
+    assert.equal(r.status(past), VIRTIO_BLK_S_IOERR);
+    assert.deepEqual(r.inData(rd), pattern(4196, 3).subarray(3584, 4096));
+    await assert.rejects(disk.writev([new Uint8Array(512)], 0), /read-only/);
+  });
+}
+
+test('FileDisk aio=io_uring fast path: kernel errors and short reads complete as IOERR with the reason logged', async (t) => {
   const dir = makeTempDir(t, 'blkfile');
   const path = dir.file('disk.img');
-  image(path, 4 * MIB, 5);
-  const disk = FileDisk.open(path);
+  image(path, 4 * MIB, 2);
+  const disk = FileDisk.open(path, { aio: 'io_uring' });
   const r = new BlkRig({ disk });
   t.after(async () => { r.close(); await disk.close(); });
-  assert.equal(disk.size, 4 * MIB);
-  assert.equal(disk.isBlockDevice, false);
-  const data = pattern(8192, 77);
-  const w = r.submit(VIRTIO_BLK_T_OUT, 100, { out: [data.subarray(0, 512), data.subarray(512, 4608), data.subarray(4608)] });
-  const rd = r.submit(VIRTIO_BLK_T_IN, 2000, { inLens: [512, 512, 3072] });
-  const f = r.submit(VIRTIO_BLK_T_FLUSH, 0);
-  const used = await r.run();
-  assert.equal(used.length, 3);
-  assert.equal(r.status(w), VIRTIO_BLK_S_OK);
-  assert.equal(r.status(rd), VIRTIO_BLK_S_OK);
-  assert.equal(r.status(f), VIRTIO_BLK_S_OK);
-  assert.deepEqual(readFile(path, 100 * 512, 8192), data);
-  assert.deepEqual(r.inData(rd), pattern(4 * MIB, 5).subarray(2000 * 512, 2000 * 512 + 4096));
-  // Neighbouring bytes untouched.
-  assert.deepEqual(readFile(path, 100 * 512 - 512, 512), pattern(4 * MIB, 5).subarray(99 * 512, 100 * 512));
-});
-
-test('FileDisk: DISCARD punches a hole; WRITE_ZEROES with and without unmap, and the write-zeroes fallback', async (t) => {
-  const dir = makeTempDir(t, 'blkfile');
-  const path = dir.file('disk.img');
-  image(path, 8 * MIB, 1);
-  const disk = FileDisk.open(path);
-  const r = new BlkRig({ disk });
-  t.after(async () => { r.close(); await disk.close(); });
-  const spm = MIB / 512;
-  const blocksBefore = fstatSync(disk.fd).blocks;
-  const d = r.submit(VIRTIO_BLK_T_DISCARD, 0, { out: [dwzSegments([{ sector: spm, num: 2 * spm }])] });
-  const z1 = r.submit(VIRTIO_BLK_T_WRITE_ZEROES, 0, { out: [dwzSegments([{ sector: 4 * spm + 3, num: 5, flags: 1 }])] });
-  const z2 = r.submit(VIRTIO_BLK_T_WRITE_ZEROES, 0, { out: [dwzSegments([{ sector: 5 * spm + 1, num: 2 }])] });
+  const ok = r.submit(VIRTIO_BLK_T_IN, 8, { inLens: [4096] });
   await r.run();
-  for (const x of [d, z1, z2]) assert.equal(r.status(x), VIRTIO_BLK_S_OK);
-  assert.ok(fstatSync(disk.fd).blocks <= blocksBefore - (2 * MIB) / 512, 'discard deallocated the range');
-  assert.equal(fstatSync(disk.fd).size, 8 * MIB);
-  const expect = pattern(8 * MIB, 1);
-  expect.fill(0, MIB, 3 * MIB);
-  expect.fill(0, (4 * spm + 3) * 512, (4 * spm + 8) * 512);
-  expect.fill(0, (5 * spm + 1) * 512, (5 * spm + 3) * 512);
-  assert.equal(Buffer.compare(readFile(path, 0, 8 * MIB), expect), 0);
-  // A file system without fallocate support: zeroes are written out.
-  disk.setFallocateSupport(false, false);
-  assert.equal(disk.canUnmap, false);
-  const z3 = r.submit(VIRTIO_BLK_T_WRITE_ZEROES, 0, { out: [dwzSegments([{ sector: 6 * spm + 4, num: spm - 4, flags: 1 }])] });
-  const d2 = r.submit(VIRTIO_BLK_T_DISCARD, 0, { out: [dwzSegments([{ sector: 0, num: 8 }])] });
+  assert.equal(r.status(ok), VIRTIO_BLK_S_OK);
+  assert.deepEqual(r.inData(ok), pattern(4 * MIB, 2).subarray(8 * 512, 8 * 512 + 4096));
+  const before = disk.uringOps;
+  // The backing shrinks under the disk: a read past its new end comes back short.
+  writeFileSync(path, pattern(MIB, 2));
+  const short = r.submit(VIRTIO_BLK_T_IN, 4096, { inLens: [4096] });
   await r.run();
-  assert.equal(r.status(z3), VIRTIO_BLK_S_OK);
-  assert.equal(r.status(d2), VIRTIO_BLK_S_OK, 'discard is advisory: OK even when nothing is deallocated');
-  expect.fill(0, 6 * MIB + 2048, 7 * MIB);
-  assert.equal(Buffer.compare(readFile(path, 0, 8 * MIB), expect), 0);
-  assert.equal(r.backend.getConfig(56, 1)[0], 0, 'write_zeroes_may_unmap cleared once unmapping is known unsupported');
-});
-
-test('FileDisk: read-only open refuses writes; a file that is not a multiple of 512 exposes whole sectors only', async (t) => {
-  const dir = makeTempDir(t, 'blkfile');
-  const path = dir.file('odd.img');
-  image(path, 4096 + 100, 3);
-  const disk = FileDisk.open(path, { readOnly: true });
-  const r = new BlkRig({ disk });
-  t.after(async () => { r.close(); await disk.close(); });
-  assert.equal(r.backend.executor.capacity, 8);
-  const w = r.submit(VIRTIO_BLK_T_OUT, 0, { out: [new Uint8Array(512)] });
-  const rd = r.submit(VIRTIO_BLK_T_IN, 7, { inLens: [512] });
-  const past = r.submit(VIRTIO_BLK_T_IN, 8, { inLens: [512] });
-  await r.run();
-  assert.equal(r.status(w), VIRTIO_BLK_S_IOERR);
-  assert.equal(r.status(rd), VIRTIO_BLK_S_OK);
-  assert.equal(r.status(past), VIRTIO_BLK_S_IOERR);
-  assert.deepEqual(r.inData(rd), pattern(4196, 3).subarray(3584, 4096));
-  await assert.rejects(disk.writev([new Uint8Array(512)], 0), /read-only/);
+  assert.equal(r.status(short), VIRTIO_BLK_S_IOERR);
+  assert.ok(r.logger.has('transferred 0 of 4096 bytes'), JSON.stringify(r.logger.records));
+  assert.equal(disk.uringOps, before + 1);
+  // A disk over a write-only fd: the kernel refuses the read (EBADF = 9).
+  const wfd = openSync(path, 'w');
+  t.after(() => closeSync(wfd));
+  const wdisk = FileDisk.borrow(wfd, { size: 4 * MIB, readOnly: false, blockSize: 512, isBlockDevice: false, aio: 'io_uring' });
+  const r2 = new BlkRig({ disk: wdisk });
+  t.after(async () => { r2.close(); await wdisk.close(); });
+  const bad = r2.submit(VIRTIO_BLK_T_IN, 0, { inLens: [512] });
+  const flushed = r2.submit(VIRTIO_BLK_T_OUT, 0, { out: [pattern(512, 1)] });
+  await r2.run();
+  assert.equal(r2.status(bad), VIRTIO_BLK_S_IOERR);
+  assert.ok(r2.logger.has('read failed: errno 9'), JSON.stringify(r2.logger.records));
+  assert.equal(r2.status(flushed), VIRTIO_BLK_S_OK);
+  assert.equal(wdisk.uringOps, 2); // the read and the write (FLUSH negotiated: writeback, no sync per write)
+  // Without FLUSH negotiated the device is writethrough: each write is followed by an fdatasync on the ring.
+  const r3 = new BlkRig({ disk }, false);
+  t.after(() => r3.close());
+  const ops = disk.uringOps;
+  const wt = r3.submit(VIRTIO_BLK_T_OUT, 16, { out: [pattern(1024, 6)] });
+  await r3.run();
+  assert.equal(r3.status(wt), VIRTIO_BLK_S_OK);
+  assert.equal(disk.uringOps, ops + 2);
+  assert.deepEqual(readFile(path, 16 * 512, 1024), pattern(1024, 6));
 });
 
 test('FileDisk: reads past a file that shrank return zeroes; huge iovec counts are split and finished', async (t) => {

@@ -87,7 +87,7 @@ export class BlkRig {
     v.setStarted(true);
     v.setEnabled(true);
     this.vrings.push(v);
-    this.server = new QueueServer(v, (chain) => this.backend.processChain(0, chain), { maxInFlight: this.backend.maxInFlight(0), logger: this.logger, name: 'vhost-user-blk q0' });
+    this.server = new QueueServer(v, (chain, vring, done) => this.backend.processChain(0, chain, vring, done), { maxInFlight: this.backend.maxInFlight(0), logger: this.logger, name: 'vhost-user-blk q0' });
     if (ackAll) this.backend.ackedFeatures(this.backend.features());
   }
 

@@ -7,8 +7,11 @@
 import * as fs from 'node:fs';
 import {
   BLKDISCARD, BLKGETSIZE64, BLKZEROOUT, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE,
-  SysError, fallocateAsync, ioctl, ioctlRangeAsync, lockFile,
+  SysError, fallocateAsync, ioctl, ioctlRangeAsync,
 } from '../../sys/index.js';
+import { UringEngine, type UringTarget } from '../../sys/uring.js';
+import { UringDisk, type AioMode } from './uring-io.js';
+import { ImageLock } from './image-lock.js';
 
 /**
  * A disk as the request executor sees it. Offsets and lengths are bytes; the executor has already
@@ -35,6 +38,8 @@ export interface BlockDisk {
   writeZeroes(offset: number, length: number, mayUnmap: boolean): Promise<void>;
   /** Releases the backing (idempotent). */
   close(): Promise<void>;
+  /** The image lock, for disks over a file others may open (see {@link ImageLock}). */
+  readonly imageLock?: ImageLock;
 }
 
 /** Total bytes of `views`. */
@@ -69,6 +74,19 @@ export interface FileDiskOptions {
   readOnly?: boolean;
   /** Logical block size to report (default 512). */
   blockSize?: number;
+  /**
+   * How reads, writes and flushes reach the file (default 'threads'). 'io_uring' falls back to
+   * 'threads' when the kernel refuses io_uring (ENOSYS, EPERM): see {@link FileDisk.aio} and
+   * {@link FileDisk.aioFallbackReason}.
+   */
+  aio?: AioMode;
+  /** io_uring submission entries (default 256). */
+  uringEntries?: number;
+  /**
+   * Live-migration destination: open without taking the image lock; whoever serves the disk takes
+   * it ({@link ImageLock.acquire}) before the first I/O, once the source released it.
+   */
+  deferLock?: boolean;
 }
 
 /** Largest chunk written per call when a write-zeroes range must be written out as zeroes. */
@@ -88,9 +106,18 @@ export class FileDisk implements BlockDisk {
   /** Opened a block device (size from BLKGETSIZE64; discard/zeroes via BLKDISCARD/BLKZEROOUT). */
   readonly isBlockDevice: boolean;
   private fdValue: number;
+  /** The image lock (held unless opened with `deferLock` or released for a migration). */
+  imageLock?: ImageLock;
   // Learned at run time: once a mode fails as unsupported it is not tried again.
   private punchOk = true;
   private zeroRangeOk = true;
+  private uring: UringDisk | null = null;
+  /** Borrowed fd (a worker's view of the main thread's disk): close() leaves the fd open. */
+  private borrowed = false;
+  /** The data path in use: 'io_uring' only when asked for and the kernel allowed it. */
+  aio: AioMode = 'threads';
+  /** Why io_uring was asked for but not used (null otherwise). */
+  aioFallbackReason: string | null = null;
 
   private constructor(fd: number, size: number, readOnly: boolean, blockSize: number, isBlockDevice: boolean) {
     this.fdValue = fd;
@@ -122,21 +149,70 @@ export class FileDisk implements BlockDisk {
       } else {
         throw new Error(`${path} is neither a regular file nor a block device`);
       }
-      // Two writers on one image corrupt it: hold a lock as long as the disk is open (shared for a
-      // read-only disk so several readers may coexist, but never beside a writer).
-      try {
-        lockFile(fd, !readOnly);
-      } catch (e) {
-        if (e instanceof SysError && e.code === 'EAGAIN') {
-          throw new Error(`${path} is locked by another process (${readOnly ? 'a writer holds it' : 'another reader or writer holds it'})`);
-        }
-        throw e;
-      }
-      return new FileDisk(fd, size, readOnly, blockSize, st.isBlockDevice());
+      // Two writers on one image corrupt it: hold a lock while serving (shared for a read-only disk
+      // so several readers may coexist, but never beside a writer).
+      const lock = new ImageLock(path, !readOnly);
+      if (opts.deferLock !== true) lock.acquire();
+      const disk = new FileDisk(fd, size, readOnly, blockSize, st.isBlockDevice());
+      disk.imageLock = lock;
+      if (opts.aio === 'io_uring') disk.startUring(opts.uringEntries ?? 256);
+      return disk;
     } catch (e) {
       fs.closeSync(fd);
       throw e;
     }
+  }
+
+  /**
+   * A disk over an fd another FileDisk of this process owns (e.g. handed to a worker_thread): no
+   * lock is taken, and close() releases only this disk's own io_uring, never the fd.
+   */
+  static borrow(fd: number, info: { size: number; readOnly: boolean; blockSize: number; isBlockDevice: boolean; aio?: AioMode; uringEntries?: number }): FileDisk {
+    const disk = new FileDisk(fd, info.size, info.readOnly, info.blockSize, info.isBlockDevice);
+    disk.borrowed = true;
+    if (info.aio === 'io_uring') disk.startUring(info.uringEntries ?? 256);
+    return disk;
+  }
+
+  private startUring(entries: number): void {
+    try {
+      this.uring = new UringDisk(new UringEngine(entries), (write, views, offset, done) => this.finishShort(write, views, offset, done));
+      this.aio = 'io_uring';
+    } catch (e) {
+      if (!(e instanceof SysError)) throw e;
+      this.aioFallbackReason = e.message;
+    }
+  }
+
+  /** The rest of a transfer the kernel cut short, on the threadpool path. */
+  private async finishShort(write: boolean, views: readonly Uint8Array[], offset: number, done: number): Promise<void> {
+    const rest = remainingViews(views, done);
+    if (write) await this.writevThreads(rest, offset + done);
+    else await this.readvThreads(rest, offset + done);
+  }
+
+  /**
+   * @internal Zero-allocation io_uring path: whether a transfer of `iovCount` host ranges can be
+   * staged now (false on the threadpool path, when closed, or when the ring is full).
+   */
+  uringCanStage(iovCount: number): boolean {
+    return this.uring !== null && this.fdValue >= 0 && this.uring.engine.canStage(iovCount);
+  }
+
+  /** @internal Stages a transfer of host [address, length] pairs; see {@link uringCanStage}. */
+  uringTransfer(write: boolean, pairs: Float64Array, count: number, offset: number, target: UringTarget): boolean {
+    if (this.uring === null || this.fdValue < 0 || (write && this.readOnly)) return false;
+    return this.uring.engine.transferHost(write, this.fdValue, pairs, count, offset, target);
+  }
+
+  /** @internal Stages an fdatasync through the ring; false when it cannot. */
+  uringSync(target: UringTarget): boolean {
+    return this.uring !== null && this.fdValue >= 0 && this.uring.engine.sync(this.fdValue, true, target);
+  }
+
+  /** Operations this disk submitted through io_uring (0 on the threadpool path). */
+  get uringOps(): number {
+    return this.uring?.engine.submitted ?? 0;
   }
 
   /** The open fd (-1 once closed). */
@@ -154,7 +230,24 @@ export class FileDisk implements BlockDisk {
     return this.fdValue;
   }
 
-  async readv(views: readonly Uint8Array[], offset: number): Promise<void> {
+  readv(views: readonly Uint8Array[], offset: number): Promise<void> {
+    if (this.uring !== null) {
+      const p = this.uring.transfer(false, this.liveFd(), views, offset, totalLength(views));
+      if (p !== null) return p;
+    }
+    return this.readvThreads(views, offset);
+  }
+
+  writev(views: readonly Uint8Array[], offset: number): Promise<void> {
+    if (this.readOnly) return Promise.reject(new Error('disk is read-only'));
+    if (this.uring !== null) {
+      const p = this.uring.transfer(true, this.liveFd(), views, offset, totalLength(views));
+      if (p !== null) return p;
+    }
+    return this.writevThreads(views, offset);
+  }
+
+  private async readvThreads(views: readonly Uint8Array[], offset: number): Promise<void> {
     const fd = this.liveFd();
     const want = totalLength(views);
     let done = await readvAt(fd, views, offset);
@@ -170,7 +263,7 @@ export class FileDisk implements BlockDisk {
     }
   }
 
-  async writev(views: readonly Uint8Array[], offset: number): Promise<void> {
+  private async writevThreads(views: readonly Uint8Array[], offset: number): Promise<void> {
     if (this.readOnly) throw new Error('disk is read-only');
     const fd = this.liveFd();
     const want = totalLength(views);
@@ -184,6 +277,10 @@ export class FileDisk implements BlockDisk {
 
   flush(): Promise<void> {
     const fd = this.liveFd();
+    if (this.uring !== null) {
+      const p = this.uring.flush(fd);
+      if (p !== null) return p;
+    }
     return new Promise((resolve, reject) => fs.fdatasync(fd, (e) => (e ? reject(e) : resolve())));
   }
 
@@ -253,6 +350,11 @@ export class FileDisk implements BlockDisk {
     const fd = this.fdValue;
     if (fd < 0) return Promise.resolve();
     this.fdValue = -1;
+    // The ring waits for its operations before it goes, so none can touch the fd or memory later.
+    this.uring?.close();
+    this.uring = null;
+    if (this.borrowed) return Promise.resolve();
+    this.imageLock?.release();
     return new Promise((resolve, reject) => fs.close(fd, (e) => (e ? reject(e) : resolve())));
   }
 }

@@ -8,6 +8,8 @@
 import { DescriptorChain } from '../../queue/index.js';
 import type { Logger } from '../../log.js';
 import type { BlockDisk } from './disk.js';
+import { FastRequest, isUringCapable, type UringCapableDisk } from './fast-path.js';
+import { PENDING, type CompletionCallback } from '../../backend/queue-server.js';
 import {
   VIRTIO_BLK_DWZ_SEGMENT_SIZE, VIRTIO_BLK_ID_BYTES, VIRTIO_BLK_OUTHDR_SIZE,
   VIRTIO_BLK_SECTOR_SIZE, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD,
@@ -52,6 +54,8 @@ export class BlkRequestSlot {
   readonly views: Uint8Array[] = [];
   /** Raw discard / write-zeroes segments. */
   segs: Uint8Array = new Uint8Array(0);
+  /** @internal io_uring fast-path state (created on first use, see fast-path.ts). */
+  fast: FastRequest | null = null;
   /** Segment decoder over `segs`. */
   segView: DataView = new DataView(this.segs.buffer);
   /** Request type of the last executed request (diagnostics). */
@@ -92,12 +96,14 @@ export class BlkRequestExecutor {
   private readonly logger: Logger;
   private readonly name: string;
   private readonly capacityBig: bigint;
+  private readonly uringDisk: UringCapableDisk | null;
 
   constructor(opts: BlkExecutorOptions) {
     this.disk = opts.disk;
     this.readOnly = (opts.readOnly ?? false) || opts.disk.readOnly;
     this.capacity = Math.floor(opts.disk.size / VIRTIO_BLK_SECTOR_SIZE);
     this.capacityBig = BigInt(this.capacity);
+    this.uringDisk = isUringCapable(opts.disk) ? opts.disk : null;
     if (opts.serial.length !== VIRTIO_BLK_ID_BYTES) throw new RangeError(`serial must be ${VIRTIO_BLK_ID_BYTES} bytes`);
     this.serial = opts.serial;
     this.discardEnabled = (opts.discard ?? true) && !this.readOnly;
@@ -115,6 +121,26 @@ export class BlkRequestExecutor {
    * (every writable byte: data for IN / GET_ID plus the status), or 0 for a chain without room for
    * a status byte. Never rejects: I/O failures become VIRTIO_BLK_S_IOERR.
    */
+  /**
+   * Runs the request in `slot.chain`: IN / OUT on an io_uring disk without allocating (returns
+   * {@link PENDING}; `done` receives the used length), everything else as {@link execute}.
+   */
+  start(slot: BlkRequestSlot, done: CompletionCallback | undefined): number | Promise<number> | typeof PENDING {
+    const disk = this.uringDisk;
+    if (disk === null || done === undefined) return this.execute(slot);
+    slot.type = -1;
+    const fast = slot.fast ??= new FastRequest(slot, this, disk);
+    const r = fast.start(done);
+    if (r === true) return PENDING;
+    if (r === false) return this.execute(slot);
+    return r;
+  }
+
+  /**
+   * Runs the request in `slot.chain` and writes its status byte. Resolves to the used length
+   * (every writable byte: data for IN / GET_ID plus the status), or 0 for a chain without room for
+   * a status byte. Never rejects: I/O failures become VIRTIO_BLK_S_IOERR.
+   */
   async execute(slot: BlkRequestSlot): Promise<number> {
     const chain = slot.chain;
     slot.type = -1;
@@ -122,22 +148,33 @@ export class BlkRequestExecutor {
       this.logger.log('warn', `${this.name}: request head ${chain.headIndex}: no writable byte for the status; completing with used length 0`);
       return 0;
     }
+    if (chain.readableBytes < VIRTIO_BLK_OUTHDR_SIZE) {
+      return this.finishStatus(slot, this.reject(slot, VIRTIO_BLK_S_IOERR, `header is ${chain.readableBytes} bytes, needs ${VIRTIO_BLK_OUTHDR_SIZE}`));
+    }
+    const r = chain.reader;
+    const type = r.readU32();
+    r.readU32(); // reserved (legacy ioprio)
+    return this.executeParsed(slot, type, r.readU64());
+  }
+
+  /** The request after its header was read: runs it, then writes the status byte. */
+  async executeParsed(slot: BlkRequestSlot, type: number, sector: bigint): Promise<number> {
+    slot.type = type;
     let status: number;
-    let sector = 0n;
     try {
-      if (chain.readableBytes < VIRTIO_BLK_OUTHDR_SIZE) {
-        status = this.reject(slot, VIRTIO_BLK_S_IOERR, `header is ${chain.readableBytes} bytes, needs ${VIRTIO_BLK_OUTHDR_SIZE}`);
-      } else {
-        const r = chain.reader;
-        const type = r.readU32();
-        r.readU32(); // reserved (legacy ioprio)
-        sector = r.readU64();
-        slot.type = type;
-        status = await this.run(slot, type, sector);
-      }
+      status = await this.run(slot, type, sector);
     } catch (e) {
       status = this.reject(slot, VIRTIO_BLK_S_IOERR, `sector ${sector}: ${(e as Error).message}`);
     }
+    return this.finishStatus(slot, status);
+  }
+
+  /**
+   * Writes `status` as the chain's last writable byte; returns the used length (every writable
+   * byte), or 0 when the status cannot be written.
+   */
+  finishStatus(slot: BlkRequestSlot, status: number): number {
+    const chain = slot.chain;
     slot.status = status;
     try {
       const w = chain.writer;
@@ -151,14 +188,16 @@ export class BlkRequestExecutor {
     return Math.min(chain.writableBytes, 0xffff_ffff);
   }
 
-  private reject(slot: BlkRequestSlot, status: number, reason: string): number {
+  /** Logs why the request fails and returns `status`. */
+  reject(slot: BlkRequestSlot, status: number, reason: string): number {
     const kind = status === VIRTIO_BLK_S_UNSUPP ? 'UNSUPP' : 'IOERR';
     this.logger.log('warn', `${this.name}: ${slot.type < 0 ? 'request' : blkRequestTypeName(slot.type)} (head ${slot.chain.headIndex}) -> ${kind}: ${reason}`);
     return status;
   }
 
   /** Byte offset of [sector, sector + len bytes) or -1 when it is outside the disk. */
-  private offsetOf(sector: bigint, len: number): number {
+  /** @internal */
+  offsetOf(sector: bigint, len: number): number {
     if (sector > this.capacityBig) return -1;
     const first = Number(sector);
     // sector ≤ capacity < 2^44, so both sides are exact doubles.

@@ -13,7 +13,7 @@ import type { Vring } from '../../backend/vring.js';
 import type { DescriptorChain } from '../../queue/index.js';
 import { ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES } from '../../vhost-user/constants.js';
 import {
-  VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
+  VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1, VHOST_F_LOG_ALL, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 } from '../../virtio/features.js';
 import { defaultLogger, type Logger } from '../../log.js';
 import { DropCounters, PacketCounters, type DropReason } from './counters.js';
@@ -161,7 +161,8 @@ export class VhostUserNetBackend implements VhostUserBackend, FrameSource {
   features(): bigint {
     let f = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_RING_F_EVENT_IDX) | bit(VIRTIO_RING_F_INDIRECT_DESC) | bit(VIRTIO_F_RING_PACKED)
       | bit(VHOST_USER_F_PROTOCOL_FEATURES) | bit(VIRTIO_NET_F_MAC) | bit(VIRTIO_NET_F_MTU) | bit(VIRTIO_NET_F_STATUS)
-      | bit(VIRTIO_NET_F_MRG_RXBUF) | bit(VIRTIO_NET_F_CTRL_VQ) | bit(VIRTIO_NET_F_CTRL_RX) | bit(VIRTIO_NET_F_CTRL_MAC_ADDR);
+      | bit(VIRTIO_NET_F_MRG_RXBUF) | bit(VIRTIO_NET_F_CTRL_VQ) | bit(VIRTIO_NET_F_CTRL_RX) | bit(VIRTIO_NET_F_CTRL_MAC_ADDR)
+      | bit(VHOST_F_LOG_ALL); // the framework logs RX (RxQueue) and TX/ctrl (QueueServer) writes
     if (this.offloads) f |= OFFLOAD_FEATURES;
     if (this.maxPairs > 1) f |= bit(VIRTIO_NET_F_MQ);
     return f;
@@ -169,7 +170,8 @@ export class VhostUserNetBackend implements VhostUserBackend, FrameSource {
 
   protocolFeatures(): bigint {
     return [ProtocolFeature.MQ, ProtocolFeature.REPLY_ACK, ProtocolFeature.CONFIGURE_MEM_SLOTS, ProtocolFeature.RESET_DEVICE,
-      ProtocolFeature.STATUS, ProtocolFeature.CONFIG, ProtocolFeature.RARP, ProtocolFeature.MTU].reduce((m, b) => m | bit(b), 0n);
+      ProtocolFeature.STATUS, ProtocolFeature.CONFIG, ProtocolFeature.RARP, ProtocolFeature.MTU, ProtocolFeature.LOG_SHMFD,
+      ProtocolFeature.PAGEFAULT].reduce((m, b) => m | bit(b), 0n);
   }
 
   ackedFeatures(features: bigint): void {

@@ -8,7 +8,7 @@ import { randomFillSync } from 'node:crypto';
 import type { VhostUserBackend } from '../../backend/index.js';
 import type { DescriptorChain } from '../../queue/index.js';
 import { ProtocolFeature, VHOST_USER_F_PROTOCOL_FEATURES, protocolFeatureMask } from '../../vhost-user/constants.js';
-import { VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VIRTIO_F_RING_PACKED } from '../../virtio/features.js';
+import { VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VIRTIO_F_RING_PACKED, VHOST_F_LOG_ALL } from '../../virtio/features.js';
 import type { Logger } from '../../log.js';
 
 /** Options of {@link VhostUserRngBackend}. */
@@ -55,10 +55,11 @@ export class VhostUserRngBackend implements VhostUserBackend {
   numQueues(): number { return 1; }
   maxQueueSize(): number { return this.queueSize; }
   features(): bigint {
-    return bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_RING_F_EVENT_IDX) | bit(VIRTIO_RING_F_INDIRECT_DESC) | bit(VIRTIO_F_RING_PACKED) | bit(VHOST_USER_F_PROTOCOL_FEATURES);
+    return bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_RING_F_EVENT_IDX) | bit(VIRTIO_RING_F_INDIRECT_DESC) | bit(VIRTIO_F_RING_PACKED) | bit(VHOST_USER_F_PROTOCOL_FEATURES)
+      | bit(VHOST_F_LOG_ALL);
   }
   protocolFeatures(): bigint {
-    return protocolFeatureMask(ProtocolFeature.REPLY_ACK) | protocolFeatureMask(ProtocolFeature.CONFIGURE_MEM_SLOTS) |
+    return protocolFeatureMask(ProtocolFeature.REPLY_ACK) | protocolFeatureMask(ProtocolFeature.LOG_SHMFD) | protocolFeatureMask(ProtocolFeature.PAGEFAULT) | protocolFeatureMask(ProtocolFeature.CONFIGURE_MEM_SLOTS) |
       protocolFeatureMask(ProtocolFeature.RESET_DEVICE) | protocolFeatureMask(ProtocolFeature.STATUS);
   }
   /** One request waits for the next period at a time; the queue is not popped meanwhile. */
