@@ -38,7 +38,7 @@ export type { BackendReqHandler, MaybePromise } from './vhost-user/backend-handl
 export {
   BackendChannel, BackendChannelEndpoint, BackendRequestFailedError, type BackendChannelHandler, type ShmemMapRequest,
 } from './vhost-user/backend-channel.js';
-export { FrontendMemory, FrontendQueue, setupQueue, setupPackedQueue } from './driver/frontend-driver.js';
+export { FrontendMemory, FrontendQueue, setupQueue, setupPackedQueue, reattachQueue } from './driver/frontend-driver.js';
 export * from './backend/index.js';
 export {
   StderrLogger, RateLimitedLogger, silentLogger, defaultLogger, toLogger, isLogLevel, LOG_LEVELS,

@@ -96,6 +96,19 @@ export class VringEventHandler {
     return s.quiesce();
   }
 
+  /**
+   * @internal GET_VRING_BASE_INFLIGHT: `vring` stops without waiting for its requests; those
+   * still in flight complete without touching the ring (they stay recorded as in flight).
+   */
+  async suspendRing(vring: Vring): Promise<void> {
+    const s = this.servers.get(vring.index);
+    if (s === undefined) return;
+    this.queueStopped(vring.index);
+    // The returned promise is the drain of the old generation: not waited for, by definition.
+    void s.reset();
+    await Promise.resolve();
+  }
+
   /** @internal Device reset: in-flight requests complete without touching the rings; resolves when all did. */
   async resetRings(): Promise<void> {
     // Generations first, so whatever the device settles now does not reach the rings.

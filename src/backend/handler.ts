@@ -18,7 +18,7 @@ import {
   protocolFeatureMask,
 } from '../vhost-user/constants.js';
 import { VHOST_F_LOG_ALL, VIRTIO_F_RING_PACKED, VIRTIO_RING_F_EVENT_IDX, decodeFeatures } from '../virtio/features.js';
-import type { AnyMemoryRegion, CryptoSession, Log, MemoryRegionWithFd, ShmemConfig, VringAddr } from '../vhost-user/messages.js';
+import type { AnyMemoryRegion, CryptoSession, Inflight, Log, MemoryRegionWithFd, ShmemConfig, VringAddr } from '../vhost-user/messages.js';
 import { VhostUserError } from '../vhost-user/errors.js';
 import { PackedQueue, SplitQueue, descTableSize, availRingSize, usedRingSize } from '../queue/index.js';
 import { DEFAULT_MAX_QUEUE_SIZE, defaultProtocolFeatures, type VhostUserBackend } from './backend.js';
@@ -27,6 +27,7 @@ import type { QueueStatsSnapshot } from './stats.js';
 import { VringEventHandler } from './event-handler.js';
 import { WorkerVringGroup, type VringSyncExtra } from './worker-group.js';
 import type { Logger } from '../log.js';
+import { InflightArea } from './inflight-area.js';
 import { DirtyLogging } from './dirty-logging.js';
 import { Postcopy } from './postcopy.js';
 import { DeviceStateTransfer } from './device-state.js';
@@ -57,6 +58,9 @@ export const DAEMON_PROTOCOL_FEATURES: bigint = [
   ProtocolFeature.RARP,
   ProtocolFeature.MTU,
   ProtocolFeature.CRYPTO_SESSION,
+  // Framework-served for every device whose rings the daemon's own thread serves (see getProtocolFeatures).
+  ProtocolFeature.INFLIGHT_SHMFD,
+  ProtocolFeature.GET_VRING_BASE_INFLIGHT,
 ].reduce((m, f) => m | protocolFeatureMask(f), 0n);
 
 const bit = (n: number): bigint => 1n << BigInt(n);
@@ -76,6 +80,9 @@ export class VhostUserHandler implements BackendReqHandler {
   private readonly threadOf: number[];
   private acked = 0n;
   private protocolNegotiated = false;
+  private protocolFeatures = 0n;
+  /** The inflight area (GET/SET_INFLIGHT_FD), or null. */
+  private inflightArea: InflightArea | null = null;
   private status = 0;
   /** Dirty-page logging (live migration): the log, its eventfd, VHOST_F_LOG_ALL. */
   private readonly logging = new DirtyLogging();
@@ -192,7 +199,12 @@ export class VhostUserHandler implements BackendReqHandler {
 
   getProtocolFeatures(): bigint {
     const served = DAEMON_PROTOCOL_FEATURES & (this.deviceState.supported ? ~0n : ~protocolFeatureMask(ProtocolFeature.DEVICE_STATE));
-    return (this.backend.protocolFeatures?.() ?? defaultProtocolFeatures(this.backend)) & served;
+    // Inflight tracking lives in the queue layer, so every device gets it without asking; rings
+    // served by worker threads are not tracked (yet), so those devices do not offer it.
+    const inflight = this.workers.every((w) => w === null)
+      ? protocolFeatureMask(ProtocolFeature.INFLIGHT_SHMFD) | protocolFeatureMask(ProtocolFeature.GET_VRING_BASE_INFLIGHT)
+      : 0n;
+    return ((this.backend.protocolFeatures?.() ?? defaultProtocolFeatures(this.backend)) | inflight) & served;
   }
 
   setProtocolFeatures(features: bigint): void {
@@ -201,6 +213,7 @@ export class VhostUserHandler implements BackendReqHandler {
       throw new VhostUserError('invalid-argument', '', `front-end set protocol features 0x${(features & ~offered).toString(16)} that were not offered`);
     }
     this.protocolNegotiated = true;
+    this.protocolFeatures = features;
     this.logger.log('info', `protocol features negotiated: ${decodeProtocolFeatures(features).join(' ') || 'none'}`, { protocolFeatures: `0x${features.toString(16)}` });
   }
 
@@ -414,9 +427,16 @@ export class VhostUserHandler implements BackendReqHandler {
     const h = this.handlerOf(v);
     h.unwatchKick(v);
     v.setStarted(false);
-    // Only THIS ring's requests are waited for: other rings may stay busy indefinitely.
-    if (h instanceof VringEventHandler) await h.quiesceRing(v);
-    if (typeof this.backend.processChain !== 'function') await this.backend.quiesce?.();
+    if (this.suspendsInflight(v) && h instanceof VringEventHandler) {
+      // GET_VRING_BASE_INFLIGHT: no draining; requests in flight stay recorded in the region for
+      // the next back-end, and their completions here no longer touch the ring.
+      await h.suspendRing(v);
+    } else {
+      // Only THIS ring's requests are waited for: other rings may stay busy indefinitely.
+      if (h instanceof VringEventHandler) await h.quiesceRing(v);
+      if (typeof this.backend.processChain !== 'function') await this.backend.quiesce?.();
+    }
+    v.queue.stopInflight();
     // A worker's ring position is the worker's: it answers once it stopped the ring.
     const base = h instanceof WorkerVringGroup ? await h.stopRing(v) : v.queue.vringBase;
     // A stopped ring starts afresh: a broken one (NEEDS_RESET) is served again once restarted.
@@ -434,6 +454,7 @@ export class VhostUserHandler implements BackendReqHandler {
     }
     const h = this.handlerOf(v);
     h.unwatchKick(v);
+    if (!v.started) this.startInflight(v);
     v.setKickFd(sys.dup(fd));
     // The spec starts a ring on its first kick; rust-vmm and libvhost-user start it here, and a
     // kick may already be pending from before a reconnect, so process once now.
@@ -447,6 +468,9 @@ export class VhostUserHandler implements BackendReqHandler {
   setVringCall(index: number, fd: number | null): void | Promise<void> {
     const v = this.vring(index);
     v.setCallFd(fd === null ? null : sys.dup(fd));
+    // After a reconnect the previous back-end may have died between publishing used entries and
+    // signalling them: one spurious interrupt makes the driver look (as libvhost-user does).
+    if (fd !== null && this.inflightArea !== null) v.signalUsedQueue();
     this.sync(v);
     return this.workersSynced();
   }
@@ -493,6 +517,60 @@ export class VhostUserHandler implements BackendReqHandler {
         kicks: st.kicks, interrupts: st.interrupts, broken: st.broken, inFlight,
       };
     });
+  }
+
+  // --- inflight I/O tracking ---------------------------------------------------------------
+
+  /** GET_INFLIGHT_FD: a new area for the requested queues (it replaces any earlier one). */
+  getInflightFd(request: Inflight): {
+    /** The area as allocated (size, offset 0, the requested counts). */
+    inflight: Inflight;
+    /** The area's memfd; ownership passes to the endpoint, which sends and closes it. */
+    fd: number;
+  } {
+    const { area, fd, size } = InflightArea.allocate(request.numQueues, request.queueSize, this.vrings.length);
+    this.replaceInflightArea(area);
+    this.logger.log('info', `inflight area allocated: ${request.numQueues} queue(s) of ${request.queueSize} entries, ${size} bytes`);
+    return { inflight: { mmapSize: BigInt(size), mmapOffset: 0n, numQueues: request.numQueues, queueSize: request.queueSize }, fd };
+  }
+
+  /** SET_INFLIGHT_FD: adopts the front-end's area (after a reconnect, with the earlier back-end's records). */
+  setInflightFd(inflight: Inflight, fd: number): void {
+    const area = InflightArea.adopt(fd, inflight.mmapSize, inflight.mmapOffset, inflight.numQueues, inflight.queueSize, this.vrings.length, this);
+    this.replaceInflightArea(area);
+    this.logger.log('info', `inflight area set: ${inflight.numQueues} queue(s) of ${inflight.queueSize} entries`);
+  }
+
+  private replaceInflightArea(area: InflightArea): void {
+    // A ring still recording into the old area keeps it mapped until it stops; not expected
+    // (front-ends set the area before starting rings), so such rings stop recording instead.
+    for (const v of this.vrings) if (v.started) v.queue.stopInflight();
+    this.inflightArea?.close();
+    this.inflightArea = area;
+  }
+
+  /** A ring starts: it records into its region, and what an earlier back-end left there is resubmitted. */
+  private startInflight(v: Vring): void {
+    const area = this.inflightArea;
+    if (area === null || v.index >= area.numQueues || this.workers[this.threadOf[v.index]!] !== null) return;
+    if (v.ringUserAddrs === null || v.queue.memory === null) {
+      // Started before its rings were placed: nothing to recover against, so nothing is tracked.
+      this.logger.log('warn', `queue ${v.index}: started without ring addresses or memory; inflight tracking off for this start`, { queue: v.index });
+      return;
+    }
+    try {
+      const n = v.queue instanceof PackedQueue
+        ? v.queue.startInflight(area.packedRegion(v.index, v.queue.size))
+        : v.queue.startInflight(area.splitRegion(v.index, v.queue.size));
+      this.logger.log('info', `queue ${v.index}: inflight tracking on${n > 0 ? `, resubmitting ${n} request(s) in flight before the restart` : ''}`, { queue: v.index });
+    } catch (e) {
+      throw new VhostUserError('invalid-argument', '', `queue ${v.index}: inflight region: ${(e as Error).message}`);
+    }
+  }
+
+  private suspendsInflight(v: Vring): boolean {
+    return this.inflightArea !== null && v.index < this.inflightArea.numQueues &&
+      (this.protocolFeatures & protocolFeatureMask(ProtocolFeature.GET_VRING_BASE_INFLIGHT)) !== 0n;
   }
 
   // --- device --------------------------------------------------------------------------------
@@ -579,6 +657,9 @@ export class VhostUserHandler implements BackendReqHandler {
     }
     await this.workersSynced();
     this.acked = 0n;
+    // What the area recorded belongs to rings that no longer exist.
+    this.inflightArea?.close();
+    this.inflightArea = null;
     if (this.logging.setEnabled(false)) await this.setLogActive();
     await this.backend.resetDevice?.();
   }
@@ -593,6 +674,8 @@ export class VhostUserHandler implements BackendReqHandler {
       for (const w of this.workers) await w?.stop();
       // A reset that failed part-way (a stuck worker) must still release the rings' fds.
       for (const v of this.vrings) v.reset();
+      this.inflightArea?.close();
+      this.inflightArea = null;
       this.memory.close();
       this.logging.close();
       this.postcopy.close();

@@ -193,3 +193,38 @@ export async function setupPackedQueue(
   const initial = encodePackedState({ nextAvail: 0, availWrap: true, nextUsed: 0, usedWrap: true });
   return configureQueue(fe, mem, new FrontendQueue(index, driver), size, initial, layout.descGpa, layout.driverGpa, layout.deviceGpa, opts.enable ?? false);
 }
+
+/**
+ * Re-attaches an existing queue to a new back-end connection after the previous back-end went
+ * away, as QEMU does on reconnect: SET_VRING_NUM, SET_VRING_BASE, SET_VRING_ADDR, SET_VRING_CALL,
+ * SET_VRING_KICK and SET_VRING_ENABLE with the same rings, eventfds and driver state. Without
+ * the back-end's answer to GET_VRING_BASE the front-end can only restart from what the rings show:
+ * the split used index (QEMU's `virtio_queue_restore_last_avail_idx`) or, for packed rings, the
+ * position the driver reaped used descriptors up to. A back-end given the inflight area first
+ * (SET_INFLIGHT_FD) recovers the exact positions and the requests in flight from it. Does not
+ * close `q` on failure (it still belongs to the caller).
+ */
+export async function reattachQueue(fe: Frontend, mem: FrontendMemory, q: FrontendQueue<SplitQueueDriver> | FrontendQueue<PackedQueueDriver>, opts: { enable?: boolean } = {}): Promise<void> {
+  const d = q.driver;
+  const index = q.index;
+  let base: number;
+  let driverGpa: number;
+  let deviceGpa: number;
+  if (d instanceof SplitQueueDriver) {
+    base = d.usedIdx;
+    driverGpa = d.availGpa;
+    deviceGpa = d.usedGpa;
+  } else {
+    base = encodePackedState({ nextAvail: d.nextUsedPos, availWrap: d.usedWrapCounter, nextUsed: d.nextUsedPos, usedWrap: d.usedWrapCounter });
+    driverGpa = d.driverGpa;
+    deviceGpa = d.deviceGpa;
+  }
+  await fe.setVringNum(index, d.size);
+  await fe.setVringBase(index, base);
+  await fe.setVringAddr({
+    index, flags: 0, descUserAddr: mem.uva(d.descGpa), usedUserAddr: mem.uva(deviceGpa), availUserAddr: mem.uva(driverGpa), logGuestAddr: 0n,
+  });
+  await fe.setVringCall(index, q.callFd);
+  await fe.setVringKick(index, q.kickFd);
+  if (opts.enable ?? false) await fe.setVringEnable(index, true);
+}

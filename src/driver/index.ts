@@ -4,6 +4,6 @@
  * virtio-blk load generator behind `vhost-user-bench` ({@link runBlkLoad}).
  * @module
  */
-export { FrontendMemory, FrontendQueue, setupQueue, setupPackedQueue } from './frontend-driver.js';
+export { FrontendMemory, FrontendQueue, setupQueue, setupPackedQueue, reattachQueue } from './frontend-driver.js';
 export { runBlkLoad, type BlkLoadOptions, type BlkLoadProgress, type BlkLoadResult, type BlkRw } from './blk-load.js';
 export { LatencyHistogram } from './histogram.js';

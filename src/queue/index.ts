@@ -8,3 +8,8 @@ export * from './packed-constants.js';
 export { PackedQueue } from './packed-queue.js';
 export { PackedQueueDriver, packedRingLayout, type PackedRingLayout, type PackedEventSuppression } from './packed-driver.js';
 export type { VirtQueue, VirtQueueDriver } from './virtqueue.js';
+// Inflight I/O tracking regions (INFLIGHT_SHMFD), which both queue formats record into.
+export {
+  SplitInflightRegion, PackedInflightRegion, InflightError, inflightQueueRegionSize, INFLIGHT_ALIGNMENT, INFLIGHT_REGION_VERSION,
+  type InflightPackedChain, type InflightPackedDesc, type InflightPackedRecovery,
+} from './inflight.js';

@@ -9,6 +9,7 @@ import {
 } from './packed-constants.js';
 import { ringView } from './ring-view.js';
 import type { VirtQueue } from './virtqueue.js';
+import type { InflightPackedChain, PackedInflightRegion } from './inflight.js';
 
 const TWO32 = 0x1_0000_0000;
 const USED_FLAGS_WRAP1 = VIRTQ_DESC_F_AVAIL | VIRTQ_DESC_F_USED;
@@ -84,6 +85,13 @@ export class PackedQueue implements VirtQueue {
   private indirect32 = new Uint32Array(64);
   private indirect8 = new Uint8Array(this.indirect32.buffer);
   private logging = false;
+  /** Inflight tracking (INFLIGHT_SHMFD): the shared region recording popped chains, or null. */
+  private inflightRegion: PackedInflightRegion | null = null;
+  /** Chains recovered from the region, handed out by pop before new requests. */
+  private resubmit: InflightPackedChain[] = [];
+  private resubmitPos = 0;
+  /** Buffer ids of the unpublished used batch, recorded in the region once it is published. */
+  private readonly pendingIds: number[] = [];
 
   /** `maxSize` bounds `setSize` (1..32768). */
   constructor(maxSize: number = VIRTQ_PACKED_MAX_SIZE) {
@@ -202,7 +210,85 @@ export class PackedQueue implements VirtQueue {
     this.clearInflight();
   }
 
+  /**
+   * Starts inflight tracking in `region` (at ring start, rings mapped). A blank region is laid out
+   * at the current positions; one holding an earlier back-end's state is recovered: the device
+   * resumes at the position the region recorded, its chains still in flight are handed out by pop
+   * (in their original order) before new ones, and the next available position follows them.
+   * Returns how many chains will be resubmitted. Throws InflightError for an inconsistent region.
+   */
+  startInflight(region: PackedInflightRegion): number {
+    const d = this.desc16;
+    if (d === null) throw new QueueError('not-ready', 'queue rings are not mapped');
+    if (region.size !== this.size) throw new QueueError('invalid-size', `inflight region for ${region.size} descriptors on a ring of ${this.size}`);
+    let chains: InflightPackedChain[] = [];
+    if (!region.initialised) {
+      region.init(this.nextUsed, this.usedWrap);
+    } else {
+      const r = region.recover((pos) => Atomics.load(d, 8 * pos + 7));
+      chains = r.chains;
+      this.clearInflight();
+      this.nextUsed = r.usedIdx;
+      this.usedWrap = r.usedWrap;
+      for (const c of chains) {
+        this.inflight[c.id] = 1;
+        this.chainLen[c.id] = c.descs.length;
+        this.inflightCount++;
+        this.inflightDescs += c.descs.length;
+      }
+      let avail = r.usedIdx + this.inflightDescs;
+      let wrap = r.usedWrap;
+      if (avail >= this.size) {
+        avail -= this.size;
+        wrap = !wrap;
+      }
+      this.nextAvail = avail;
+      this.availWrap = wrap;
+    }
+    this.inflightRegion = region;
+    this.resubmit = chains;
+    this.resubmitPos = 0;
+    return chains.length;
+  }
+
+  /** Stops recording in the inflight region (the region itself is left as it is). */
+  stopInflight(): void {
+    this.inflightRegion = null;
+    this.pendingIds.length = 0;
+    this.resubmit = [];
+    this.resubmitPos = 0;
+  }
+
+  /** Builds the next recovered chain (its id is already accounted in flight). */
+  private popResubmitted(reuse: DescriptorChain | undefined): DescriptorChain {
+    const c = this.resubmit[this.resubmitPos++] as InflightPackedChain;
+    const chain = reuse ?? new DescriptorChain();
+    chain.reset(0, this.mem as GuestMemory);
+    this.seenWritable = false;
+    let bad: QueueError | null = null;
+    const scratch = new Uint32Array(4);
+    c.descs.forEach((d, k) => {
+      if (bad !== null) return;
+      const lo = d.addr % TWO32;
+      const hi = Math.floor(d.addr / TWO32);
+      if ((d.flags & VIRTQ_DESC_F_INDIRECT) === 0) {
+        bad = this.buffer(chain, lo, hi, d.len, (d.flags & VIRTQ_DESC_F_WRITE) !== 0, k, false);
+      } else {
+        scratch[0] = lo;
+        scratch[1] = hi;
+        scratch[2] = d.len;
+        bad = this.takeIndirect(chain, scratch, 0, d.flags, k > 0);
+      }
+    });
+    chain.headIndex = c.id;
+    if (bad !== null) throw new QueueError((bad as QueueError).kind, `buffer id ${c.id} (resubmitted): ${(bad as QueueError).message}`, c.id);
+    chain.finish();
+    return chain;
+  }
+
   private clearInflight(): void {
+    this.resubmit = [];
+    this.resubmitPos = 0;
     this.inflight.fill(0);
     this.inflightCount = 0;
     this.inflightDescs = 0;
@@ -229,12 +315,13 @@ export class PackedQueue implements VirtQueue {
     this.logging = false;
     this.mem = null;
     this.dropViews();
+    this.stopInflight();
   }
 
   /** True when the descriptor at the device's next read position is available. */
   hasPending(): boolean {
     const d = this.desc16;
-    return d !== null && isAvailable(Atomics.load(d, 8 * this.nextAvail + 7), this.availWrap);
+    return d !== null && (this.resubmitPos < this.resubmit.length || isAvailable(Atomics.load(d, 8 * this.nextAvail + 7), this.availWrap));
   }
 
   /**
@@ -246,6 +333,7 @@ export class PackedQueue implements VirtQueue {
     const desc32 = this.desc32;
     const desc16 = this.desc16;
     if (!this.ready || this.broken || desc32 === null || desc16 === null) return null;
+    if (this.resubmitPos < this.resubmit.length) return this.popResubmitted(reuse);
     const size = this.size;
     let pos = this.nextAvail;
     let wrap = this.availWrap;
@@ -285,6 +373,13 @@ export class PackedQueue implements VirtQueue {
       return this.stop('descriptor-not-available', `chain of ${n} at ring position ${this.nextAvail} overlaps the ${this.inflightDescs} descriptors still in flight (queue size ${size})`);
     }
     // The extent and id are sound: consume the chain and account for it.
+    const region = this.inflightRegion;
+    if (region !== null) {
+      for (let k = 0, p = this.nextAvail; k < n; k++, p = p + 1 === size ? 0 : p + 1) {
+        region.markDesc((desc32[4 * p + 1] as number) * TWO32 + (desc32[4 * p] as number), desc32[4 * p + 2] as number,
+          desc16[8 * p + 7] as number, desc16[8 * p + 6] as number, k === n - 1);
+      }
+    }
     if (++pos === size) {
       pos = 0;
       wrap = !wrap;
@@ -385,12 +480,26 @@ export class PackedQueue implements VirtQueue {
     if (!(id >= 0 && id < this.size) || !Number.isInteger(id) || this.inflight[id] === 0) {
       throw new QueueError('bad-buffer-id', `used id ${id} is not a buffer in flight (queue size ${this.size})`);
     }
+    const region = this.inflightRegion;
     const pos = this.nextUsed;
     const b = 4 * pos;
     // WRITE in a used descriptor says whether len is meaningful (§2.8.4).
     const flags = (this.usedWrap ? USED_FLAGS_WRAP1 : 0) | (len !== 0 ? VIRTQ_DESC_F_WRITE : 0);
     desc32[b + 2] = len >>> 0;
     desc16[2 * b + 6] = id;
+    const n = this.chainLen[id] as number;
+    let next = pos + n;
+    let nextWrap = this.usedWrap;
+    if (next >= this.size) {
+      next -= this.size;
+      nextWrap = !nextWrap;
+    }
+    // The region moves first (spec order): a crash before the batch's first flags store rolls
+    // the whole batch back, one after it commits it.
+    if (region !== null) {
+      region.beforeUsed(id, next, nextWrap);
+      this.pendingIds.push(id);
+    }
     if (this.pendingPos < 0) {
       this.pendingPos = pos;
       this.pendingFlags = flags;
@@ -399,13 +508,8 @@ export class PackedQueue implements VirtQueue {
     }
     this.inflight[id] = 0;
     this.inflightCount--;
-    const n = this.chainLen[id] as number;
     this.inflightDescs -= n;
-    let next = pos + n;
-    if (next >= this.size) {
-      next -= this.size;
-      this.usedWrap = !this.usedWrap;
-    }
+    this.usedWrap = nextWrap;
     this.nextUsed = next;
     if (this.usedSinceSignal < 0x10000) this.usedSinceSignal += n;
     if (this.logging) this.mem?.dirtyLog?.markDirty(this.descGpa + 16 * pos, 16);
@@ -418,6 +522,10 @@ export class PackedQueue implements VirtQueue {
     this.pendingPos = -1;
     const d = this.desc16;
     if (d !== null) Atomics.store(d, 8 * pos + 7, this.pendingFlags);
+    if (this.pendingIds.length > 0) {
+      this.inflightRegion?.afterUsedBatch(this.pendingIds);
+      this.pendingIds.length = 0;
+    }
   }
 
   /**

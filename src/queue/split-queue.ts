@@ -1,6 +1,7 @@
 import type { GuestMemory } from '../memory/index.js';
 import { ringView } from './ring-view.js';
 import { DescriptorChain } from './chain.js';
+import type { SplitInflightRegion } from './inflight.js';
 import {
   QueueError, VIRTQ_AVAIL_F_NO_INTERRUPT, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE,
   VIRTQ_MAX_INDIRECT, VIRTQ_MAX_SIZE, VIRTQ_USED_F_NO_NOTIFY, VIRTQ_AVAIL_ALIGN, VIRTQ_DESC_ALIGN,
@@ -63,6 +64,13 @@ export class SplitQueue {
   private indirect32 = new Uint32Array(64);
   private indirect8 = new Uint8Array(this.indirect32.buffer);
   private logUsedGpa = -1;
+  /** Inflight tracking (INFLIGHT_SHMFD): the shared region recording popped heads, or null. */
+  private inflightRegion: SplitInflightRegion | null = null;
+  /** Heads recovered from the region, handed out by pop before new requests. */
+  private resubmit: number[] = [];
+  private resubmitPos = 0;
+  /** Heads of the unpublished used batch, recorded in the region once it is published. */
+  private readonly pendingHeads: number[] = [];
   /** addUsedDeferred wrote entries that used.idx does not cover yet. */
   private unpublished = false;
 
@@ -168,6 +176,45 @@ export class SplitQueue {
     this.signalledUsedValid = false;
     // New indices from the front-end are a fresh start for a ring that was broken.
     this.broken = false;
+    this.resubmit = [];
+    this.resubmitPos = 0;
+  }
+
+  /**
+   * Starts inflight tracking in `region` (at ring start, rings mapped). A blank region is laid out
+   * for this ring; one holding an earlier back-end's state is recovered: its heads still in flight
+   * are handed out by pop (in their original order) before new requests, and the next available
+   * index resumes after them (used idx + their count), as libvhost-user does. Returns how many
+   * heads will be resubmitted. Throws InflightError for an inconsistent region.
+   */
+  startInflight(region: SplitInflightRegion): number {
+    const used = Atomics.load(this.usedRing(), 1);
+    if (region.size !== this.size) throw new QueueError('invalid-size', `inflight region for ${region.size} descriptors on a ring of ${this.size}`);
+    let heads: number[] = [];
+    if (!region.initialised) {
+      region.init(used);
+    } else {
+      heads = region.recover(used);
+      this.nextUsed = used;
+      this.nextAvail = this.shadowAvail = (used + heads.length) & 0xffff;
+      this.signalledUsedValid = false;
+    }
+    this.inflightRegion = region;
+    this.resubmit = heads;
+    this.resubmitPos = 0;
+    return heads.length;
+  }
+
+  /** Stops recording in the inflight region (the region itself is left as it is). */
+  stopInflight(): void {
+    this.inflightRegion = null;
+    this.pendingHeads.length = 0;
+    this.resubmit = [];
+    this.resubmitPos = 0;
+  }
+
+  private get resubmitPending(): boolean {
+    return this.resubmitPos < this.resubmit.length;
   }
 
   /** Sets nextUsed from the used ring's idx as the driver sees it (done on SET_VRING_ADDR by QEMU's libvhost-user). */
@@ -190,6 +237,7 @@ export class SplitQueue {
     this.logUsedGpa = -1;
     this.mem = null;
     this.dropViews();
+    this.stopInflight();
   }
 
   private availRing(): Uint16Array {
@@ -214,7 +262,7 @@ export class SplitQueue {
 
   /** True when the driver has made buffers available that were not popped yet. */
   hasPending(): boolean {
-    return !this.broken && this.desc32 !== null && this.availIdx() !== this.nextAvail;
+    return !this.broken && this.desc32 !== null && (this.resubmitPending || this.availIdx() !== this.nextAvail);
   }
 
   /**
@@ -230,6 +278,12 @@ export class SplitQueue {
     const avail16 = this.avail16;
     if (!this.ready || this.broken || desc32 === null || avail16 === null) return null;
     const size = this.size;
+    if (this.resubmitPending) {
+      const chain = reuse ?? new DescriptorChain();
+      this.walk(chain, this.resubmit[this.resubmitPos++] as number, desc32);
+      chain.finish();
+      return chain;
+    }
     if (this.nextAvail === this.shadowAvail) {
       // Only re-read avail.idx (Atomics.load: acquire) once the entries published so far are used up.
       const availIdx = Atomics.load(avail16, 1);
@@ -243,6 +297,7 @@ export class SplitQueue {
     const head = avail16[2 + (this.nextAvail & (size - 1))] as number;
     this.nextAvail = (this.nextAvail + 1) & 0xffff;
     if (head >= size) throw new QueueError('bad-index', `head descriptor index ${head} ≥ queue size ${size}`);
+    this.inflightRegion?.mark(head);
     const chain = reuse ?? new DescriptorChain();
     this.walk(chain, head, desc32);
     chain.finish();
@@ -338,6 +393,13 @@ export class SplitQueue {
     if (!(headIndex >= 0 && headIndex < this.size) || !Number.isInteger(headIndex)) {
       throw new QueueError('bad-index', `used id ${headIndex} ≥ queue size ${this.size}`);
     }
+    // Spec order: the head joins the region's last batch before used.idx covers it; the batch
+    // is marked done in the region only after publishUsed() (so a crash anywhere is recoverable).
+    const region = this.inflightRegion;
+    if (region !== null) {
+      region.beforeUsed(headIndex);
+      this.pendingHeads.push(headIndex);
+    }
     const slot = this.nextUsed & (this.size - 1);
     used32[1 + 2 * slot] = headIndex;
     used32[2 + 2 * slot] = len >>> 0;
@@ -358,6 +420,10 @@ export class SplitQueue {
     this.unpublished = false;
     const used16 = this.used16;
     if (used16 !== null) Atomics.store(used16, 1, this.nextUsed);
+    if (this.pendingHeads.length > 0) {
+      this.inflightRegion?.afterUsedBatch(this.pendingHeads, this.nextUsed);
+      this.pendingHeads.length = 0;
+    }
   }
 
   /**
@@ -406,7 +472,7 @@ export class SplitQueue {
       this.logUsedFlags(0);
     }
     // seq-cst store above, then seq-cst load: the driver either sees our request or we see its idx.
-    return Atomics.load(avail16, 1) !== this.nextAvail;
+    return this.resubmitPending || Atomics.load(avail16, 1) !== this.nextAvail;
   }
 
   private logUsedFlags(offset: number): void {

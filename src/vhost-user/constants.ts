@@ -174,7 +174,8 @@ export enum ProtocolFeature {
   /**
    * GET_VRING_BASE may stop a ring without draining it, leaving in-flight requests recorded in the
    * inflight region (needs INFLIGHT_SHMFD). Name and bit as in rust-vmm vhost 0.16; the semantics
-   * are not final upstream (vhost-user-newer.md), so this implementation never offers it.
+   * are not final upstream (vhost-user-newer.md). The daemon offers it with INFLIGHT_SHMFD: when
+   * negotiated, GET_VRING_BASE stops the ring without waiting for its requests in flight.
    */
   GET_VRING_BASE_INFLIGHT = 20,
   /**

@@ -18,10 +18,11 @@ import {
   DeviceStateDirection, DeviceStatePhase, FrontendReq, IotlbType, ProtocolFeature,
   VHOST_USER_F_PROTOCOL_FEATURES, VHOST_USER_MMAP_FLAG_WRITABLE, hasProtocolFeature, protocolFeatureMask, requestName,
 } from '../../src/vhost-user/constants.js';
-import { REQUEST_GATES, type FeatureGate } from '../../src/vhost-user/gating.js';
+import { PROTOCOL_FEATURE_REQUIRES, REQUEST_GATES, type FeatureGate } from '../../src/vhost-user/gating.js';
 import type { CryptoSession, ShmemMapping } from '../../src/vhost-user/messages.js';
 import { VIRTIO_F_VERSION_1 } from '../../src/virtio/features.js';
 import { CapturingLogger, ProtoDevice, memfdWith, readFd } from './fixtures/proto-device.js';
+import { InflightArea } from '../../src/backend/inflight-area.js';
 
 const bit = (n: number): bigint => 1n << BigInt(n);
 const pf = protocolFeatureMask;
@@ -299,12 +300,34 @@ const ROWS: Record<FrontendReq, Row> = {
     send: (c) => c.s.fe.postcopyEnd(),
     check: async (c) => assert.rejects(c.s.fe.postcopyEnd(), VhostUserRequestFailedError, 'END without LISTEN is refused'),
   },
-  [FrontendReq.GET_INFLIGHT_FD]: unavailable('mandatory', 'no inflight tracking yet', (c) => c.s.fe.getInflightFd(2, 64)),
-  [FrontendReq.SET_INFLIGHT_FD]: unavailable('ack', 'no inflight tracking yet', (c) => {
-    const fd = memfdWith('', 4096);
-    c.s.fds.push(fd);
-    return c.s.fe.setInflightFd({ mmapSize: 4096n, mmapOffset: 0n, numQueues: 2, queueSize: 64 }, fd);
-  }),
+  [FrontendReq.GET_INFLIGHT_FD]: {
+    reply: 'mandatory',
+    send: (c) => c.s.fe.getInflightFd(2, 64),
+    check: (c, res) => {
+      const r = res as Awaited<ReturnType<Frontend['getInflightFd']>>;
+      assert.ok(r.fd !== null, 'an area fd');
+      c.s.fds.push(r.fd);
+      assert.deepEqual({ ...r.inflight, mmapSize: 0n }, { mmapSize: 0n, mmapOffset: 0n, numQueues: 2, queueSize: 64 });
+      assert.equal(r.inflight.mmapSize, BigInt(InflightArea.sizeFor(2, 64)));
+      assert.equal(sys.fileInfo(r.fd).size, Number(r.inflight.mmapSize), 'the memfd has the announced size');
+    },
+  },
+  [FrontendReq.SET_INFLIGHT_FD]: {
+    reply: 'ack',
+    send: (c) => {
+      const fd = memfdWith('', InflightArea.sizeFor(2, 64));
+      c.s.fds.push(fd);
+      return c.s.fe.setInflightFd({ mmapSize: BigInt(InflightArea.sizeFor(2, 64)), mmapOffset: 0n, numQueues: 2, queueSize: 64 }, fd);
+    },
+    check: async (c) => {
+      // Hostile areas: too small for its counts, more queues than the device has.
+      const small = memfdWith('', 4096);
+      c.s.fds.push(small);
+      await assert.rejects(c.s.fe.setInflightFd({ mmapSize: 4096n, mmapOffset: 0n, numQueues: 2, queueSize: 64 }, small), VhostUserRequestFailedError);
+      await assert.rejects(c.s.fe.setInflightFd({ mmapSize: 4096n, mmapOffset: 0n, numQueues: 9, queueSize: 1 }, small), VhostUserRequestFailedError);
+      assert.ok(c.logger.lines.some((l) => l.includes('VHOST_USER_SET_INFLIGHT_FD failed') && l.includes('too small')), 'the refusal names the request');
+    },
+  },
   [FrontendReq.GPU_SET_SOCKET]: {
     reply: 'ack',
     send: (c) => { const fd = sys.eventfd(); c.s.fds.push(fd); return c.s.fe.gpuSetSocket(fd); },
@@ -379,6 +402,7 @@ const DAEMON_OFFER = [
   ProtocolFeature.MQ, ProtocolFeature.LOG_SHMFD, ProtocolFeature.PAGEFAULT, ProtocolFeature.REPLY_ACK, ProtocolFeature.BACKEND_REQ, ProtocolFeature.CONFIG,
   ProtocolFeature.BACKEND_SEND_FD, ProtocolFeature.RESET_DEVICE, ProtocolFeature.CONFIGURE_MEM_SLOTS, ProtocolFeature.STATUS,
   ProtocolFeature.SHARED_OBJECT, ProtocolFeature.SHMEM, ProtocolFeature.RARP, ProtocolFeature.MTU, ProtocolFeature.CRYPTO_SESSION,
+  ProtocolFeature.INFLIGHT_SHMFD, ProtocolFeature.GET_VRING_BASE_INFLIGHT,
 ].reduce((m, f) => m | pf(f), 0n);
 
 // --- sessions ----------------------------------------------------------------------------------
@@ -416,7 +440,10 @@ async function open(env: Env, without: FeatureGate | null): Promise<Ctx> {
     await fe.getFeatures();
     return c;
   }
-  const wantProtocol = DAEMON_OFFER & ~(without?.kind === 'protocol' ? pf(without.feature) : 0n);
+  // Leaving a feature out leaves out those that require it (GET_VRING_BASE_INFLIGHT needs INFLIGHT_SHMFD).
+  let drop = without?.kind === 'protocol' ? pf(without.feature) : 0n;
+  for (const [f, needs] of PROTOCOL_FEATURE_REQUIRES) if (needs.some((x) => (drop & pf(x)) !== 0n)) drop |= pf(f);
+  const wantProtocol = DAEMON_OFFER & ~drop;
   const wantFeatures = ~(without?.kind === 'virtio' ? bit(without.bit) : 0n);
   const n = await negotiate(fe, { wantFeatures, wantProtocolFeatures: wantProtocol });
   s.protocolFeatures = n.protocolFeatures ?? 0n;
