@@ -15,8 +15,14 @@ const root = fileURLToPath(new URL('../../..', import.meta.url));
 const blk = join(root, 'dist/src/cli/blk.js');
 const probe = join(root, 'dist/src/cli/probe.js');
 
-test('npx vhost-user-blk --print-capabilities prints the back-end conventions JSON', async () => {
-  const { stdout } = await run('npx', ['--no-install', 'vhost-user-blk', '--print-capabilities'], { cwd: root, timeout: 60_000 });
+test('npx vhost-user-blk --print-capabilities prints the back-end conventions JSON', async (t) => {
+  // A private npm cache: npx keeps per-command entries in ~/.npm/_npx, and one left half-written by
+  // a concurrent npx elsewhere on the machine makes `npx --no-install` fail without a message.
+  const cache = mkdtempSync(join(tmpdir(), 'vu-npx-'));
+  t.after(() => rmSync(cache, { recursive: true, force: true }));
+  const { stdout } = await run('npx', ['--no-install', 'vhost-user-blk', '--print-capabilities'], {
+    cwd: root, timeout: 120_000, env: { ...process.env, npm_config_cache: cache },
+  });
   assert.deepEqual(JSON.parse(stdout), { type: 'block', features: ['read-only', 'blk-file'] });
   assert.equal(stdout, '{"type":"block","features":["read-only","blk-file"]}\n');
 });
