@@ -8,7 +8,8 @@
  * guard until the worker reports it no longer maps it, so the worker never touches unmapped memory.
  * @module
  */
-import { Worker } from 'node:worker_threads';
+import { createRequire } from 'node:module';
+import type { Worker } from 'node:worker_threads';
 import { pathToFileURL } from 'node:url';
 import * as sys from '../sys/index.js';
 import type { GuestMemoryAtomic, GuestMemoryGuard, RegionBacking } from '../memory/index.js';
@@ -16,6 +17,11 @@ import { SplitQueue, type SplitQueueState } from '../queue/index.js';
 import type { Logger } from '../log.js';
 import type { Vring } from './vring.js';
 import type { FromWorker, ToWorker, VringWorkerModule, WireRegion, WireVring, WorkerInit } from './worker-protocol.js';
+
+// node:worker_threads is loaded when the first worker starts, not at startup: loading it costs an
+// idle daemon ~1 MiB of RSS, and only `--threads N` > 1 uses it.
+const requireBuiltin = createRequire(import.meta.url);
+let workerThreads: typeof import('node:worker_threads') | null = null;
 
 /** Default of {@link VringWorkerModule.quiesceTimeoutMs}. */
 const QUIESCE_TIMEOUT_MS = 5000;
@@ -78,7 +84,8 @@ export class WorkerVringGroup {
     this.quiesceTimeoutMs = module.quiesceTimeoutMs ?? QUIESCE_TIMEOUT_MS;
     const init: WorkerInit = { url, data: module.data, threadId, maxQueueSize, numQueues, indices: vrings.map((v) => v.index) };
     for (const v of vrings) this.sent.set(v.index, { kick: { src: null, dup: null }, call: { src: null, dup: null }, err: { src: null, dup: null } });
-    this.worker = new Worker(new URL('./worker-main.js', import.meta.url), { workerData: init });
+    workerThreads ??= requireBuiltin('node:worker_threads') as typeof import('node:worker_threads');
+    this.worker = new workerThreads.Worker(new URL('./worker-main.js', import.meta.url), { workerData: init });
     this.worker.on('message', (m: FromWorker) => this.onMessage(m));
     this.worker.on('error', (e: Error) => {
       this.logger.log('error', `vring worker ${threadId}: ${e.stack ?? e.message}`);
