@@ -1,0 +1,143 @@
+/**
+ * Live migration of a net guest: a guest on our `vhost-user-net --tap vutapA` is migrated, while
+ * the host pings it, to a second QEMU on a second daemon `--tap vutapB`. Both TAPs are ports of
+ * one Linux bridge in a network namespace made by the test; the bridge holds the host side's
+ * address. Both QEMUs give the NIC the same MAC.
+ *
+ * After the switch-over the bridge still forwards the guest's MAC to vutapA (where it learned it)
+ * until a frame from that MAC arrives on vutapB. The guest itself sends nothing (our device does
+ * not offer VIRTIO_NET_F_GUEST_ANNOUNCE), so QEMU asks the destination back-end to announce it:
+ * SEND_RARP, which our daemon turns into a broadcast RARP on vutapB. The test shows it in the
+ * destination daemon's log and in the bridge's forwarding table moving to vutapB, and that the
+ * pings keep being answered from the destination; then a checksummed TCP stream to the migrated
+ * guest (its listener was opened before the migration) ends the guest test on the destination.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { GUEST_TOOLS, requireTools } from '../helpers/tools.js';
+import { expectCleanExit, startQemu, vhostUserNetArgs } from '../helpers/qemu.js';
+import { makeTempDir } from '../helpers/tmp.js';
+import { QmpClient, qmpArgs, type QmpEvent } from '../helpers/qmp.js';
+import { waitForUnixListener } from '../helpers/process.js';
+import { createNetns, startTcpSource, runOk } from '../helpers/netns.js';
+import { startOurNet } from '../helpers/guest-net.js';
+
+/** Small guest RAM keeps two TCG guests and the RAM transfer within the time budget. */
+const MEM_MB = 128;
+const MAC = '52:54:00:00:77:02';
+const GUEST_IP = '10.77.0.2';
+const HOST_IP = '10.77.0.1';
+const PORT = 5001;
+/** Sent to the migrated guest once it runs on the destination. */
+const XFER_BYTES = 1024 * 1024;
+/** Interval of the host's pings, seconds. */
+const PING_INTERVAL_S = 0.2;
+
+/** Sequence numbers of the echo replies busybox ping printed so far. */
+function replySeqs(out: string): number[] {
+  return [...out.matchAll(/^\d+ bytes from [\d.]+: seq=(\d+) /gm)].map((m) => Number(m[1]));
+}
+
+const migrationStatus = (want: string) => (e: QmpEvent): boolean =>
+  e.event === 'MIGRATION' && (e.data?.status === want || e.data?.status === 'failed');
+
+test('live migration of a guest on our vhost-user-net --tap while the host pings it: replies continue from the destination, SEND_RARP announces it on the destination TAP', { timeout: 180_000 }, async (t) => {
+  if (!requireTools(t, ...GUEST_TOOLS, 'ip', 'bridge')) return;
+  const tmp = makeTempDir(t, 'netmig');
+  const ns = await createNetns(t);
+  const sockA = tmp.socketPath('net-src');
+  const sockB = tmp.socketPath('net-dst');
+  const [tapA, tapB] = ['vutapA', 'vutapB'];
+  const srcDaemon = await startOurNet({ sockets: [sockA], ns, tap: tapA, t });
+  const dstDaemon = await startOurNet({ sockets: [sockB], ns, tap: tapB, t });
+  await ns.waitForLink(tapA, 10_000);
+  await ns.waitForLink(tapB, 10_000);
+  const ip = (...args: string[]) => runOk('ip', ['-n', ns.name, ...args]);
+  // No STP: ports forward as soon as they are up.
+  await ip('link', 'add', 'br0', 'type', 'bridge', 'stp_state', '0');
+  for (const tap of [tapA, tapB]) {
+    await ip('link', 'set', tap, 'master', 'br0');
+    await ip('link', 'set', tap, 'up');
+  }
+  await ns.configure('br0', `${HOST_IP}/24`);
+
+  const qmpA = tmp.socketPath('qmp-src');
+  const qmpB = tmp.socketPath('qmp-dst');
+  const migSock = tmp.socketPath('mig');
+  const nic = (sock: string): string[] => {
+    const args = vhostUserNetArgs(sock, { queues: 2 });
+    const i = args.indexOf('-device');
+    // The same MAC on both sides: QEMU, not the back-end, gives the guest its MAC.
+    return args.map((a, k) => (k === i + 1 ? `${a},mac=${MAC}` : a));
+  };
+  const common = {
+    test: 'net-xfer', memMb: MEM_MB, t,
+    params: { ip: `${GUEST_IP}/24`, peer: HOST_IP, port: PORT, send: 0, recv: 1, wait: 90 },
+  };
+  const src = await startQemu({ ...common, args: [...nic(sockA), ...qmpArgs(qmpA)] });
+  const dst = await startQemu({ ...common, args: [...nic(sockB), ...qmpArgs(qmpB), '-incoming', `unix:${migSock}`] });
+  await waitForUnixListener(qmpA, 20_000, src.proc);
+  await waitForUnixListener(qmpB, 20_000, dst.proc);
+  const qa = await QmpClient.connect(qmpA);
+  const qb = await QmpClient.connect(qmpB);
+  t.after(() => { qa.close(); qb.close(); });
+  await qa.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] });
+  const diag = (): string => `\n--- source QEMU\n${src.diagnostics()}\n--- destination QEMU\n${dst.diagnostics()}\n` +
+    `--- source daemon\n${srcDaemon.diagnostics()}\n--- destination daemon\n${dstDaemon.diagnostics()}`;
+
+  await src.waitFor(new RegExp(`^VTEST-PROGRESS net-xfer ready ip=${GUEST_IP.replace(/\./g, '\\.')}\\n`, 'm'), 90_000);
+  // The forwarding table's changes from now on: where the bridge sees the guest's MAC.
+  const fdb = ns.spawn('bridge', ['monitor', 'fdb'], 'fdb-monitor');
+  t.after(async () => { await fdb.terminate({ sig: 'SIGKILL', graceMs: 1000 }); });
+  const ping = ns.spawn('busybox', ['ping', '-i', String(PING_INTERVAL_S), GUEST_IP], 'ping');
+  t.after(async () => { await ping.terminate({ sig: 'SIGKILL', graceMs: 1000 }); });
+  // A few replies through the source first.
+  await ping.waitForText(/seq=4 /, 30_000);
+  assert.ok(replySeqs(ping.stdout).length >= 3, `pings to the guest on the source were not answered\n${ping.stdout}${diag()}`);
+
+  const t0 = performance.now();
+  await qa.execute('migrate', { uri: `unix:${migSock}` });
+  const done = await qa.waitEvent(migrationStatus('completed'), 60_000, 'migration completed');
+  assert.equal(done.data?.status, 'completed', `migration failed${diag()}`);
+  const migrationMs = performance.now() - t0;
+  await qb.waitEvent((e) => e.event === 'RESUME', 30_000, 'destination resumed');
+  const seqsAtResume = replySeqs(ping.stdout);
+  const lastBefore = Math.max(-1, ...seqsAtResume);
+
+  // SEND_RARP reached the destination daemon, which put the RARP on its TAP: the bridge now
+  // forwards the guest's MAC to vutapB.
+  const announce = new RegExp(`announcing ${MAC} \\(gratuitous RARP\\)`);
+  await dstDaemon.waitForText(announce, 15_000, () => dstDaemon.stderr).catch((e: Error) => assert.fail(`${e.message}${diag()}`));
+  assert.doesNotMatch(srcDaemon.stderr, announce, 'the source daemon announced the guest');
+  await fdb.waitForText(new RegExp(`^${MAC} dev ${tapB} `, 'm'), 15_000)
+    .catch((e: Error) => assert.fail(`the bridge never saw ${MAC} on ${tapB}: ${e.message}\n${fdb.stdout}${diag()}`));
+  const table = await runOk('bridge', ['-n', ns.name, 'fdb', 'show', 'br', 'br0']);
+  assert.match(table.stdout, new RegExp(`^${MAC} dev ${tapB} `, 'm'), `guest MAC not on ${tapB}\n${table.stdout}`);
+
+  // The guest keeps answering, now from the destination: 5 replies newer than any before RESUME.
+  await ping.waitForText(new RegExp(`seq=${lastBefore + 5} `), 30_000)
+    .catch((e: Error) => assert.fail(`no replies after the switch-over: ${e.message}\n${ping.stdout}${diag()}`));
+  const seqs = replySeqs(ping.stdout);
+  const after = seqs.filter((s) => s > lastBefore);
+  assert.ok(after.length >= 3, `the migrated guest answered ${after.length} pings\n${ping.stdout}`);
+  // Pings lost around the switch-over: the longest run of sequence numbers without a reply.
+  let gap = 0;
+  for (let i = 1; i < seqs.length; i++) gap = Math.max(gap, (seqs[i] ?? 0) - (seqs[i - 1] ?? 0) - 1);
+
+  // And a TCP stream into the migrated guest's listener, checksummed on both ends.
+  const source = startTcpSource(ns, GUEST_IP, PORT, XFER_BYTES, t);
+  const r = await dst.result(90_000);
+  assert.ok(r.pass, `guest failed after migration: ${r.line}${diag()}`);
+  const sent = await source.done(30_000);
+  assert.equal(r.details.rx_bytes, String(sent.bytes), `guest received a different byte count${diag()}`);
+  assert.equal(r.details.rx_sha256, sent.sha256, 'host -> migrated guest: checksum mismatch');
+  assert.match(r.details.mac ?? '', new RegExp(`^${MAC}$`), 'the guest kept its MAC');
+  await expectCleanExit(dst);
+
+  assert.match(srcDaemon.stderr, /dirty logging started/, diag());
+  assert.equal(srcDaemon.exitStatusNow, undefined, `source daemon died${diag()}`);
+  assert.equal(dstDaemon.exitStatusNow, undefined, `destination daemon died${diag()}`);
+  await src.stop();
+  t.diagnostic(`net migration ${migrationMs.toFixed(0)} ms; pings answered before/after RESUME: ${seqsAtResume.length}/${after.length}, ` +
+    `longest run of lost pings ${gap} (x ${PING_INTERVAL_S} s); ${sent.bytes} B TCP into the migrated guest in ${sent.ms} ms`);
+});
