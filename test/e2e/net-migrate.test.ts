@@ -74,6 +74,7 @@ test('live migration of a guest on our vhost-user-net --tap while the host pings
     test: 'net-xfer', memMb: MEM_MB, t,
     params: { ip: `${GUEST_IP}/24`, peer: HOST_IP, port: PORT, send: 0, recv: 1, wait: 90 },
   };
+  const tStart = performance.now();
   const src = await startQemu({ ...common, args: [...nic(sockA), ...qmpArgs(qmpA)] });
   const dst = await startQemu({ ...common, args: [...nic(sockB), ...qmpArgs(qmpB), '-incoming', `unix:${migSock}`] });
   await waitForUnixListener(qmpA, 20_000, src.proc);
@@ -87,6 +88,7 @@ test('live migration of a guest on our vhost-user-net --tap while the host pings
 
   await src.waitFor(new RegExp(`^VTEST-PROGRESS net-xfer ready ip=${GUEST_IP.replace(/\./g, '\\.')}\\n`, 'm'), 90_000);
   // The forwarding table's changes from now on: where the bridge sees the guest's MAC.
+  const tReady = performance.now();
   const fdb = ns.spawn('bridge', ['monitor', 'fdb'], 'fdb-monitor');
   t.after(async () => { await fdb.terminate({ sig: 'SIGKILL', graceMs: 1000 }); });
   const ping = ns.spawn('busybox', ['ping', '-i', String(PING_INTERVAL_S), GUEST_IP], 'ping');
@@ -132,12 +134,16 @@ test('live migration of a guest on our vhost-user-net --tap while the host pings
   assert.equal(r.details.rx_bytes, String(sent.bytes), `guest received a different byte count${diag()}`);
   assert.equal(r.details.rx_sha256, sent.sha256, 'host -> migrated guest: checksum mismatch');
   assert.match(r.details.mac ?? '', new RegExp(`^${MAC}$`), 'the guest kept its MAC');
+  const tResult = performance.now();
   await expectCleanExit(dst);
 
   assert.match(srcDaemon.stderr, /dirty logging started/, diag());
   assert.equal(srcDaemon.exitStatusNow, undefined, `source daemon died${diag()}`);
   assert.equal(dstDaemon.exitStatusNow, undefined, `destination daemon died${diag()}`);
   await src.stop();
+  const s = (ms: number): string => (ms / 1000).toFixed(1);
+  t.diagnostic(`guest ready on the source ${s(tReady - tStart)} s, migrated ${s(t0 - tStart)}-${s(t0 + migrationMs - tStart)} s, ` +
+    `result on the destination ${s(tResult - tStart)} s, destination exited ${s(performance.now() - tStart)} s`);
   t.diagnostic(`net migration ${migrationMs.toFixed(0)} ms; pings answered before/after RESUME: ${seqsAtResume.length}/${after.length}, ` +
     `longest run of lost pings ${gap} (x ${PING_INTERVAL_S} s); ${sent.bytes} B TCP into the migrated guest in ${sent.ms} ms`);
 });
