@@ -38,16 +38,19 @@ const MAX_LOSS_S = 3;
 /**
  * Prints every RARP frame (EtherType 0x8035) the kernel receives on interface argv[1], i.e. what
  * the back-end writes into that TAP: `rarp pkttype=N src=MAC op=N target=MAC`, after `ready`.
+ * It listens to every protocol (ETH_P_ALL): on a bridge port, a socket bound to one EtherType
+ * never sees a frame, because the bridge consumes it before protocol handlers run.
  */
 const RARP_SNIFFER = `
 import socket, sys
-s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x8035))
-s.bind((sys.argv[1], 0x8035))
+ETH_P_ALL = 3
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+s.bind((sys.argv[1], ETH_P_ALL))
 print("ready", flush=True)
 mac = lambda b: ":".join("%02x" % x for x in b)
 while True:
     f, addr = s.recvfrom(2048)
-    if addr[2] == socket.PACKET_OUTGOING or len(f) < 42:
+    if addr[2] == socket.PACKET_OUTGOING or len(f) < 42 or f[12:14] != b"\\x80\\x35":
         continue
     print("rarp pkttype=%d src=%s op=%d target=%s" % (addr[2], mac(f[6:12]), int.from_bytes(f[20:22], "big"), mac(f[32:38])), flush=True)
 `;
