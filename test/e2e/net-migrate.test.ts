@@ -8,9 +8,12 @@
  * until a frame from that MAC arrives on vutapB. The guest itself sends nothing (our device does
  * not offer VIRTIO_NET_F_GUEST_ANNOUNCE), so QEMU asks the destination back-end to announce it:
  * SEND_RARP, which our daemon turns into a broadcast RARP on vutapB. The test shows it in the
- * destination daemon's log and in the bridge's forwarding table moving to vutapB, and that the
- * pings keep being answered from the destination; then a checksummed TCP stream to the migrated
- * guest (its listener was opened before the migration) ends the guest test on the destination.
+ * destination daemon's log, as frames on vutapB (a raw AF_PACKET socket, python3) and in the
+ * bridge's forwarding table moving to vutapB, and that the pings keep being answered from the
+ * destination with at most the switch-over's downtime lost; then a checksummed TCP stream to the
+ * migrated guest (its listener was opened before the migration) ends the guest test there.
+ * With the RARP suppressed (checked by hand) the sniffer sees nothing and ~6 s of pings are lost:
+ * the bridge only re-learns the MAC when the namespace's neighbour entry goes stale and it ARPs.
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -184,7 +187,6 @@ test('live migration of a guest on our vhost-user-net --tap while the host pings
   const s = (ms: number): string => (ms / 1000).toFixed(1);
   t.diagnostic(`guest ready on the source ${s(tReady - tStart)} s, migrated ${s(t0 - tStart)}-${s(t0 + migrationMs - tStart)} s, ` +
     `result on the destination ${s(tResult - tStart)} s, destination exited ${s(performance.now() - tStart)} s`);
-  if (process.env.NETMIG_DEBUG) t.diagnostic(`fdb:\n${fdb.stdout}\nrarp:\n${rarp.stdout}\nping:\n${ping.stdout}\ndst:\n${dstDaemon.stderr}`);
   t.diagnostic(`net migration ${migrationMs.toFixed(0)} ms; pings answered before/after RESUME: ${seqsAtResume.length}/${after.length}, ` +
     `longest run of lost pings ${gap} (x ${PING_INTERVAL_S} s); ${rarpLines(rarp.stdout)} RARP frame(s) on ${tapB}; ${sent.bytes} B TCP into the migrated guest in ${sent.ms} ms`);
 });
