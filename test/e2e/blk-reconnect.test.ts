@@ -18,7 +18,8 @@ const MiB = 1024 * 1024;
 const RESTARTS = 10;
 const WRITERS = 8;
 const SLOTS = 4;
-const ITERS = 16;
+/** Enough writes that the guest is still writing after the 10th restart on a quiet, fast machine too. */
+const ITERS = 48;
 /** Bytes per write: large enough that a write is several descriptors and often in flight at a kill. */
 const BS = 128 * 1024;
 
