@@ -217,33 +217,7 @@ export async function runBackendCli(spec: BackendCliSpec, argv: string[] = proce
     return fail(`cannot listen: ${(e as Error).message}`);
   }
   const socketPath = endpoint.kind === 'path' ? endpoint.path : undefined;
-  let signalled: string | null = null;
-  let signalledAt = 0;
-  const onSignal = (sig: NodeJS.Signals): void => {
-    if (signalled !== null) {
-      // A second signal: the operator does not want to wait. (Ctrl-C reaches a whole process
-      // group, e.g. npm, its script and this daemon, which forward it too: copies arriving
-      // together are one request.)
-      if (performance.now() - signalledAt < 1000) return;
-      logger.log('warn', `${sig} again: exiting now`);
-      process.exit(EXIT_FORCED);
-    }
-    signalled = sig;
-    signalledAt = performance.now();
-    logger.log('info', `${sig}: finishing in-flight requests and exiting`);
-    // Shutdown is bounded whatever the queues do (a guest flooding them, a stuck disk). Exiting
-    // early loses nothing acknowledged: a request is acknowledged only after its I/O completed.
-    setTimeout(() => {
-      logger.log('warn', `in-flight requests did not finish within ${SHUTDOWN_TIMEOUT_MS} ms of ${sig}: exiting anyway`);
-      if (socketPath !== undefined) {
-        try { unlinkSync(socketPath); } catch { /* already gone */ }
-      }
-      process.exit(EXIT_FORCED);
-    }, SHUTDOWN_TIMEOUT_MS).unref();
-    void daemon.stop();
-  };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
+  const removeSignals = handleShutdownSignals(logger, socketPath === undefined ? [] : [socketPath], () => daemon.stop(), 'finishing in-flight requests and exiting');
   const onUsr1 = (): void => daemon.logStats('SIGUSR1');
   process.on('SIGUSR1', onUsr1);
   const statsTimer = statsEvery === undefined ? null : setInterval(() => daemon.logStats('stats'), statsEvery * 1000);
@@ -257,9 +231,47 @@ export async function runBackendCli(spec: BackendCliSpec, argv: string[] = proce
     return fail((e as Error).message);
   }
   await device.close?.();
-  process.off('SIGINT', onSignal);
-  process.off('SIGTERM', onSignal);
+  removeSignals();
   process.off('SIGUSR1', onUsr1);
   if (statsTimer !== null) clearInterval(statsTimer);
   return 0;
+}
+
+/**
+ * SIGINT/SIGTERM for a daemon CLI: the first signal calls `stop` and bounds it to
+ * SHUTDOWN_TIMEOUT_MS (then the socket paths are unlinked and the process exits EXIT_FORCED); a
+ * second signal more than 1 s later exits at once. Returns the function that removes the handlers.
+ */
+export function handleShutdownSignals(logger: Logger, socketPaths: readonly string[], stop: () => Promise<unknown>, what: string): () => void {
+  let signalled: string | null = null;
+  let signalledAt = 0;
+  const onSignal = (sig: NodeJS.Signals): void => {
+    if (signalled !== null) {
+      // A second signal: the operator does not want to wait. (Ctrl-C reaches a whole process
+      // group, e.g. npm, its script and this daemon, which forward it too: copies arriving
+      // together are one request.)
+      if (performance.now() - signalledAt < 1000) return;
+      logger.log('warn', `${sig} again: exiting now`);
+      process.exit(EXIT_FORCED);
+    }
+    signalled = sig;
+    signalledAt = performance.now();
+    logger.log('info', `${sig}: ${what}`);
+    // Shutdown is bounded whatever the queues do (a guest flooding them, a stuck disk). Exiting
+    // early loses nothing acknowledged: a request is acknowledged only after its I/O completed.
+    setTimeout(() => {
+      logger.log('warn', `did not stop within ${SHUTDOWN_TIMEOUT_MS} ms of ${sig}: exiting anyway`);
+      for (const path of socketPaths) {
+        try { unlinkSync(path); } catch { /* already gone */ }
+      }
+      process.exit(EXIT_FORCED);
+    }, SHUTDOWN_TIMEOUT_MS).unref();
+    void stop();
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+  return () => {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  };
 }

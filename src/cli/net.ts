@@ -6,14 +6,13 @@
  *     vhost-user-net --socket-path P [--socket-path P2 ...] (--tap NAME | --loopback) [--queue-pairs N]
  * @module
  */
-import { unlinkSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import * as sys from '../sys/index.js';
 import { VhostUserDaemon } from '../backend/index.js';
 import { DEFAULT_SOCKET_MODE, UnixListener, checkSocketPath } from '../vhost-user/listener.js';
 import { RateLimitedLogger, StderrLogger, type Logger } from '../log.js';
 import {
-  EXIT_FAILURE, EXIT_USAGE, SHUTDOWN_TIMEOUT_MS, UsageError, inheritedSocket, intOption, logOptions, packageVersion,
+  EXIT_FAILURE, EXIT_USAGE, UsageError, handleShutdownSignals, inheritedSocket, intOption, logOptions, packageVersion,
   type Endpoint, type OptionValues,
 } from './backend-cli.js';
 import {
@@ -22,7 +21,6 @@ import {
 import { NetPoller, netStatsLines } from './net-stats.js';
 
 const PROGRAM = 'vhost-user-net';
-const EXIT_FORCED = 3;
 
 const OPTIONS = {
   'socket-path': { type: 'string', multiple: true },
@@ -229,32 +227,11 @@ async function main(argv: string[]): Promise<number> {
   const onUsr1 = (): void => logStats('SIGUSR1');
   process.on('SIGUSR1', onUsr1);
 
-  let signalled: string | null = null;
-  let signalledAt = 0;
   const stopAll = async (): Promise<void> => {
     poller?.stop();
     await Promise.all(ports.map((p) => p.daemon.stop()));
   };
-  const onSignal = (sig: NodeJS.Signals): void => {
-    if (signalled !== null) {
-      if (performance.now() - signalledAt < 1000) return;
-      logger.log('warn', `${sig} again: exiting now`);
-      process.exit(EXIT_FORCED);
-    }
-    signalled = sig;
-    signalledAt = performance.now();
-    logger.log('info', `${sig}: stopping`);
-    setTimeout(() => {
-      logger.log('warn', `did not stop within ${SHUTDOWN_TIMEOUT_MS} ms of ${sig}: exiting anyway`);
-      for (const p of listening) {
-        try { unlinkSync(p); } catch { /* already gone */ }
-      }
-      process.exit(EXIT_FORCED);
-    }, SHUTDOWN_TIMEOUT_MS).unref();
-    void stopAll();
-  };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
+  const removeSignals = handleShutdownSignals(logger, listening, stopAll, 'stopping');
 
   const where = listening.length > 0 ? listening.join(', ') : '<the socket passed with --fd>';
   const macs = ports.map((p) => formatMac(p.dev.mac)).join(', ');
@@ -272,8 +249,7 @@ async function main(argv: string[]): Promise<number> {
   }
   logStats('exit');
   tap?.close();
-  process.off('SIGINT', onSignal);
-  process.off('SIGTERM', onSignal);
+  removeSignals();
   process.off('SIGUSR1', onUsr1);
   if (statsTimer !== null) clearInterval(statsTimer);
   return code;
