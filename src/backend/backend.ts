@@ -8,7 +8,7 @@ import type { BackendChannel } from '../vhost-user/backend-channel.js';
 import type { CryptoSession, ShmemConfig } from '../vhost-user/messages.js';
 import type { DescriptorChain } from '../queue/index.js';
 import { ProtocolFeature, protocolFeatureMask } from '../vhost-user/constants.js';
-import type { CompletionCallback, PENDING } from './queue-server.js';
+import type { CompletionCallback, PENDING, ServingOptions } from './queue-server.js';
 import type { Vring } from './vring.js';
 import type { VringWorkerModule } from './worker-protocol.js';
 
@@ -101,6 +101,11 @@ export interface VhostUserBackend {
   fillsQueue?(queueIndex: number): boolean;
   /** Requests of queue `queueIndex` in flight before the framework stops popping (default: no bound). */
   maxInFlight?(queueIndex: number): number;
+  /**
+   * How the framework serves queue `queueIndex`: used-index batch size, adaptive polling
+   * (`pollUs`, off by default) and the per-turn fairness budget. See {@link QueueServerOptions}.
+   */
+  servingOptions?(queueIndex: number): ServingOptions;
   /**
    * Queue `queueIndex` is stopping (GET_VRING_BASE) or being reset, and the framework is about to
    * wait for its in-flight requests: settle now the ones that wait on the device itself (timers,

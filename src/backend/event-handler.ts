@@ -36,6 +36,7 @@ export class VringEventHandler {
         const index = v.index;
         this.servers.set(index, new QueueServer(v, (chain, vring, done) => serve.call(backend, index, chain, vring, done), {
           maxInFlight: backend.maxInFlight?.(index),
+          ...backend.servingOptions?.(index),
           logger,
           name: `vring ${index}`,
           // A broken ring must cost nothing: its kicks are not even read until it is reset.

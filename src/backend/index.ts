@@ -1,6 +1,6 @@
 // The daemon framework: VhostUserDaemon serving a VhostUserBackend (rust-vmm's vhost-user-backend).
 export { DEFAULT_MAX_QUEUE_SIZE, defaultProtocolFeatures, type VhostUserBackend } from './backend.js';
-export { QueueServer, serveQueue, PENDING, type ChainHandler, type CompletionCallback, type QueueServerOptions } from './queue-server.js';
+export { QueueServer, serveQueue, PENDING, type ChainHandler, type CompletionCallback, type QueueServerOptions, type ServingOptions, DEFAULT_BATCH, DEFAULT_TURN_BUDGET } from './queue-server.js';
 export { Vring } from './vring.js';
 export { VringEventHandler } from './event-handler.js';
 export { VhostUserHandler, MAX_MEM_SLOTS, DAEMON_PROTOCOL_FEATURES } from './handler.js';

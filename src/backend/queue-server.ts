@@ -41,11 +41,46 @@ export interface QueueServerOptions {
   /** Prefix of log lines (default `queue <index>`). */
   name?: string;
   /**
+   * Chains completed synchronously per used-index update (default {@link DEFAULT_BATCH}). A drain
+   * that finds more work publishes every `batch` chains instead of once at the end, so a driver
+   * whose ring is full can refill it while the rest is served (otherwise a fast driver and the
+   * device take turns, each idle while the other works).
+   */
+  batch?: number;
+  /**
+   * Adaptive polling (kernel vhost's `busyloop_timeout`, QEMU's `poll-max-ns`): once the ring is
+   * empty, keep checking it for up to this many µs with notifications still off before asking the
+   * driver to kick again. A driver that produces steadily then never pays for a kick and a wake-up;
+   * the cost is up to this much CPU spent spinning per idle period. 0 (default): never spin.
+   */
+  pollUs?: number;
+  /**
+   * Chains served per turn of the event loop before the drain yields (notifications stay off and
+   * it resumes on the next turn), so one busy ring cannot starve the other fds of its thread
+   * (default {@link DEFAULT_TURN_BUDGET}).
+   */
+  turnBudget?: number;
+  /**
+   * Called after each batch of used entries is published (before the interrupt decision): a
+   * device publishes work it did for the batch elsewhere, e.g. the receive queue a transmitted
+   * frame was looped into, so it is not held back while this queue polls.
+   */
+  onPublish?: () => void;
+  /**
    * Called once when the ring is found broken (e.g. the avail index jumped past the queue size),
    * after its err eventfd was signalled: the owner stops watching the ring's kick fd.
    */
   onBroken?: (vring: Vring) => void;
 }
+
+/** The serving knobs a device may set per queue (`VhostUserBackend.servingOptions`). */
+export type ServingOptions = Pick<QueueServerOptions, 'batch' | 'pollUs' | 'turnBudget' | 'onPublish'>;
+
+/** Default {@link QueueServerOptions.batch}: DPDK's vhost burst size is 32; 64 halves the stores. */
+export const DEFAULT_BATCH = 64;
+
+/** Default {@link QueueServerOptions.turnBudget}. */
+export const DEFAULT_TURN_BUDGET = 4096;
 
 /** One in-flight request: a recyclable chain plus the bound completion callbacks. */
 class Request {
@@ -68,6 +103,15 @@ function isThenable(v: unknown): v is PromiseLike<number> {
 /** Serves the requests of one vring through a {@link ChainHandler}. */
 export class QueueServer {
   private readonly maxInFlight: number;
+  private readonly batch: number;
+  private readonly pollMs: number;
+  private readonly turnBudget: number;
+  private readonly onPublish: (() => void) | null;
+  private yieldScheduled = false;
+  private readonly resumeBound = (): void => {
+    this.yieldScheduled = false;
+    this.kick();
+  };
   private readonly logger: Logger;
   private readonly name: string;
   private readonly onBroken: ((vring: Vring) => void) | null;
@@ -92,6 +136,14 @@ export class QueueServer {
   constructor(readonly vring: Vring, private readonly handler: ChainHandler, opts: QueueServerOptions = {}) {
     this.maxInFlight = opts.maxInFlight ?? Number.MAX_SAFE_INTEGER;
     if (!Number.isInteger(this.maxInFlight) || this.maxInFlight < 1) throw new RangeError(`maxInFlight ${this.maxInFlight} must be an integer ≥ 1`);
+    this.batch = opts.batch ?? DEFAULT_BATCH;
+    if (!Number.isInteger(this.batch) || this.batch < 1) throw new RangeError(`batch ${this.batch} must be an integer ≥ 1`);
+    const pollUs = opts.pollUs ?? 0;
+    if (!Number.isFinite(pollUs) || pollUs < 0 || pollUs > 1_000_000) throw new RangeError(`pollUs ${pollUs} must be in [0, 1000000]`);
+    this.pollMs = pollUs / 1000;
+    this.onPublish = opts.onPublish ?? null;
+    this.turnBudget = opts.turnBudget ?? DEFAULT_TURN_BUDGET;
+    if (!Number.isInteger(this.turnBudget) || this.turnBudget < 1) throw new RangeError(`turnBudget ${this.turnBudget} must be an integer ≥ 1`);
     this.logger = opts.logger ?? defaultLogger;
     this.name = opts.name ?? `queue ${vring.index}`;
     this.onBroken = opts.onBroken ?? null;
@@ -147,10 +199,27 @@ export class QueueServer {
   private drainLoop(): void {
     const vring = this.vring;
     const q = vring.queue;
+    const batch = this.batch;
     let used = false;
-    do {
+    let unpublished = 0;
+    let budget = this.turnBudget;
+    for (;;) {
       q.disableNotification();
       for (;;) {
+        if (unpublished >= batch) {
+          this.publish();
+          unpublished = 0;
+          used = false;
+        }
+        if (budget-- === 0) {
+          // Fairness: the rest is served on the next turn, after the thread's other fds.
+          if (used) this.publish();
+          if (!this.yieldScheduled) {
+            this.yieldScheduled = true;
+            setImmediate(this.resumeBound);
+          }
+          return;
+        }
         if (this.inFlightCount >= this.maxInFlight) {
           // Notifications stay off: a completion resumes the drain.
           this.throttled = true;
@@ -169,6 +238,7 @@ export class QueueServer {
             vring.stats.requests++;
             vring.stats.errors++;
             used = true;
+            unpublished++;
             continue;
           }
           this.markBroken(e);
@@ -202,17 +272,33 @@ export class QueueServer {
         this.finish(chain, r, true);
         this.free.push(req);
         used = true;
+        unpublished++;
       }
       if (used) {
         this.publish();
         used = false;
+        unpublished = 0;
       }
-    } while (q.enableNotification());
+      if (this.pollMs > 0 && this.poll()) continue;
+      if (!q.enableNotification()) return;
+    }
+  }
+
+  /** Spins (notifications off) until the ring has work or the poll time is up: true if it has. */
+  private poll(): boolean {
+    const q = this.vring.queue;
+    const deadline = performance.now() + this.pollMs;
+    for (;;) {
+      // The clock is read once per 16 checks: a check is a few ns, the clock tens.
+      for (let i = 0; i < 16; i++) if (q.hasPending()) return true;
+      if (performance.now() >= deadline || !this.vring.ready) return false;
+    }
   }
 
   /** Makes the batch's used entries visible (one release store), then interrupts if the driver asked. */
   private publish(): void {
     this.vring.queue.publishUsed();
+    this.onPublish?.();
     this.vring.signalUsedIfNeeded();
   }
 

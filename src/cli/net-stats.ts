@@ -1,9 +1,7 @@
 /**
- * `vhost-user-net` helpers: the per-port / per-queue statistics lines of `--stats`, and the
- * `--poll-us` poller.
+ * `vhost-user-net` helper: the per-port / per-queue statistics lines of `--stats`.
  * @module
  */
-import type { VhostUserDaemon } from '../backend/index.js';
 import type { LogFields } from '../log.js';
 import type { PacketCounters, TapPort, VhostUserNetBackend } from '../devices/net/index.js';
 
@@ -48,51 +46,4 @@ export function netStatsLines(devs: readonly VhostUserNetBackend[], tap: TapPort
     });
   }
   return out;
-}
-
-/**
- * `--poll-us N`: serves the transmit queues of every connected device every N µs from a
- * setImmediate loop, on top of kicks: lower latency for a busy CPU. Never used without the option.
- */
-export class NetPoller {
-  private running = false;
-  private last = 0n;
-  private readonly periodNs: bigint;
-
-  constructor(private readonly daemons: readonly VhostUserDaemon[], periodUs: number) {
-    this.periodNs = BigInt(periodUs) * 1000n;
-  }
-
-  /** Starts the loop. */
-  start(): void {
-    if (this.running) return;
-    this.running = true;
-    const loop = (): void => {
-      if (!this.running) return;
-      const now = process.hrtime.bigint();
-      if (now - this.last >= this.periodNs) {
-        this.last = now;
-        this.poll();
-      }
-      setImmediate(loop);
-    };
-    setImmediate(loop);
-  }
-
-  /** Stops the loop. */
-  stop(): void {
-    this.running = false;
-  }
-
-  private poll(): void {
-    for (const d of this.daemons) {
-      const n = d.backend.numQueues();
-      for (const h of d.getEpollHandlers()) {
-        for (let q = 1; q < n; q += 2) {
-          const s = h.queueServer(q);
-          if (s !== null && s.vring.ready && s.vring.queue.hasPending()) s.kick();
-        }
-      }
-    }
-  }
 }

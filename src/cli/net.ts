@@ -18,7 +18,7 @@ import {
 import {
   DEFAULT_MAC, LoopbackLink, NetSwitch, TapPort, TapWire, VhostUserNetBackend, formatMac, parseMac,
 } from '../devices/net/index.js';
-import { NetPoller, netStatsLines } from './net-stats.js';
+import { netStatsLines } from './net-stats.js';
 
 const PROGRAM = 'vhost-user-net';
 
@@ -63,7 +63,8 @@ const USAGE = `usage: ${PROGRAM} --socket-path PATH [--socket-path PATH2 ...] (-
   --queue-size N          largest queue size, power of two (default 256)
   --no-offloads           do not offer checksum and TSO offloads
   --stats [SECONDS]       log per-port and per-queue packets, bytes and drops every SECONDS (default 1)
-  --poll-us N             busy-poll the transmit queues and TAP every N µs instead of sleeping
+  --poll-us N             adaptive polling: a transmit queue that runs empty is checked for N µs
+                          more before waiting for a kick (spends CPU to skip kicks; default 0)
                           until a kick (burns a CPU; lower latency)
   --print-capabilities    print the back-end capabilities as JSON and exit
   --log-level LEVEL       debug, info (default), warn or error
@@ -170,7 +171,7 @@ async function main(argv: string[]): Promise<number> {
     const m = mac.slice();
     m[5] = ((m[5] as number) + i) & 0xff;
     const name = endpoints.length === 1 ? 'port' : `port${i}`;
-    const dev = new VhostUserNetBackend({ name, mac: m, mtu, queuePairs, queueSize, offloads: values['no-offloads'] !== true, logger });
+    const dev = new VhostUserNetBackend({ name, mac: m, mtu, queuePairs, queueSize, offloads: values['no-offloads'] !== true, logger, pollUs: pollUs ?? 0 });
     return { dev, daemon: new VhostUserDaemon(PROGRAM, dev, { logger }), path: null };
   });
   let tap: TapPort | null = null;
@@ -217,8 +218,6 @@ async function main(argv: string[]): Promise<number> {
     return fail(`cannot listen: ${(e as Error).message}`);
   }
 
-  const poller = pollUs === undefined ? null : new NetPoller(ports.map((p) => p.daemon), pollUs);
-  poller?.start();
   const logStats = (reason: string): void => {
     for (const line of netStatsLines(ports.map((p) => p.dev), tap)) logger.log('info', `${reason}: ${line.message}`, line.fields);
   };
@@ -228,7 +227,6 @@ async function main(argv: string[]): Promise<number> {
   process.on('SIGUSR1', onUsr1);
 
   const stopAll = async (): Promise<void> => {
-    poller?.stop();
     await Promise.all(ports.map((p) => p.daemon.stop()));
   };
   const removeSignals = handleShutdownSignals(logger, listening, stopAll, 'stopping');

@@ -15,7 +15,10 @@ export class GuestMemory {
   readonly regions: readonly GuestRegion[];
   /** Dirty-page log for live migration, or null when logging is off. */
   readonly dirtyLog: DirtyLog | null;
-  private last = 0;
+  // The region of the last lookup (empty range until one hits).
+  private lastStart = 0;
+  private lastEnd = 0;
+  private lastRegion: GuestRegion | null = null;
   private readonly scratch = new DataView(new ArrayBuffer(8));
   private readonly scratchU8 = new Uint8Array(this.scratch.buffer);
 
@@ -73,9 +76,9 @@ export class GuestMemory {
 
   /** The region containing `gpa`, or null. */
   findRegion(gpa: number): GuestRegion | null {
+    // Per-packet paths hit the same region again and again: two number compares on this object.
+    if (gpa >= this.lastStart && gpa < this.lastEnd) return this.lastRegion;
     const regions = this.regions;
-    const cached = regions[this.last];
-    if (cached !== undefined && gpa >= cached.guestPhysAddr && gpa < cached.end) return cached;
     let lo = 0;
     let hi = regions.length - 1;
     while (lo <= hi) {
@@ -84,7 +87,9 @@ export class GuestMemory {
       if (gpa < r.guestPhysAddr) hi = mid - 1;
       else if (gpa >= r.end) lo = mid + 1;
       else {
-        this.last = mid;
+        this.lastStart = r.guestPhysAddr;
+        this.lastEnd = r.end;
+        this.lastRegion = r;
         return r;
       }
     }
@@ -93,6 +98,7 @@ export class GuestMemory {
 
   /** True when every byte of `[gpa, gpa + len)` is guest memory (possibly across adjacent regions). */
   checkRange(gpa: number, len: number): boolean {
+    if (gpa >= this.lastStart && len >= 0 && gpa + len <= this.lastEnd) return Number.isInteger(gpa) && Number.isInteger(len);
     if (!Number.isSafeInteger(gpa) || !Number.isSafeInteger(len) || gpa < 0 || len < 0 || gpa > MAX_ADDRESS + 1 - len) return false;
     let addr = gpa;
     let left = len;
@@ -294,6 +300,24 @@ export class GuestMemory {
     return r.dv[w] as DataView;
   }
   private dvOff = 0;
+
+  /**
+   * The window holding all of `[gpa, gpa + len)`, without allocating: the range starts at byte
+   * {@link bytesOffset} of the returned array. Null when the range is not guest memory or is not
+   * contiguous in one window (use {@link read}/{@link translateSegments} then). For hot paths that
+   * read a few bytes (a header) where a subarray would cost more than the bytes.
+   */
+  bytesAt(gpa: number, len: number): Uint8Array | null {
+    const r = this.findRegion(gpa);
+    if (r === null || len < 0 || len > r.end - gpa) return null;
+    const ro = gpa - r.guestPhysAddr;
+    const w = r.windowFor(ro, len);
+    if (w < 0) return null;
+    this.bytesOffset = r.backingOffset + ro - w * WINDOW_STRIDE;
+    return r.u8[w] as Uint8Array;
+  }
+  /** Where the range of the last non-null {@link bytesAt} starts in the array it returned. */
+  bytesOffset = 0;
 
   private slowRead(gpa: number, n: number): DataView {
     this.read(gpa, this.scratchU8.subarray(0, n));

@@ -142,8 +142,11 @@ export class NetGuest {
     q.kick(true);
   }
 
-  /** Transmits `frame` with header `hdr` (default all zero) on `pair`, split over buffers of `chunk` bytes; resolves when the device used the chain. */
-  async send(pair: number, frame: Uint8Array, hdr: Uint8Array = new Uint8Array(VIRTIO_NET_HDR_V1_SIZE), chunk = 1 << 20): Promise<void> {
+  /**
+   * Transmits `frame` with header `hdr` (default all zero) on `pair`, split over buffers of `chunk`
+   * bytes, and kicks unless `kick` is false; resolves when the device used the chain.
+   */
+  async send(pair: number, frame: Uint8Array, hdr: Uint8Array = new Uint8Array(VIRTIO_NET_HDR_V1_SIZE), chunk = 1 << 20, kick = true): Promise<void> {
     const all = Buffer.concat([hdr, frame]);
     const bufs: GuestBuffer[] = [];
     for (let off = 0; off < all.length; off += chunk) {
@@ -154,7 +157,8 @@ export class NetGuest {
     }
     const q = this.tx[pair] as FrontendQueue<VirtQueueDriver>;
     q.driver.addChain(bufs, []);
-    q.kick(true);
+    // Without the kick only a device that polls the ring sees the chain.
+    if (kick) q.kick(true);
     const u = await q.nextUsed();
     if (u.len !== 0) throw new Error(`TX used length ${u.len}`);
   }

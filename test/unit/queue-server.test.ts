@@ -243,3 +243,45 @@ test('dirty logging: the framework logs written buffers from the used length and
   assert.ok(dirty(BUF + 0x5800), 'slot 5 (async) buffer');
   assert.ok(!dirty(BUF + 0x4000), 'untouched page clean');
 });
+
+test('batches: a long drain publishes the used index every `batch` chains, not only at its end', (t) => {
+  const usedIdxGpa = splitRingLayout(QSIZE, RAM).usedGpa + 2;
+  const seen: number[] = [];
+  const r = rig(t, () => {
+    // What a driver polling the used ring sees while the device is still serving.
+    seen.push(r.drvMem.readU16(usedIdxGpa));
+    return 0;
+  }, { batch: 3 });
+  for (let i = 0; i < 8; i++) r.submit(i);
+  r.server.kick();
+  assert.deepEqual(seen, [0, 0, 0, 3, 3, 3, 6, 6]);
+  assert.equal(r.drvMem.readU16(usedIdxGpa), 8);
+  assert.throws(() => new QueueServer(r.vring, () => 0, { batch: 0 }), /batch 0/);
+});
+
+test('turn budget: a busy ring yields to the event loop and resumes on the next turn without a kick', async (t) => {
+  const r = rig(t, () => 0, { turnBudget: 3 });
+  for (let i = 0; i < 8; i++) r.submit(i);
+  r.server.kick();
+  assert.equal(r.calls, 3, 'stops at the budget');
+  await turn();
+  assert.equal(r.calls, 6);
+  await turn();
+  assert.equal(r.calls, 8);
+  assert.equal(r.server.inFlight, 0);
+  let served = 0;
+  while (r.drv.popUsed() !== null) served++;
+  assert.equal(served, 8);
+});
+
+test('adaptive polling: the server keeps spinning on an empty ring for pollUs, then re-enables kicks', (t) => {
+  const r = rig(t, () => 0, { pollUs: 2000 });
+  r.submit(0);
+  const t0 = performance.now();
+  r.server.kick();
+  const spent = performance.now() - t0;
+  assert.equal(r.calls, 1);
+  // It spun for the poll time (notifications stay off meanwhile), and only then asked for kicks.
+  assert.ok(spent >= 2, `kick returned after ${spent.toFixed(2)} ms, before the 2 ms poll time`);
+  assert.throws(() => new QueueServer(r.vring, () => 0, { pollUs: -1 }), /pollUs -1/);
+});

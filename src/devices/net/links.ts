@@ -12,12 +12,15 @@ export class LoopbackLink implements NetLink {
   /** Frames looped back. */
   frames = 0;
   /** Attaches `dev` to itself. */
-  constructor(dev: FrameSource) {
+  constructor(private readonly dev: FrameSource) {
     dev.attach(this);
   }
   transmit(from: FrameEndpoint, pair: number, frame: NetFrame): void {
     this.frames++;
     from.deliver(frame, pair);
+  }
+  flush(): void {
+    this.dev.flush?.();
   }
 }
 
@@ -59,7 +62,7 @@ export interface NetSwitchOptions {
 export const MAX_MAC_ENTRIES = 4096;
 
 function macKeyAt(frame: NetFrame, off: number): number {
-  const s = frame.segs[0];
+  const s = frame.views().segs[0];
   if (s !== undefined && s.length >= off + 6) {
     return (s[off] as number) * 2 ** 40 + (s[off + 1] as number) * 2 ** 32 + (((s[off + 2] as number) << 24) >>> 0) + ((s[off + 3] as number) << 16) + ((s[off + 4] as number) << 8) + (s[off + 5] as number);
   }
@@ -153,6 +156,10 @@ export class NetSwitch implements NetLink {
       o.ufo &&= g.ufo;
     }
     this.uplink.setOffload(any ? o : { csum: false, tso4: false, tso6: false, ecn: false, ufo: false });
+  }
+
+  flush(): void {
+    for (const d of this.devices) d.flush();
   }
 
   transmit(from: FrameEndpoint, pair: number, frame: NetFrame): void {

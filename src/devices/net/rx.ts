@@ -276,7 +276,7 @@ export class NetRxQueue {
   }
 
   private startCopy(frame: NetFrame): void {
-    this.src = frame;
+    this.src = frame.views();
     this.srcIdx = 0;
     this.srcOff = 0;
   }

@@ -159,10 +159,8 @@ export class TapPort implements FrameSource {
         return;
       }
       if (len <= VIRTIO_NET_HDR_V1_SIZE) continue;
+      f.setSingle(buf.subarray(VIRTIO_NET_HDR_V1_SIZE, len));
       f.hdr.set(buf.subarray(0, VIRTIO_NET_HDR_V1_SIZE));
-      f.segs[0] = buf.subarray(VIRTIO_NET_HDR_V1_SIZE, len);
-      f.count = 1;
-      f.length = len - VIRTIO_NET_HDR_V1_SIZE;
       counters.packets++;
       counters.bytes += f.length;
       if (this.link === null) {
@@ -186,6 +184,7 @@ export class TapPort implements FrameSource {
     const iov = this.iov;
     iov.length = 0;
     iov.push(frame.hdr);
+    frame.views();
     for (let i = 0; i < frame.count; i++) iov.push(frame.segs[i] as Uint8Array);
     try {
       writevSync((this.taps[q] as Tap).fd, iov);
