@@ -103,7 +103,7 @@ export interface VhostUserBackend {
   maxInFlight?(queueIndex: number): number;
   /**
    * How the framework serves queue `queueIndex`: used-index batch size, adaptive polling
-   * (`pollUs`, off by default) and the per-turn fairness budget. See {@link QueueServerOptions}.
+   * (`pollUs`, off by default) and the per-turn fairness budget (see QueueServerOptions).
    */
   servingOptions?(queueIndex: number): ServingOptions;
   /**

@@ -49,7 +49,7 @@ export interface VhostUserNetBackendOptions {
   logger?: Logger;
   /**
    * Adaptive polling of the transmit queues: after a queue runs empty, keep checking it for this
-   * many µs before waiting for a kick (default 0: never spin). See {@link QueueServerOptions.pollUs}.
+   * many µs before waiting for a kick (default 0: never spin). See `QueueServerOptions.pollUs`.
    */
   pollUs?: number;
 }

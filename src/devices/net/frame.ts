@@ -16,7 +16,7 @@ export class NetFrame {
   readonly hdr = new Uint8Array(VIRTIO_NET_HDR_V1_SIZE);
   /**
    * The frame bytes: the first `count` entries of `segs`, in order. A frame described by guest
-   * ranges ({@link setGuest}) gets its views on first use: call {@link views} before reading
+   * ranges (`setGuest`) gets its views on first use: call {@link views} before reading
    * `segs`/`count` directly (copyOut and byteAt do).
    */
   readonly segs: Uint8Array[] = [];
