@@ -152,9 +152,11 @@ static napi_value js_setup(napi_env env, napi_callback_info info) {
   GET_ARGS(3);
   int64_t entries, iov_cap;
   int efd;
-  if (!arg_int(env, argv[0], 1, MAX_ENTRIES, &entries, "entries") || !arg_fd(env, argv[1], &efd) ||
+  int64_t efd_arg;
+  if (!arg_int(env, argv[0], 1, MAX_ENTRIES, &entries, "entries") || !arg_int(env, argv[1], -1, INT_MAX, &efd_arg, "eventfd") ||
       !arg_int(env, argv[2], 1, 1 << 20, &iov_cap, "iovCapacity"))
     return NULL;
+  efd = (int)efd_arg;
   struct io_uring_params p;
   memset(&p, 0, sizeof p);
   p.flags = IORING_SETUP_CQSIZE;
@@ -219,7 +221,10 @@ static napi_value js_setup(napi_env env, napi_callback_info info) {
   r->cq_tail = (_Atomic unsigned *)(cq + p.cq_off.tail);
   r->cq_mask = (unsigned *)(cq + p.cq_off.ring_mask);
   r->cqes = (struct io_uring_cqe *)(cq + p.cq_off.cqes);
-  if (sys_register(fd, IORING_REGISTER_EVENTFD, &efd, 1) < 0) {
+  /* eventfd -1: no eventfd; the caller polls the ring fd itself, which is readable while the CQ
+   * holds completions, so reaping (moving the CQ head in shared memory) is what clears it: no
+   * syscall per wake-up to reset a counter. */
+  if (efd >= 0 && sys_register(fd, IORING_REGISTER_EVENTFD, &efd, 1) < 0) {
     err = errno;
     what = "IORING_REGISTER_EVENTFD";
     goto fail;
@@ -355,17 +360,24 @@ static napi_value js_submit(napi_env env, napi_callback_info info) {
   return ret_i32(env, (int32_t)done);
 }
 
-/* uringReap(handle) -> n: clears the eventfd (non-blocking), then moves up to the completion array's capacity of CQEs
- * into it as [user data, result] pairs. */
+/* uringReap(handle[, clear = true]) -> n: clears the eventfd (non-blocking) unless clear is false,
+ * then moves up to the completion array's capacity of CQEs into it as [user data, result] pairs.
+ * A poller reaps without clearing (no syscall per completion); the eventfd then wakes the event
+ * loop once more later, which reaps (and clears) as usual. */
 static napi_value js_reap(napi_env env, napi_callback_info info) {
-  GET_ARGS(1);
+  GET_ARGS(2);
   uring *r = get_uring(env, argv[0]);
   if (r == NULL) return NULL;
-  /* Cleared before the CQ is read: a completion posted after this read signals again. */
-  uint64_t ticks;
-  ssize_t rd;
-  do rd = read(r->efd, &ticks, sizeof ticks); while (rd < 0 && errno == EINTR);
-  (void)rd; /* EAGAIN: nothing signalled since the last reap */
+  bool clear = r->efd >= 0;
+  napi_valuetype ct;
+  if (clear && argc >= 2 && napi_typeof(env, argv[1], &ct) == napi_ok && ct == napi_boolean) napi_get_value_bool(env, argv[1], &clear);
+  if (clear) {
+    /* Cleared before the CQ is read: a completion posted after this read signals again. */
+    uint64_t ticks;
+    ssize_t rd;
+    do rd = read(r->efd, &ticks, sizeof ticks); while (rd < 0 && errno == EINTR);
+    (void)rd; /* EAGAIN: nothing signalled since the last reap */
+  }
   unsigned head = atomic_load_explicit(r->cq_head, memory_order_relaxed);
   unsigned tail = atomic_load_explicit(r->cq_tail, memory_order_acquire);
   uint32_t n = 0;
@@ -379,6 +391,24 @@ static napi_value js_reap(napi_env env, napi_callback_info info) {
   atomic_store_explicit(r->cq_head, head, memory_order_release);
   r->inflight -= n > r->inflight ? r->inflight : n;
   return ret_i32(env, (int32_t)n);
+}
+
+/* uringReady(handle) -> completions waiting in the CQ (no syscall: a poller's cheap check). */
+static napi_value js_ready(napi_env env, napi_callback_info info) {
+  GET_ARGS(1);
+  uring *r = get_uring(env, argv[0]);
+  if (r == NULL) return NULL;
+  unsigned head = atomic_load_explicit(r->cq_head, memory_order_relaxed);
+  unsigned tail = atomic_load_explicit(r->cq_tail, memory_order_acquire);
+  return ret_i32(env, (int32_t)(tail - head));
+}
+
+/* uringFd(handle) -> the ring's fd (pollable: readable while the CQ holds completions). */
+static napi_value js_ring_fd(napi_env env, napi_callback_info info) {
+  GET_ARGS(1);
+  uring *r = get_uring(env, argv[0]);
+  if (r == NULL) return NULL;
+  return ret_i32(env, r->fd);
 }
 
 /* uringInFlight(handle) -> operations submitted and not reaped. */
@@ -409,7 +439,7 @@ static napi_value js_close(napi_env env, napi_callback_info info) {
 
 void uring_register(napi_env env, napi_value exports) {
   static const export_fn fns[] = {
-      {"uringSetup", js_setup}, {"uringSubmit", js_submit}, {"uringReap", js_reap},
+      {"uringSetup", js_setup}, {"uringSubmit", js_submit}, {"uringReap", js_reap}, {"uringReady", js_ready}, {"uringFd", js_ring_fd},
       {"uringInFlight", js_inflight}, {"uringClose", js_close},
   };
   register_fns(env, exports, fns, sizeof fns / sizeof fns[0]);

@@ -3,7 +3,7 @@
  * `vhost-user-blk`: a virtio-blk back-end over a file or block device, or a RAM disk.
  *
  *     vhost-user-blk (--socket-path PATH | --fd N) [--blk-file FILE] [--read-only] [--num-queues N]
- *                    [--aio io_uring|threads] [--threads N] [--incoming]
+ *                    [--aio io_uring|threads] [--threads N] [--poll-us N] [--incoming]
  * @module
  */
 import { UsageError, intOption, runBackendCli } from './backend-cli.js';
@@ -25,6 +25,7 @@ const code = await runBackendCli({
     serial: { type: 'string' },
     aio: { type: 'string' },
     threads: { type: 'string' },
+    'poll-us': { type: 'string' },
     incoming: { type: 'boolean' },
   },
   usage:
@@ -37,6 +38,9 @@ const code = await runBackendCli({
     '  --aio io_uring|threads  how --blk-file I/O is done (default io_uring, threads where unavailable)\n' +
     '  --threads N             serve queue q from thread q % N (0: main thread, others: worker threads;\n' +
     '                          needs --blk-file; default 1)\n' +
+    '  --poll-us N             adaptive polling: a queue that runs empty (and the io_uring completions)\n' +
+    '                          is checked for N µs more before waiting for a kick (CPU for latency,\n' +
+    '                          like QEMU\'s poll-max-ns; main-thread queues; default 0)\n' +
     '  --incoming              live-migration destination: open --blk-file while the source\'s daemon\n' +
     '                          still holds its lock; take the lock at the first request (the source\n' +
     '                          releases it when its rings stop during the migration)',
@@ -46,6 +50,7 @@ const code = await runBackendCli({
     if ((queueSize & (queueSize - 1)) !== 0) throw new UsageError('--queue-size must be a power of two');
     const readOnly = values['read-only'] === true;
     const threads = intOption(values, 'threads', 1, 64) ?? 1;
+    const pollUs = intOption(values, 'poll-us', 0, 1_000_000) ?? 0;
     if (threads > numQueues) throw new UsageError(`--threads ${threads} exceeds --num-queues ${numQueues}`);
     const file = values['blk-file'] as string | undefined;
     const aio = (values.aio as string | undefined) ?? 'io_uring';
@@ -66,7 +71,7 @@ const code = await runBackendCli({
       disk = new RamDisk({ size: (intOption(values, 'ram-size-mib', 1, 1 << 20) ?? 64) * MiB, readOnly });
     }
     const backend = new VhostUserBlkBackend({
-      disk, numQueues, queueSize, readOnly, threads,
+      disk, numQueues, queueSize, readOnly, threads, pollUs,
       serial: values.serial as string | undefined,
       logger,
     });

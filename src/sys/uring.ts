@@ -27,7 +27,9 @@ export const URING_SUBMIT_FIELDS = 6;
 interface UringAddon {
   uringSetup(entries: number, eventFd: number, iovCapacity: number): [NativeHandle, Float64Array, Float64Array, Float64Array];
   uringSubmit(handle: NativeHandle, count: number): number;
-  uringReap(handle: NativeHandle): number;
+  uringReap(handle: NativeHandle, clear?: boolean): number;
+  uringReady(handle: NativeHandle): number;
+  uringFd(handle: NativeHandle): number;
   uringInFlight(handle: NativeHandle): number;
   uringClose(handle: NativeHandle): void;
 }
@@ -55,8 +57,16 @@ export class IoUring {
   readonly iovCapacity: number;
   /** Completion entries (twice the submission entries): the most operations in flight. */
   readonly maxInFlight: number;
-  /** Non-blocking eventfd the kernel signals on every completion (owned by this ring). */
+  /**
+   * Non-blocking eventfd the kernel signals on every completion (owned by this ring), or -1 when
+   * the ring was opened with `signal: 'ring'`.
+   */
   readonly eventFd: number;
+  /**
+   * The fd to watch for completions (POLLIN): the ring's own fd, readable while its completion
+   * queue holds entries (reaping clears it, no syscall), or the eventfd.
+   */
+  readonly pollFd: number;
   #handle: NativeHandle | null;
 
   private constructor(handle: NativeHandle, sqes: Float64Array, iovs: Float64Array, cqes: Float64Array, eventFd: number) {
@@ -68,20 +78,23 @@ export class IoUring {
     this.iovCapacity = iovs.length / 2;
     this.maxInFlight = cqes.length / 2;
     this.eventFd = eventFd;
+    this.pollFd = eventFd >= 0 ? eventFd : addon.uringFd(handle);
   }
 
   /**
    * Sets up a ring of `entries` submission entries (a power of two is used by the kernel) and an
-   * iovec table of `iovCapacity` entries. Throws SysError: ENOSYS where the kernel has no io_uring,
-   * EPERM where it is disabled (kernel.io_uring_disabled, seccomp).
+   * iovec table of `iovCapacity` entries. Completions are signalled by the ring fd becoming
+   * readable (`signal: 'ring'`, the default: nothing to reset per wake-up) or on a registered
+   * eventfd (`'eventfd'`, one read per wake-up). Throws SysError: ENOSYS where the kernel has no
+   * io_uring, EPERM where it is disabled (kernel.io_uring_disabled, seccomp).
    */
-  static open(entries: number, iovCapacity: number = entries * 4): IoUring {
-    const efd = eventfd();
+  static open(entries: number, iovCapacity: number = entries * 4, signal: 'ring' | 'eventfd' = 'ring'): IoUring {
+    const efd = signal === 'eventfd' ? eventfd() : -1;
     try {
       const [h, s, i, c] = addon.uringSetup(entries, efd, iovCapacity);
       return new IoUring(h, s, i, c, efd);
     } catch (e) {
-      close(efd);
+      if (efd >= 0) close(efd);
       throw e;
     }
   }
@@ -96,9 +109,18 @@ export class IoUring {
     return addon.uringSubmit(this.#live(), count);
   }
 
-  /** Moves completed operations into {@link cqes}; returns their number (0 when none). */
-  reap(): number {
-    return addon.uringReap(this.#live());
+  /**
+   * Moves completed operations into {@link cqes}; returns their number (0 when none). The eventfd
+   * is cleared first unless `clearSignal` is false (a poller saves the syscall; the eventfd then
+   * wakes the loop once more later).
+   */
+  reap(clearSignal = true): number {
+    return addon.uringReap(this.#live(), clearSignal);
+  }
+
+  /** Completions waiting to be reaped (reads the CQ indices: no syscall). */
+  ready(): number {
+    return addon.uringReady(this.#live());
   }
 
   /** Operations submitted and not reaped yet. */
@@ -117,7 +139,7 @@ export class IoUring {
     if (h === null) return;
     this.#handle = null;
     addon.uringClose(h);
-    close(this.eventFd);
+    if (this.eventFd >= 0) close(this.eventFd);
   }
 }
 
@@ -156,7 +178,7 @@ export class UringEngine {
     this.freeSlots = new Int32Array(max);
     for (let i = 0; i < max; i++) this.freeSlots[i] = max - 1 - i;
     this.nFree = max;
-    this.watcher = watchFd(this.ring.eventFd, POLLIN, () => this.onWake());
+    this.watcher = watchFd(this.ring.pollFd, POLLIN, () => this.onWake());
     // Idle, the engine must not keep the process alive; operations in flight are owned by their
     // callers' promises and fds, which do.
     this.watcher.unref();
@@ -242,8 +264,11 @@ export class UringEngine {
     if (this.busy === 1) this.watcher.ref();
   }
 
-  /** Submits everything staged; operations the kernel refused complete with their errno. */
-  flush(): void {
+  /**
+   * Submits everything staged; operations the kernel refused complete with their errno.
+   * `clearSignal` as in {@link IoUring.reap} for the completions reaped right away.
+   */
+  flush(clearSignal = true): void {
     this.flushQueued = false;
     const count = this.staged;
     if (count === 0) return;
@@ -258,9 +283,10 @@ export class UringEngine {
     } catch (e) {
       errno = e instanceof SysError ? e.errno : osConstants.errno.EIO;
     }
-    // Reads from the page cache usually complete inside io_uring_enter: delivering them now saves
-    // a trip through the event loop per batch (latency at low queue depth).
-    if (done > 0) this.onWake();
+    // Reads from the page cache often complete inside io_uring_enter: delivering them now saves
+    // a trip through the event loop per batch (latency at low queue depth). Only when some did:
+    // reaping clears the eventfd, a syscall wasted when the kernel punted them to its workers.
+    if (done > 0 && this.ring.ready() > 0) this.onWake(clearSignal);
     if (done < count) {
       // Refused operations complete asynchronously like any other, never inside the caller's call.
       const s = this.ring.sqes;
@@ -283,7 +309,20 @@ export class UringEngine {
     return t;
   }
 
-  private onWake(): void {
+  /**
+   * For a poller (adaptive polling of a queue whose requests this engine serves): submits what is
+   * staged (the end-of-turn microtask would come only after the poller returns), then delivers the
+   * completions already in the CQ without a syscall. True when it completed something.
+   */
+  poll(): boolean {
+    if (!this.ring.open) return false;
+    if (this.staged > 0) this.flush(false);
+    if (this.busy === 0 || this.ring.ready() === 0) return false;
+    this.onWake(false);
+    return true;
+  }
+
+  private onWake(clearSignal = true): void {
     const ring = this.ring;
     if (!ring.open) return;
     const c = ring.cqes;
@@ -291,7 +330,7 @@ export class UringEngine {
     let failure: unknown = null;
     let n: number;
     do {
-      n = ring.reap();
+      n = ring.reap(clearSignal);
       for (let i = 0; i < n; i++) {
         const t = this.release(c[2 * i] as number);
         // One faulty target must not strand the completions after it.

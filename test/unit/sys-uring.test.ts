@@ -38,11 +38,11 @@ function guestMemory(t: TestContext, size = MEM): { m: sys.Mapping; u8: Uint8Arr
   return { m, u8: new Uint8Array(m.window(0)), addr: Number(m.address) };
 }
 
-/** Reaps until `n` completions arrived, each wake-up coming from the eventfd. */
+/** Reaps until `n` completions arrived, each wake-up coming from the ring's poll fd (ring fd or eventfd). */
 async function reapAll(ring: IoUring, n: number): Promise<Map<number, number>> {
   const got = new Map<number, number>();
   await withTimeout(new Promise<void>((resolve, reject) => {
-    const w = sys.watchFd(ring.eventFd, sys.POLLIN, () => {
+    const w = sys.watchFd(ring.pollFd, sys.POLLIN, () => {
       try {
         const k = ring.reap();
         for (let i = 0; i < k; i++) got.set(ring.cqes[2 * i] as number, ring.cqes[2 * i + 1] as number);
@@ -59,18 +59,29 @@ async function reapAll(ring: IoUring, n: number): Promise<Map<number, number>> {
   return got;
 }
 
+/** Whether `fd` becomes readable (POLLIN) within `ms`. */
+async function firesWithin(fd: number, ms: number): Promise<boolean> {
+  let fired = false;
+  const w = sys.watchFd(fd, sys.POLLIN, () => { fired = true; });
+  await new Promise((r) => setTimeout(r, ms));
+  w.close();
+  return fired;
+}
+
 function stage(ring: IoUring, i: number, op: number, fd: number, iov: number, count: number, offset: number, user: number): void {
   ring.sqes.set([op, fd, iov, count, offset, user], i * URING_SUBMIT_FIELDS);
 }
 
-test('IoUring: writev from guest memory, fdatasync, readv back into guest memory (tmpfs file)', async (t) => {
+for (const signal of ['ring', 'eventfd'] as const) {
+test(`IoUring (${signal} signal): writev from guest memory, fdatasync, readv back into guest memory (tmpfs file)`, async (t) => {
   const dir = shmDir(t);
   const path = join(dir, 'data');
   writeFileSync(path, new Uint8Array(64 * 1024));
   const fd = openSync(path, 'r+');
   t.after(() => closeSync(fd));
   const { u8, addr } = guestMemory(t);
-  const ring = IoUring.open(8);
+  const ring = IoUring.open(8, undefined, signal);
+  assert.equal(ring.pollFd === ring.eventFd, signal === 'eventfd');
   t.after(() => ring.close());
   assert.equal(ring.entries, 8);
   assert.equal(ring.maxInFlight, 16);
@@ -98,7 +109,11 @@ test('IoUring: writev from guest memory, fdatasync, readv back into guest memory
   assert.equal(got.get(14), 8192);
   assert.equal(ring.inFlight, 0);
   assert.deepEqual(u8.subarray(65536, 65536 + 8192), data);
+  // Reaped: the poll fd is quiet again (a ring fd that stayed readable would spin the event loop).
+  assert.equal(ring.ready(), 0);
+  assert.equal(await firesWithin(ring.pollFd, 50), false);
 });
+}
 
 test('IoUring: kernel errors come back as negated errno; bad addresses are refused before the kernel sees them', async (t) => {
   const dir = shmDir(t);

@@ -210,6 +210,15 @@ export class FileDisk implements BlockDisk {
     return this.uring !== null && this.fdValue >= 0 && this.uring.engine.sync(this.fdValue, true, target);
   }
 
+  /**
+   * @internal For adaptive polling: submits staged io_uring operations and completes those already
+   * finished, without a syscall per completion. True when it completed something (always false on
+   * the threadpool path).
+   */
+  uringPoll(): boolean {
+    return this.uring !== null && this.uring.engine.poll();
+  }
+
   /** Operations this disk submitted through io_uring (0 on the threadpool path). */
   get uringOps(): number {
     return this.uring?.engine.submitted ?? 0;
