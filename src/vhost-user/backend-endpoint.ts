@@ -317,8 +317,8 @@ export class BackendEndpoint {
         const fn = this.call(req, 'setBackendReqFd');
         const replyAck = hasProtocolFeature(this.ctx.protocolFeatures, ProtocolFeature.REPLY_ACK);
         const options = { replyAck, timeoutMs: this.channelTimeoutMs, protocolFeatures: this.ctx.protocolFeatures };
-        // Loaded here, not at start-up: most front-ends never open the channel (idle RSS); the
-        // message is already answered asynchronously and messages after it wait for it.
+        // Loaded here, not at start-up: most front-ends never open the channel (idle RSS). The
+        // connection reads no further message until this one's promise settles.
         return import('./backend-channel.js').then(({ BackendChannel }) => {
           if (this.closedWith !== undefined) return null; // the connection ended meanwhile
           const channel = new BackendChannel(sys.dup(req.fd), options);
