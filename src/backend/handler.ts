@@ -20,7 +20,9 @@ import {
 import { VHOST_F_LOG_ALL, VIRTIO_F_RING_PACKED, VIRTIO_RING_F_EVENT_IDX, decodeFeatures } from '../virtio/features.js';
 import type { AnyMemoryRegion, CryptoSession, Inflight, Log, MemoryRegionWithFd, ShmemConfig, VringAddr } from '../vhost-user/messages.js';
 import { VhostUserError } from '../vhost-user/errors.js';
-import { PackedQueue, SplitQueue, descTableSize, availRingSize, usedRingSize } from '../queue/index.js';
+import { descTableSize, availRingSize, usedRingSize } from '../queue/constants.js';
+import { SplitQueue } from '../queue/split-queue.js';
+import { PackedQueue } from '../queue/packed-queue.js';
 import { DEFAULT_MAX_QUEUE_SIZE, defaultProtocolFeatures, type VhostUserBackend } from './backend.js';
 import { Vring } from './vring.js';
 import type { QueueStatsSnapshot } from './stats.js';

@@ -5,9 +5,9 @@
  * @module
  */
 import * as sys from '../sys/index.js';
-import { mapFrontendFile, type TrackedBacking } from '../memory/index.js';
+import { mapFrontendFile, type TrackedBacking } from '../memory/mmap.js';
 import { PackedInflightRegion, SplitInflightRegion, inflightQueueRegionSize, InflightError } from '../queue/inflight.js';
-import { VIRTQ_PACKED_MAX_SIZE } from '../queue/index.js';
+import { VIRTQ_PACKED_MAX_SIZE } from '../queue/packed-constants.js';
 
 /** The mapped inflight area of a connection. */
 export class InflightArea {

@@ -6,7 +6,8 @@
  * generation that keeps late completions off a reset ring.
  * @module
  */
-import { DescriptorChain, QueueError } from '../queue/index.js';
+import { DescriptorChain } from '../queue/chain.js';
+import { QueueError } from '../queue/constants.js';
 import type { GuestMemoryGuard } from '../memory/index.js';
 import { defaultLogger, type Logger } from '../log.js';
 import type { Vring } from './vring.js';

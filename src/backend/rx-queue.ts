@@ -11,7 +11,8 @@
  * reach {@link VhostUserBackend.handleEvent}, where the device calls {@link RxQueue.kicked}.
  * @module
  */
-import { DescriptorChain, QueueError } from '../queue/index.js';
+import { DescriptorChain } from '../queue/chain.js';
+import { QueueError } from '../queue/constants.js';
 import { defaultLogger, type Logger } from '../log.js';
 import type { Vring } from './vring.js';
 

@@ -5,7 +5,8 @@
  */
 import * as sys from '../sys/index.js';
 import { QueueStats } from './stats.js';
-import { PackedQueue, SplitQueue } from '../queue/index.js';
+import { SplitQueue } from '../queue/split-queue.js';
+import { PackedQueue } from '../queue/packed-queue.js';
 import type { GuestMemory, GuestMemoryAtomic, GuestMemoryGuard } from '../memory/index.js';
 
 /** One vring of a device. Fds held here are owned by the Vring (dup'ed from the front-end's). */

@@ -13,7 +13,7 @@ import type { Worker } from 'node:worker_threads';
 import { pathToFileURL } from 'node:url';
 import * as sys from '../sys/index.js';
 import type { GuestMemoryAtomic, GuestMemoryGuard, RegionBacking } from '../memory/index.js';
-import { SplitQueue, type SplitQueueState } from '../queue/index.js';
+import { SplitQueue, type SplitQueueState } from '../queue/split-queue.js';
 import type { Logger } from '../log.js';
 import type { Vring } from './vring.js';
 import type { FromWorker, ToWorker, VringWorkerModule, WireRegion, WireVring, WorkerInit } from './worker-protocol.js';

@@ -7,7 +7,8 @@
 import { fstatSync, readFileSync, unlinkSync } from 'node:fs';
 import * as sys from '../sys/index.js';
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { VhostUserDaemon, type VhostUserBackend } from '../backend/index.js';
+import { VhostUserDaemon } from '../backend/daemon.js';
+import type { VhostUserBackend } from '../backend/backend.js';
 import { DEFAULT_SOCKET_MODE, UnixListener, checkSocketPath } from '../vhost-user/listener.js';
 import { LOG_LEVELS, RateLimitedLogger, StderrLogger, isLogLevel, type Logger, type StderrLoggerOptions } from '../log.js';
 

@@ -1,4 +1,5 @@
-import { GuestMemoryError, type GuestMemory } from '../memory/index.js';
+import { GuestMemoryError } from '../memory/errors.js';
+import type { GuestMemory } from '../memory/guest-memory.js';
 import { QueueError } from './constants.js';
 
 /** Constructor of a typed array view usable with Atomics. */

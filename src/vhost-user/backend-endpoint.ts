@@ -20,7 +20,7 @@ import { VhostUserError, VhostUserProtocolError, toVhostUserError } from './erro
 import { checkGate, checkProtocolFeatureSet, initialNegotiation, type NegotiationState } from './gating.js';
 import type { FrontendReply, FrontendRequest } from './messages.js';
 import type { BackendReqHandler, MaybePromise } from './backend-handler.js';
-import { BackendChannel } from './backend-channel.js';
+import type { BackendChannel } from './backend-channel.js';
 import { UnixListener, connectUnixWithRetry } from './listener.js';
 import { defaultLogger, type Logger } from '../log.js';
 
@@ -316,10 +316,16 @@ export class BackendEndpoint {
       case R.SET_BACKEND_REQ_FD: {
         const fn = this.call(req, 'setBackendReqFd');
         const replyAck = hasProtocolFeature(this.ctx.protocolFeatures, ProtocolFeature.REPLY_ACK);
-        const channel = new BackendChannel(sys.dup(req.fd), { replyAck, timeoutMs: this.channelTimeoutMs, protocolFeatures: this.ctx.protocolFeatures });
-        this.backendChannel?.close();
-        this.backendChannel = channel;
-        return none(fn(channel));
+        const options = { replyAck, timeoutMs: this.channelTimeoutMs, protocolFeatures: this.ctx.protocolFeatures };
+        // Loaded here, not at start-up: most front-ends never open the channel (idle RSS). The
+        // connection reads no further message until this one's promise settles.
+        return import('./backend-channel.js').then(({ BackendChannel }) => {
+          if (this.closedWith !== undefined) return null; // the connection ended meanwhile
+          const channel = new BackendChannel(sys.dup(req.fd), options);
+          this.backendChannel?.close();
+          this.backendChannel = channel;
+          return none(fn(channel));
+        });
       }
       case R.IOTLB_MSG:
         return none(this.call(req, 'iotlbMsg')(req));

@@ -5,7 +5,7 @@
  * through the chain's `segments()` views; nothing is copied in between.
  * @module
  */
-import { DescriptorChain } from '../../queue/index.js';
+import { DescriptorChain } from '../../queue/chain.js';
 import type { Logger } from '../../log.js';
 import type { BlockDisk } from './disk.js';
 import { FastRequest, isUringCapable, type UringCapableDisk } from './fast-path.js';
