@@ -110,6 +110,8 @@ export class VhostUserNetBackend implements VhostUserBackend, FrameSource {
   private txEcn = false;
   private hdrLen = VIRTIO_NET_HDR_V1_SIZE;
   private readonly frame = new NetFrame();
+  /** `frame.hdr` holds bytes other than zero (see transmitChain). */
+  private hdrDirty = true;
   private readonly configBuf = new Uint8Array(VIRTIO_NET_CONFIG_SIZE);
 
   constructor(opts: VhostUserNetBackendOptions = {}) {
@@ -370,8 +372,21 @@ export class VhostUserNetBackend implements VhostUserBackend, FrameSource {
     const hb = (lens[0] as number) >= hl ? mem.bytesAt(addrs[0] as number, hl) : null;
     if (hb !== null) {
       const o = mem.bytesOffset;
-      for (let i = 0; i < hl; i++) hdr[i] = hb[o + i] as number;
+      const flags = hb[o] as number;
+      const gso = hb[o + 1] as number;
+      if ((flags | gso) === 0) {
+        // No offload (most frames): the other fields are unused on transmit, so only the first
+        // two bytes are read; the rest of our copy is zeroed once, not per frame.
+        if (this.hdrDirty) {
+          hdr.fill(0);
+          this.hdrDirty = false;
+        }
+      } else {
+        for (let i = 0; i < hl; i++) hdr[i] = hb[o + i] as number;
+        this.hdrDirty = true;
+      }
     } else {
+      this.hdrDirty = true;
       chain.reader.read(hl === VIRTIO_NET_HDR_V1_SIZE ? hdr : hdr.subarray(0, hl));
     }
     if (hl !== VIRTIO_NET_HDR_V1_SIZE) hdr[10] = hdr[11] = 0;
