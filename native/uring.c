@@ -360,18 +360,14 @@ static napi_value js_submit(napi_env env, napi_callback_info info) {
   return ret_i32(env, (int32_t)done);
 }
 
-/* uringReap(handle[, clear = true]) -> n: clears the eventfd (non-blocking) unless clear is false,
- * then moves up to the completion array's capacity of CQEs into it as [user data, result] pairs.
- * A poller reaps without clearing (no syscall per completion); the eventfd then wakes the event
- * loop once more later, which reaps (and clears) as usual. */
+/* uringReap(handle) -> n: clears the eventfd if the ring has one (a ring without one is polled on
+ * its own fd, which reaping itself quiets), then moves up to the completion array's capacity of
+ * CQEs into it as [user data, result] pairs. */
 static napi_value js_reap(napi_env env, napi_callback_info info) {
-  GET_ARGS(2);
+  GET_ARGS(1);
   uring *r = get_uring(env, argv[0]);
   if (r == NULL) return NULL;
-  bool clear = r->efd >= 0;
-  napi_valuetype ct;
-  if (clear && argc >= 2 && napi_typeof(env, argv[1], &ct) == napi_ok && ct == napi_boolean) napi_get_value_bool(env, argv[1], &clear);
-  if (clear) {
+  if (r->efd >= 0) {
     /* Cleared before the CQ is read: a completion posted after this read signals again. */
     uint64_t ticks;
     ssize_t rd;

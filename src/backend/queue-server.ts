@@ -304,10 +304,7 @@ export class QueueServer {
       for (let i = 0; i < 16; i++) if (q.hasPending()) return true;
       if (hook !== null && hook()) {
         // Completions delivered by the hook are published now: nobody else runs while we spin.
-        if (this.needSignal) {
-          this.needSignal = false;
-          this.publish();
-        }
+        this.flush();
         deadline = performance.now() + this.pollMs;
       }
       if (performance.now() >= deadline || !this.vring.ready) return false;

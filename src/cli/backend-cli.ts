@@ -82,7 +82,8 @@ function parseEndpoint(values: OptionValues): Endpoint {
   return { kind: 'path', path: socketPath!, mode, group };
 }
 
-const COMMON_OPTIONS = {
+/** The options every device CLI takes (parseArgs spec). */
+export const COMMON_OPTIONS = {
   'socket-path': { type: 'string' },
   fd: { type: 'string' },
   'socket-mode': { type: 'string' },

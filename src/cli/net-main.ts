@@ -12,7 +12,7 @@ import { VhostUserDaemon } from '../backend/index.js';
 import { DEFAULT_SOCKET_MODE, UnixListener, checkSocketPath } from '../vhost-user/listener.js';
 import { RateLimitedLogger, StderrLogger, type Logger } from '../log.js';
 import {
-  EXIT_FAILURE, EXIT_USAGE, UsageError, handleShutdownSignals, inheritedSocket, intOption, logOptions, packageVersion,
+  COMMON_OPTIONS, EXIT_FAILURE, EXIT_USAGE, UsageError, handleShutdownSignals, inheritedSocket, intOption, logOptions, packageVersion,
   type Endpoint, type OptionValues,
 } from './backend-cli.js';
 import {
@@ -23,15 +23,9 @@ import { netStatsLines } from './net-stats.js';
 const PROGRAM = 'vhost-user-net';
 
 const OPTIONS = {
+  ...COMMON_OPTIONS,
+  // Several sockets make a switch.
   'socket-path': { type: 'string', multiple: true },
-  fd: { type: 'string' },
-  'socket-mode': { type: 'string' },
-  'socket-group': { type: 'string' },
-  'print-capabilities': { type: 'boolean' },
-  version: { type: 'boolean', short: 'V' },
-  'log-level': { type: 'string' },
-  'log-format': { type: 'string' },
-  help: { type: 'boolean', short: 'h' },
   tap: { type: 'string' },
   loopback: { type: 'boolean' },
   mac: { type: 'string' },
@@ -39,7 +33,6 @@ const OPTIONS = {
   'queue-pairs': { type: 'string' },
   'queue-size': { type: 'string' },
   'no-offloads': { type: 'boolean' },
-  stats: { type: 'string' },
   'poll-us': { type: 'string' },
 } as const;
 

@@ -27,7 +27,7 @@ export const URING_SUBMIT_FIELDS = 6;
 interface UringAddon {
   uringSetup(entries: number, eventFd: number, iovCapacity: number): [NativeHandle, Float64Array, Float64Array, Float64Array];
   uringSubmit(handle: NativeHandle, count: number): number;
-  uringReap(handle: NativeHandle, clear?: boolean): number;
+  uringReap(handle: NativeHandle): number;
   uringReady(handle: NativeHandle): number;
   uringFd(handle: NativeHandle): number;
   uringInFlight(handle: NativeHandle): number;
@@ -109,13 +109,9 @@ export class IoUring {
     return addon.uringSubmit(this.#live(), count);
   }
 
-  /**
-   * Moves completed operations into {@link cqes}; returns their number (0 when none). The eventfd
-   * is cleared first unless `clearSignal` is false (a poller saves the syscall; the eventfd then
-   * wakes the loop once more later).
-   */
-  reap(clearSignal = true): number {
-    return addon.uringReap(this.#live(), clearSignal);
+  /** Moves completed operations into {@link cqes} (clearing the eventfd, if any); returns their number (0 when none). */
+  reap(): number {
+    return addon.uringReap(this.#live());
   }
 
   /** Completions waiting to be reaped (reads the CQ indices: no syscall). */
@@ -264,11 +260,8 @@ export class UringEngine {
     if (this.busy === 1) this.watcher.ref();
   }
 
-  /**
-   * Submits everything staged; operations the kernel refused complete with their errno.
-   * `clearSignal` as in {@link IoUring.reap} for the completions reaped right away.
-   */
-  flush(clearSignal = true): void {
+  /** Submits everything staged; operations the kernel refused complete with their errno. */
+  flush(): void {
     this.flushQueued = false;
     const count = this.staged;
     if (count === 0) return;
@@ -285,8 +278,8 @@ export class UringEngine {
     }
     // Reads from the page cache often complete inside io_uring_enter: delivering them now saves
     // a trip through the event loop per batch (latency at low queue depth). Only when some did:
-    // reaping clears the eventfd, a syscall wasted when the kernel punted them to its workers.
-    if (done > 0 && this.ring.ready() > 0) this.onWake(clearSignal);
+    // with an eventfd, reaping costs a read, wasted when the kernel punted them to its workers.
+    if (done > 0 && this.ring.ready() > 0) this.onWake();
     if (done < count) {
       // Refused operations complete asynchronously like any other, never inside the caller's call.
       const s = this.ring.sqes;
@@ -312,17 +305,18 @@ export class UringEngine {
   /**
    * For a poller (adaptive polling of a queue whose requests this engine serves): submits what is
    * staged (the end-of-turn microtask would come only after the poller returns), then delivers the
-   * completions already in the CQ without a syscall. True when it completed something.
+   * completions already in the CQ (no syscall on a ring polled on its own fd). True when it
+   * completed something.
    */
   poll(): boolean {
     if (!this.ring.open) return false;
-    if (this.staged > 0) this.flush(false);
+    if (this.staged > 0) this.flush();
     if (this.busy === 0 || this.ring.ready() === 0) return false;
-    this.onWake(false);
+    this.onWake();
     return true;
   }
 
-  private onWake(clearSignal = true): void {
+  private onWake(): void {
     const ring = this.ring;
     if (!ring.open) return;
     const c = ring.cqes;
@@ -330,7 +324,7 @@ export class UringEngine {
     let failure: unknown = null;
     let n: number;
     do {
-      n = ring.reap(clearSignal);
+      n = ring.reap();
       for (let i = 0; i < n; i++) {
         const t = this.release(c[2 * i] as number);
         // One faulty target must not strand the completions after it.
