@@ -9,7 +9,7 @@ import {
   VIRTIO_NET_CONFIG_SIZE, VIRTIO_NET_S_LINK_UP, formatMac,
 } from '../../src/devices/net/index.js';
 import { VIRTIO_RING_F_EVENT_IDX, featureMask } from '../../src/virtio/features.js';
-import { NetGuest, ethFrame } from './net-rig.js';
+import { NetGuest, ethFrame, udpFrame } from './net-rig.js';
 
 const MAC = '52:54:00:00:00:01';
 const BCAST = 'ff:ff:ff:ff:ff:ff';
@@ -133,3 +133,27 @@ test('net two queue pairs: each pair loops back on its own receive queue; SEND_R
   assert.equal(formatMac(r.data, 0), BCAST);
   assert.equal(r.data.readUInt16BE(20), 3, 'reverse request');
 });
+
+for (const packed of [false, true]) {
+  test(`net loopback (${packed ? 'packed' : 'split'}): transmit headers are taken whole or split over buffers, and an offload header does not leak into the next frame`, async (t) => {
+    const dev = new VhostUserNetBackend({ mac: MAC });
+    new LoopbackLink(dev);
+    const g = await NetGuest.start(t, dev, { packed });
+    g.postRx(0, 8, 2048);
+    const { frame, hdr } = udpFrame(BCAST, MAC, '10.0.0.1', '10.0.0.2', 1000, 2000, Buffer.alloc(100, 7), true);
+    for (const chunk of [5, 1 << 20]) {
+      // NEEDS_CSUM with csum_start/offset: passed on to a guest that negotiated GUEST_CSUM.
+      await g.send(0, frame, hdr, chunk);
+      const r = await g.recv(0);
+      assert.ok(r.data.equals(frame));
+      assert.deepEqual([...r.hdr.subarray(0, 10)], [...hdr.subarray(0, 10)], `offload fields carried (header in ${chunk === 5 ? 'pieces' : 'one buffer'})`);
+      // The next frame has no offload: its header arrives all zero, nothing left from the last one.
+      const plain = ethFrame(BCAST, MAC, 60, chunk);
+      await g.send(0, plain, undefined, chunk);
+      const p = await g.recv(0);
+      assert.ok(p.data.equals(plain));
+      assert.deepEqual([...p.hdr.subarray(0, 10)], new Array<number>(10).fill(0));
+    }
+    assert.equal(dev.drops.total, 0);
+  });
+}
