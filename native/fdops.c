@@ -1,5 +1,6 @@
 /*
- * fd inspection and locking for the daemon CLIs.
+ * fd inspection and locking for the daemon CLIs, and synchronous vectored
+ * I/O by host address (the disk layer's inline path beside io_uring).
  *
  * Open-file-description locks (fcntl F_OFD_SETLK) on whole files: the same
  * lock family QEMU uses for image locking, so a disk image held by one of our
@@ -11,8 +12,11 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/statfs.h>
+#include <sys/uio.h>
 
 /* lockFile(fd, exclusive): takes a whole-file write (exclusive) or read
  * (shared) lock without waiting; throws EAGAIN when another holder conflicts. */
@@ -59,7 +63,72 @@ static napi_value js_socket_info(napi_env env, napi_callback_info info) {
   return obj;
 }
 
+/* fsType(fd) -> f_type of the file system holding fd (fstatfs), as a double:
+ * the disk layer asks whether an image lives in memory (tmpfs, hugetlbfs). */
+static napi_value js_fs_type(napi_env env, napi_callback_info info) {
+  GET_ARGS(1);
+  int fd;
+  if (!arg_fd(env, argv[0], &fd)) return NULL;
+  struct statfs st;
+  int r;
+  do r = fstatfs(fd, &st); while (r < 0 && errno == EINTR);
+  if (r < 0) return throw_errno(env, errno, "fstatfs", NULL);
+  return ret_f64(env, (double)(unsigned long)st.f_type);
+}
+
+#define HOST_IO_MAX_IOVS 64
+
+/* hostIo(fd, write, pairs, count, offset, flags) -> bytes, or -errno.
+ * One synchronous preadv2 / pwritev2 straight into (out of) guest memory
+ * given as `count` [host address, length] pairs of a Float64Array. Each range
+ * must lie inside a live mapping of this env (as for io_uring): an address
+ * the TS layer failed to validate never reaches the kernel. I/O errors are
+ * returned, not thrown, because the caller falls back to the ring on any of
+ * them (EAGAIN from RWF_NOWAIT above all) and throwing costs more than the
+ * syscall; malformed arguments throw. */
+static napi_value js_host_io(napi_env env, napi_callback_info info) {
+  GET_ARGS(6);
+  int fd;
+  bool write;
+  int64_t count, flags;
+  uint64_t offset;
+  if (!arg_fd(env, argv[0], &fd) || !arg_bool(env, argv[1], &write)) return NULL;
+  bool is_ta = false;
+  napi_typedarray_type tt;
+  size_t n;
+  void *data;
+  if (napi_is_typedarray(env, argv[2], &is_ta) != napi_ok || !is_ta ||
+      napi_get_typedarray_info(env, argv[2], &tt, &n, &data, NULL, NULL) != napi_ok || tt != napi_float64_array)
+    return throw_type(env, "pairs must be a Float64Array");
+  if (!arg_int(env, argv[3], 1, HOST_IO_MAX_IOVS, &count, "count")) return NULL;
+  if ((size_t)count * 2 > n) return throw_type(env, "count exceeds the pairs array");
+  if (!arg_u64(env, argv[4], &offset, "offset")) return NULL;
+  if (offset > (uint64_t)LLONG_MAX) return throw_type(env, "offset out of range");
+  if (!arg_int(env, argv[5], 0, RWF_NOWAIT | RWF_DSYNC, &flags, "flags")) return NULL;
+  if ((flags & ~(int64_t)(RWF_NOWAIT | RWF_DSYNC)) != 0) return throw_type(env, "flags may only be RWF_NOWAIT | RWF_DSYNC");
+  const double *pairs = data;
+  addon_inst *inst = get_inst(env);
+  struct iovec iov[HOST_IO_MAX_IOVS];
+  uint64_t total = 0;
+  for (int64_t k = 0; k < count; k++) {
+    double a = pairs[2 * k], l = pairs[2 * k + 1];
+    if (!(a > 0 && a <= 9007199254740991.0 && a == (double)(uint64_t)a) || !(l >= 0 && l <= (double)INT_MAX && l == (double)(uint64_t)l))
+      return throw_type(env, "malformed [address, length] pair");
+    void *base = (void *)(uintptr_t)(uint64_t)a;
+    if (!inst || !mem_range_mapped(inst, base, (size_t)l)) return throw_errno(env, EFAULT, write ? "pwritev2" : "preadv2", "range outside every live mapping");
+    iov[k].iov_base = base;
+    iov[k].iov_len = (size_t)l;
+    total += (uint64_t)l;
+  }
+  if (total > INT_MAX) return throw_type(env, "transfer longer than 2 GiB");
+  ssize_t r;
+  do {
+    r = write ? pwritev2(fd, iov, (int)count, (off_t)offset, (int)flags) : preadv2(fd, iov, (int)count, (off_t)offset, (int)flags);
+  } while (r < 0 && errno == EINTR);
+  return ret_f64(env, r < 0 ? -(double)errno : (double)r);
+}
+
 void fdops_register(napi_env env, napi_value exports) {
-  static const export_fn fns[] = {{"lockFile", js_lock_file}, {"socketInfo", js_socket_info}};
+  static const export_fn fns[] = {{"lockFile", js_lock_file}, {"socketInfo", js_socket_info}, {"fsType", js_fs_type}, {"hostIo", js_host_io}};
   register_fns(env, exports, fns, sizeof fns / sizeof fns[0]);
 }

@@ -3,7 +3,7 @@
  * point is ./blk.js, which loads this module).
  *
  *     vhost-user-blk (--socket-path PATH | --fd N) [--blk-file FILE] [--read-only] [--num-queues N]
- *                    [--aio io_uring|threads] [--threads N] [--poll-us N] [--incoming]
+ *                    [--aio io_uring|threads] [--inline-io auto|off] [--threads N] [--poll-us N] [--incoming]
  * @module
  */
 import { UsageError, intOption, runBackendCli } from './backend-cli.js';
@@ -26,6 +26,7 @@ export function main(): Promise<number> {
       'ram-size-mib': { type: 'string' },
       serial: { type: 'string' },
       aio: { type: 'string' },
+      'inline-io': { type: 'string' },
       threads: { type: 'string' },
       'poll-us': { type: 'string' },
       incoming: { type: 'boolean' },
@@ -38,6 +39,9 @@ export function main(): Promise<number> {
       '  --ram-size-mib N        RAM disk size without --blk-file (default 64)\n' +
       '  --serial STR            GET_ID serial (default vhost-user-blk)\n' +
       '  --aio io_uring|threads  how --blk-file I/O is done (default io_uring, threads where unavailable)\n' +
+      '  --inline-io auto|off    with io_uring, a request reaching an idle ring is done synchronously when\n' +
+      '                          that saves wake-ups: tmpfs/hugetlbfs images, and page-cache hits of\n' +
+      '                          reads (RWF_NOWAIT) elsewhere (default auto; off: always the ring)\n' +
       '  --threads N             serve queue q from thread q % N (0: main thread, others: worker threads;\n' +
       '                          needs --blk-file; default 1)\n' +
       '  --poll-us N             adaptive polling: a queue that runs empty (and the io_uring completions)\n' +
@@ -57,16 +61,18 @@ export function main(): Promise<number> {
       const file = values['blk-file'] as string | undefined;
       const aio = (values.aio as string | undefined) ?? 'io_uring';
       if (aio !== 'io_uring' && aio !== 'threads') throw new UsageError(`--aio must be io_uring or threads, not ${aio}`);
+      const inlineIo = (values['inline-io'] as string | undefined) ?? 'auto';
+      if (inlineIo !== 'auto' && inlineIo !== 'off') throw new UsageError(`--inline-io must be auto or off, not ${inlineIo}`);
       let disk: BlockDisk;
       if (file !== undefined) {
         let fd: FileDisk;
         try {
-          fd = FileDisk.open(file, { readOnly, aio, deferLock: values.incoming === true });
+          fd = FileDisk.open(file, { readOnly, aio, inlineIo, deferLock: values.incoming === true });
         } catch (e) {
           throw new Error(`cannot open --blk-file ${file}: ${(e as Error).message}`);
         }
         if (fd.aioFallbackReason !== null) logger.log('warn', `${PROGRAM}: io_uring unavailable (${fd.aioFallbackReason}); using the threadpool path (aio=threads)`);
-        else logger.log('info', `${PROGRAM}: data path aio=${fd.aio}`);
+        else logger.log('info', `${PROGRAM}: data path aio=${fd.aio}, inline-io=${fd.inlineIo}`);
         disk = fd;
       } else {
         if (threads > 1) throw new UsageError('--threads > 1 needs --blk-file (worker threads share its fd)');

@@ -209,6 +209,34 @@ export function socketInfo(fd: number): SocketInfo {
   return native.socketInfo(fd);
 }
 
+/** f_type of tmpfs (also /dev/shm), from linux/magic.h. */
+export const TMPFS_MAGIC = 0x01021994;
+/** f_type of ramfs. */
+export const RAMFS_MAGIC = 0x858458f6;
+/** f_type of hugetlbfs. */
+export const HUGETLBFS_MAGIC = 0x958458f6;
+
+/** The f_type of the file system holding `fd` (fstatfs); compare with {@link TMPFS_MAGIC}... */
+export function fsType(fd: number): number {
+  return native.fsType(fd);
+}
+
+/** preadv2/pwritev2 flag: fail with EAGAIN instead of waiting for I/O (linux/fs.h). */
+export const RWF_NOWAIT = 0x08;
+/** preadv2/pwritev2 flag: the write is durable when the call returns, like O_DSYNC. */
+export const RWF_DSYNC = 0x02;
+
+/**
+ * One synchronous preadv2 (pwritev2 when `write`) of `count` [host address, length] pairs of
+ * `pairs` at file `offset`, straight into (out of) guest memory. Every range must lie inside a
+ * live mapping of this thread (else SysError EFAULT, before any syscall). Returns the bytes
+ * transferred, or a negative errno (EAGAIN for {@link RWF_NOWAIT}...): the caller falls back to
+ * another path on any failure, so failures are values, not exceptions. `count` is at most 64.
+ */
+export function hostIo(fd: number, write: boolean, pairs: Float64Array, count: number, offset: number, flags = 0): number {
+  return native.hostIo(fd, write, pairs, count, offset, flags);
+}
+
 /** Number of open fds in this process (entries of /proc/self/fd), for leak checks. */
 export function openFdCount(): number {
   return native.openFdCount();

@@ -31,6 +31,8 @@ export interface NativeAddon {
   openFdCount(): number;
   lockFile(fd: number, exclusive: boolean): void;
   socketInfo(fd: number): { domain: number; type: number; listening: boolean };
+  fsType(fd: number): number;
+  hostIo(fd: number, write: boolean, pairs: Float64Array, count: number, offset: number, flags: number): number;
   uffdCreate(): number;
   uffdRegister(fd: number, address: bigint, length: number): number;
   uffdUnregister(fd: number, address: bigint, length: number): void;

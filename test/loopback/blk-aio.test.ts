@@ -1,5 +1,5 @@
-// vhost-user-blk --aio io_uring|threads over a file on tmpfs: each path named in the log, verified
-// random reads and writes on two queues through vhost-user-bench, bad --aio refused.
+// vhost-user-blk --aio io_uring|threads (and --inline-io) over a file on tmpfs: each path named in the
+// log, verified random reads and writes on two queues through vhost-user-bench, bad values refused.
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
@@ -20,14 +20,18 @@ function shmDir(t: TestContext): string {
   return d;
 }
 
-for (const aio of ['io_uring', 'threads'] as const) {
-  test(`vhost-user-blk --aio ${aio}: names its data path and serves verified randrw on 2 queues`, async (t) => {
+// io_uring with the inline path (on tmpfs every idle-ring request is copied inline), io_uring with
+// --inline-io off (every request through the ring), and the threadpool.
+for (const [aio, inline] of [['io_uring', 'auto'], ['io_uring', 'off'], ['threads', 'auto']] as const) {
+  test(`vhost-user-blk --aio ${aio} --inline-io ${inline}: names its data path and serves verified randrw on 2 queues`, async (t) => {
     const dir = shmDir(t);
     const img = join(dir, 'disk.img');
     writeFileSync(img, new Uint8Array(16 << 20));
     const sock = join(dir, 'blk.sock');
-    const d = await startOurDaemon('blk', sock, ['--blk-file', img, '--num-queues', '2', '--aio', aio], t);
-    await d.proc.waitForText(/data path aio=(\w+)/, 5000, () => d.proc.stdout + d.proc.stderr).then((m) => assert.equal(m[1], aio));
+    const d = await startOurDaemon('blk', sock, ['--blk-file', img, '--num-queues', '2', '--aio', aio, '--inline-io', inline], t);
+    const m = await d.proc.waitForText(/data path aio=(\w+)(?:, inline-io=(\w+))?/, 5000, () => d.proc.stdout + d.proc.stderr);
+    assert.equal(m[1], aio);
+    if (aio === 'io_uring') assert.equal(m[2], inline === 'auto' ? 'memory' : 'off');
     const { stdout } = await run(process.execPath, [bench, '-s', sock, '--rw', 'randrw', '--verify', '--num-queues', '2',
       '--iodepth', '16', '--runtime', '1', '--json']);
     const r = JSON.parse(stdout) as BlkLoadResult;
@@ -58,9 +62,11 @@ test('vhost-user-blk --threads 2: queue 1 is served by a worker thread with its 
   }
 });
 
-test('vhost-user-blk --aio refuses anything but io_uring and threads (status 2)', async () => {
-  const e = await run(process.execPath, [blk, '--socket-path', '/tmp/none.sock', '--aio', 'native']).then(() => null, (x: { code: number; stderr: string }) => x);
-  assert.ok(e !== null);
-  assert.equal(e.code, 2);
-  assert.match(e.stderr, /--aio must be io_uring or threads/);
+test('vhost-user-blk --aio and --inline-io refuse unknown values (status 2)', async () => {
+  for (const [args, msg] of [[['--aio', 'native'], /--aio must be io_uring or threads/], [['--inline-io', 'on'], /--inline-io must be auto or off/]] as const) {
+    const e = await run(process.execPath, [blk, '--socket-path', '/tmp/none.sock', ...args]).then(() => null, (x: { code: number; stderr: string }) => x);
+    assert.ok(e !== null);
+    assert.equal(e.code, 2);
+    assert.match(e.stderr, msg);
+  }
 });

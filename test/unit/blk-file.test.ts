@@ -1,8 +1,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { closeSync, fstatSync, openSync, readSync, writeFileSync } from 'node:fs';
+import { closeSync, fstatSync, mkdtempSync, openSync, readSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import {
-  FileDisk, RamDisk, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_IN,
+  FileDisk, INLINE_MAX_BYTES, RamDisk, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_IN,
   VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
 } from '../../src/devices/blk/index.js';
 import { makeTempDir } from '../helpers/tmp.js';
@@ -182,4 +184,107 @@ test('FileDisk.open rejects directories and bad block sizes; RamDisk validates i
   assert.throws(() => new RamDisk({ size: 1000 }), RangeError);
   assert.equal(new RamDisk().size, 64 * MIB);
   assert.equal(new RamDisk().allocatedBytes, 0);
+});
+
+test('FileDisk io_uring inline path on tmpfs: an idle ring\'s IN / OUT is done synchronously (writethrough with RWF_DSYNC); a busy ring, a large request and inlineIo off use the ring', async (t) => {
+  const dir = mkdtempSync('/dev/shm/vu-inline-');
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const path = join(dir, 'disk.img');
+  image(path, 4 * MIB, 7);
+  const disk = FileDisk.open(path, { aio: 'io_uring' });
+  assert.equal(disk.inlineIo, 'memory');
+  const r = new BlkRig({ disk });
+  t.after(async () => { r.close(); await disk.close(); });
+  // An IN and an OUT on an idle ring: both inline, the ring never sees them.
+  const data = pattern(4096, 8);
+  const w = r.submit(VIRTIO_BLK_T_OUT, 40, { out: [data.subarray(0, 1000 + 24), data.subarray(1024)] });
+  const rd = r.submit(VIRTIO_BLK_T_IN, 300, { inLens: [512, 3584] });
+  await r.run();
+  assert.equal(r.status(w), VIRTIO_BLK_S_OK);
+  assert.equal(r.status(rd), VIRTIO_BLK_S_OK);
+  assert.deepEqual(readFile(path, 40 * 512, 4096), data);
+  assert.deepEqual(r.inData(rd), pattern(4 * MIB, 7).subarray(300 * 512, 300 * 512 + 4096));
+  assert.equal(disk.inlineOps, 2);
+  assert.equal(disk.uringOps, 0);
+  // A FLUSH goes to the ring first: the IN behind it finds the ring busy and is staged there too.
+  const f = r.submit(VIRTIO_BLK_T_FLUSH, 0);
+  const behind = r.submit(VIRTIO_BLK_T_IN, 8, { inLens: [4096] });
+  await r.run();
+  assert.equal(r.status(f), VIRTIO_BLK_S_OK);
+  assert.equal(r.status(behind), VIRTIO_BLK_S_OK);
+  assert.deepEqual(r.inData(behind), pattern(4 * MIB, 7).subarray(8 * 512, 8 * 512 + 4096));
+  assert.equal(disk.inlineOps, 2);
+  assert.equal(disk.uringOps, 2);
+  // Over INLINE_MAX_BYTES: the ring's workers copy it.
+  const big = r.submit(VIRTIO_BLK_T_IN, 2048, { inLens: [INLINE_MAX_BYTES + 512] });
+  await r.run();
+  assert.equal(r.status(big), VIRTIO_BLK_S_OK);
+  assert.deepEqual(r.inData(big), pattern(4 * MIB, 7).subarray(MIB, MIB + INLINE_MAX_BYTES + 512));
+  assert.equal(disk.uringOps, 3);
+  // Writethrough (no FLUSH negotiated): the inline write is durable when it returns, no fdatasync on the ring.
+  const r2 = new BlkRig({ disk }, false);
+  t.after(() => r2.close());
+  const wt = r2.submit(VIRTIO_BLK_T_OUT, 64, { out: [pattern(2048, 9)] });
+  await r2.run();
+  assert.equal(r2.status(wt), VIRTIO_BLK_S_OK);
+  assert.deepEqual(readFile(path, 64 * 512, 2048), pattern(2048, 9));
+  assert.equal(disk.inlineOps, 3);
+  assert.equal(disk.uringOps, 3);
+  // inlineIo 'off': everything through the ring.
+  const path2 = join(dir, 'disk2.img');
+  image(path2, MIB, 5);
+  const ring = FileDisk.open(path2, { aio: 'io_uring', inlineIo: 'off' });
+  const r3 = new BlkRig({ disk: ring });
+  t.after(async () => { r3.close(); await ring.close(); });
+  const off = r3.submit(VIRTIO_BLK_T_IN, 8, { inLens: [4096] });
+  await r3.run();
+  assert.equal(r3.status(off), VIRTIO_BLK_S_OK);
+  assert.deepEqual(r3.inData(off), pattern(MIB, 5).subarray(4096, 8192));
+  assert.equal(ring.inlineIo, 'off');
+  assert.equal(ring.inlineOps, 0);
+  assert.equal(ring.uringOps, 1);
+});
+
+test('FileDisk io_uring inline path elsewhere: reads are tried with RWF_NOWAIT, writes use the ring; a file system that refuses nowait is not asked again; a short inline read is redone on the ring', async (t) => {
+  // The checkout's file system is disk-backed here (ext4): page-cache hits complete inline.
+  const dir = mkdtempSync(join(fileURLToPath(new URL('../../', import.meta.url)), 'vu-inline-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const path = join(dir, 'disk.img');
+  image(path, 4 * MIB, 3);
+  const disk = FileDisk.open(path, { aio: 'io_uring' });
+  assert.equal(disk.inlineIo, 'nowait');
+  const r = new BlkRig({ disk });
+  t.after(async () => { r.close(); await disk.close(); });
+  const rd = r.submit(VIRTIO_BLK_T_IN, 16, { inLens: [4096] });
+  await r.run();
+  assert.equal(r.status(rd), VIRTIO_BLK_S_OK);
+  assert.deepEqual(r.inData(rd), pattern(4 * MIB, 3).subarray(16 * 512, 16 * 512 + 4096));
+  assert.equal(disk.inlineOps, 1);
+  assert.equal(disk.uringOps, 0);
+  const w = r.submit(VIRTIO_BLK_T_OUT, 16, { out: [pattern(512, 1)] });
+  await r.run();
+  assert.equal(r.status(w), VIRTIO_BLK_S_OK);
+  assert.equal(disk.uringOps, 1);
+  // The file shrinks: the inline read comes back short (0 bytes), the ring redoes it and reports it.
+  writeFileSync(path, pattern(MIB, 3));
+  const short = r.submit(VIRTIO_BLK_T_IN, 4096, { inLens: [4096] });
+  await r.run();
+  assert.equal(r.status(short), VIRTIO_BLK_S_IOERR);
+  assert.ok(r.logger.has('transferred 0 of 4096 bytes'), JSON.stringify(r.logger.records));
+  assert.equal(disk.uringOps, 2);
+  // Asked for nowait on tmpfs, which refuses it: the first read learns it and the ring serves it.
+  const shm = mkdtempSync('/dev/shm/vu-inline-');
+  t.after(() => rmSync(shm, { recursive: true, force: true }));
+  const shmPath = join(shm, 'disk.img');
+  image(shmPath, MIB, 4);
+  const nw = FileDisk.open(shmPath, { aio: 'io_uring', inlineIo: 'nowait' });
+  const r2 = new BlkRig({ disk: nw });
+  t.after(async () => { r2.close(); await nw.close(); });
+  const a = r2.submit(VIRTIO_BLK_T_IN, 0, { inLens: [4096] });
+  await r2.run();
+  assert.equal(r2.status(a), VIRTIO_BLK_S_OK);
+  assert.deepEqual(r2.inData(a), pattern(MIB, 4).subarray(0, 4096));
+  assert.equal(nw.inlineIo, 'off');
+  assert.equal(nw.inlineOps, 0);
+  assert.equal(nw.uringOps, 1);
 });

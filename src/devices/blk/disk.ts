@@ -5,9 +5,11 @@
  * @module
  */
 import * as fs from 'node:fs';
+import { constants as osConstants } from 'node:os';
 import {
   BLKDISCARD, BLKGETSIZE64, BLKZEROOUT, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE,
-  SysError, fallocateAsync, ioctl, ioctlRangeAsync,
+  HUGETLBFS_MAGIC, RAMFS_MAGIC, RWF_DSYNC, RWF_NOWAIT, SysError, TMPFS_MAGIC, fallocateAsync, fsType, hostIo, ioctl,
+  ioctlRangeAsync,
 } from '../../sys/index.js';
 import { UringEngine, type UringTarget } from '../../sys/uring.js';
 import { UringDisk, type AioMode } from './uring-io.js';
@@ -83,6 +85,12 @@ export interface FileDiskOptions {
   /** io_uring submission entries (default 256). */
   uringEntries?: number;
   /**
+   * With io_uring: whether a request reaching an idle ring is first tried synchronously
+   * ({@link FileDisk.uringInline}). 'auto' (default) picks 'memory' for tmpfs / ramfs / hugetlbfs
+   * images and 'nowait' otherwise; 'off' always uses the ring.
+   */
+  inlineIo?: InlineIoMode | 'auto';
+  /**
    * Live-migration destination: open without taking the image lock; whoever serves the disk takes
    * it ({@link ImageLock.acquire}) before the first I/O, once the source released it.
    */
@@ -92,6 +100,15 @@ export interface FileDiskOptions {
 /** Largest chunk written per call when a write-zeroes range must be written out as zeroes. */
 const ZERO_CHUNK = 1 << 20;
 let zeroChunk: Uint8Array | null = null;
+
+/**
+ * Largest transfer {@link FileDisk.uringInline} does on the event loop: a copy of this size takes
+ * tens of µs, longer ones would hold up the thread's other rings (the ring's workers copy those).
+ */
+export const INLINE_MAX_BYTES = 256 * 1024;
+
+/** See {@link FileDisk.inlineIo}. */
+export type InlineIoMode = 'memory' | 'nowait' | 'off';
 
 /**
  * A disk over a regular file or a block device. Reads and writes go straight between the fd and the
@@ -118,6 +135,13 @@ export class FileDisk implements BlockDisk {
   aio: AioMode = 'threads';
   /** Why io_uring was asked for but not used (null otherwise). */
   aioFallbackReason: string | null = null;
+  /**
+   * How an idle ring's request is first tried inline (see {@link uringInline}): 'memory' for an
+   * image on tmpfs / ramfs / hugetlbfs, 'nowait' for other files (reads with RWF_NOWAIT), 'off'.
+   */
+  inlineIo: InlineIoMode = 'off';
+  /** Requests completed by {@link uringInline} (diagnostics, tests). */
+  inlineOps = 0;
 
   private constructor(fd: number, size: number, readOnly: boolean, blockSize: number, isBlockDevice: boolean) {
     this.fdValue = fd;
@@ -155,7 +179,7 @@ export class FileDisk implements BlockDisk {
       if (opts.deferLock !== true) lock.acquire();
       const disk = new FileDisk(fd, size, readOnly, blockSize, st.isBlockDevice());
       disk.imageLock = lock;
-      if (opts.aio === 'io_uring') disk.startUring(opts.uringEntries ?? 256);
+      if (opts.aio === 'io_uring') disk.startUring(opts.uringEntries ?? 256, opts.inlineIo);
       return disk;
     } catch (e) {
       fs.closeSync(fd);
@@ -167,21 +191,70 @@ export class FileDisk implements BlockDisk {
    * A disk over an fd another FileDisk of this process owns (e.g. handed to a worker_thread): no
    * lock is taken, and close() releases only this disk's own io_uring, never the fd.
    */
-  static borrow(fd: number, info: { size: number; readOnly: boolean; blockSize: number; isBlockDevice: boolean; aio?: AioMode; uringEntries?: number }): FileDisk {
+  static borrow(fd: number, info: { size: number; readOnly: boolean; blockSize: number; isBlockDevice: boolean; aio?: AioMode; uringEntries?: number; inlineIo?: InlineIoMode | 'auto' }): FileDisk {
     const disk = new FileDisk(fd, info.size, info.readOnly, info.blockSize, info.isBlockDevice);
     disk.borrowed = true;
-    if (info.aio === 'io_uring') disk.startUring(info.uringEntries ?? 256);
+    if (info.aio === 'io_uring') disk.startUring(info.uringEntries ?? 256, info.inlineIo);
     return disk;
   }
 
-  private startUring(entries: number): void {
+  private startUring(entries: number, inline: InlineIoMode | 'auto' = 'auto'): void {
     try {
       this.uring = new UringDisk(new UringEngine(entries), (write, views, offset, done) => this.finishShort(write, views, offset, done));
       this.aio = 'io_uring';
     } catch (e) {
       if (!(e instanceof SysError)) throw e;
       this.aioFallbackReason = e.message;
+      return;
     }
+    if (inline !== 'auto') {
+      this.inlineIo = inline;
+      return;
+    }
+    let type = 0;
+    try {
+      type = fsType(this.fdValue);
+    } catch {
+      // Unknown file system: the generic nowait attempt, which the kernel refuses if it must.
+    }
+    this.inlineIo = type === TMPFS_MAGIC || type === RAMFS_MAGIC || type === HUGETLBFS_MAGIC ? 'memory' : 'nowait';
+  }
+
+  /**
+   * @internal A request's transfer of `want` bytes done synchronously, when that is cheaper than
+   * the ring: true when all of it was moved (the caller completes the request at once), false
+   * when the ring must take it (a partial transfer is simply redone there).
+   *
+   * Only while the ring is idle (nothing staged or in flight: low queue depth, where latency is
+   * the wake-ups). An image in memory (tmpfs, ramfs, hugetlbfs) cannot wait for a device, yet
+   * io_uring hands every tmpfs request to a kernel worker thread (shmem has no nowait reads), which
+   * costs a wake-up of that worker and one of this thread per request: copying inline costs a
+   * syscall. Elsewhere a read is tried with RWF_NOWAIT, which succeeds on a page-cache hit and
+   * returns EAGAIN instead of blocking; a file system that refuses nowait reads is not asked again.
+   * Writes are inline only in memory (RWF_DSYNC when `dsync`, i.e. writethrough). Transfers over
+   * {@link INLINE_MAX_BYTES} always use the ring. FileDisk opens images buffered (never O_DIRECT),
+   * so a nowait read never waits for a device.
+   */
+  uringInline(write: boolean, pairs: Float64Array, count: number, offset: number, want: number, dsync: boolean): boolean {
+    const mode = this.inlineIo;
+    if (mode === 'off' || want > INLINE_MAX_BYTES || this.uring === null || this.uring.engine.busy !== 0 || this.fdValue < 0) return false;
+    let flags: number;
+    if (mode === 'memory') flags = write && dsync ? RWF_DSYNC : 0;
+    else if (write) return false;
+    else flags = RWF_NOWAIT;
+    let r: number;
+    try {
+      r = hostIo(this.fdValue, write, pairs, count, offset, flags);
+    } catch {
+      // A range the addon refuses: the ring path refuses it too, and reports it.
+      return false;
+    }
+    if (r !== want) {
+      if (r === -osConstants.errno.EOPNOTSUPP && mode === 'nowait') this.inlineIo = 'off';
+      return false;
+    }
+    this.inlineOps++;
+    return true;
   }
 
   /** The rest of a transfer the kernel cut short, on the threadpool path. */

@@ -6,7 +6,7 @@
  * @module
  */
 export * from './config.js';
-export { FileDisk, RamDisk, RAM_DISK_CHUNK, type BlockDisk, type FileDiskOptions, type RamDiskOptions } from './disk.js';
+export { FileDisk, RamDisk, RAM_DISK_CHUNK, INLINE_MAX_BYTES, type BlockDisk, type FileDiskOptions, type InlineIoMode, type RamDiskOptions } from './disk.js';
 export { ImageLock } from './image-lock.js';
 export { BlkRequestExecutor, BlkRequestSlot, DEFAULT_MAX_DWZ_SECTORS, type BlkExecutorOptions } from './request.js';
 export { VhostUserBlkBackend, type VhostUserBlkBackendOptions } from './backend.js';

@@ -8,7 +8,7 @@ import type { VringWorker } from '../../backend/index.js';
 import type { DescriptorChain } from '../../queue/index.js';
 import { defaultLogger } from '../../log.js';
 import { VIRTIO_BLK_F_FLUSH, encodeBlkSerial } from './config.js';
-import { FileDisk } from './disk.js';
+import { FileDisk, type InlineIoMode } from './disk.js';
 import { BlkRequestExecutor, BlkRequestSlot } from './request.js';
 import type { AioMode } from './uring-io.js';
 
@@ -21,6 +21,7 @@ export interface BlkWorkerData {
   blockSize: number;
   isBlockDevice: boolean;
   aio: AioMode;
+  inlineIo: InlineIoMode;
   serial: string;
   discard: boolean;
   maxInFlight: number;
