@@ -1,6 +1,7 @@
 // `npm run bench`: one table, every figure measured in this run. vhost-user-bench (our C-free
 // front-end) drives our vhost-user-blk and qemu-storage-daemon (aio=threads and aio=io_uring) on the
-// same image on tmpfs: randread / randwrite, QD 1 / 32, 1 / 2 queues; IOPS, p50/p99 latency and the
+// same image on tmpfs: randread / randwrite, QD 1 / 32, 1 / 2 queues (and randread on a disk-backed
+// file system); IOPS, mean/p50/p99 latency and the
 // back-end's CPU µs per request (from /proc/PID/stat). Then idle RSS of one daemon and of one process
 // serving 8 devices, against bare `node`. Ratios are against qemu-storage-daemon aio=io_uring in the
 // same run: on a shared machine they are the meaningful figures, absolute numbers are not.
@@ -37,12 +38,19 @@ truncateSync(IMG, 256 << 20);
 // Filled once so reads hit allocated tmpfs pages for every back-end alike.
 execFileSync('dd', ['if=/dev/zero', `of=${IMG}`, 'bs=1M', 'count=256', 'conv=notrunc', 'status=none']);
 
-// 'ours-poll': our daemon with adaptive polling (--poll-us), measured at QD1 only: at low depth
-// qemu-storage-daemon polls too (its AioContext spins on the vring and the io_uring CQ: strace shows
-// io_uring_enter(min_complete=0) and the interrupt write per request, and no waiting syscall).
-type Backend = 'ours' | 'ours-poll' | 'qsd-threads' | 'qsd-io_uring';
-const POLL_US = 50;
-interface Row { backend: Backend; rw: string; qd: number; queues: number; r: BlkLoadResult }
+// A second image on the disk-backed file system of the checkout (page cache): there io_uring
+// completes cached reads inside io_uring_enter, while on tmpfs it hands every request to a kernel
+// worker thread. Both matter, and they favour different designs.
+const diskDir = mkdtempSync(join(root, '.bench-'));
+const DISK_IMG = join(diskDir, 'disk.img');
+execFileSync('dd', ['if=/dev/zero', `of=${DISK_IMG}`, 'bs=1M', 'count=256', 'status=none']);
+const diskFs = execFileSync('stat', ['-f', '-c', '%T', diskDir], { encoding: 'utf8' }).trim();
+
+// 'ours-ring': our daemon with --inline-io off, every request through io_uring (what the inline
+// path is worth; 1 queue only).
+type Backend = 'ours' | 'ours-ring' | 'qsd-threads' | 'qsd-io_uring';
+type Image = 'tmpfs' | 'disk';
+interface Row { backend: Backend; rw: string; qd: number; queues: number; image: Image; r: BlkLoadResult }
 
 function waitFor(pred: () => boolean, what: string, p: ChildProcess): Promise<void> {
   return new Promise((resolve, reject) => {
@@ -63,23 +71,23 @@ async function stop(p: ChildProcess): Promise<void> {
   await done;
 }
 
-function startBackend(b: Backend, queues: number, sock: string, extraNode: string[] = []): ChildProcess {
-  if (b === 'ours' || b === 'ours-poll') {
-    const args = [...extraNode, blkCli, '--socket-path', sock, '--blk-file', IMG, '--num-queues', String(queues), '--log-level', 'warn'];
-    if (b === 'ours-poll') args.push('--poll-us', String(POLL_US));
+function startBackend(b: Backend, queues: number, sock: string, img: string, extraNode: string[] = []): ChildProcess {
+  if (b === 'ours' || b === 'ours-ring') {
+    const args = [...extraNode, blkCli, '--socket-path', sock, '--blk-file', img, '--num-queues', String(queues), '--log-level', 'warn'];
+    if (b === 'ours-ring') args.push('--inline-io', 'off');
     if (queues > 1) args.push('--threads', String(queues));
     return spawn(process.execPath, args, { stdio: ['ignore', 'ignore', 'inherit'] });
   }
   const aio = b === 'qsd-threads' ? 'threads' : 'io_uring';
-  return spawn('qemu-storage-daemon', ['--blockdev', `driver=file,node-name=f0,filename=${IMG},aio=${aio}`,
+  return spawn('qemu-storage-daemon', ['--blockdev', `driver=file,node-name=f0,filename=${img},aio=${aio}`,
     '--export', `type=vhost-user-blk,id=e0,node-name=f0,addr.type=unix,addr.path=${sock},writable=on,num-queues=${queues}`],
   { stdio: ['ignore', 'ignore', 'inherit'] });
 }
 
-async function measure(b: Backend, rw: string, qd: number, queues: number, extraNode: string[] = []): Promise<BlkLoadResult> {
+async function measure(b: Backend, rw: string, qd: number, queues: number, image: Image, extraNode: string[] = []): Promise<BlkLoadResult> {
   const sock = join(dir, `${b}.sock`);
   rmSync(sock, { force: true });
-  const p = startBackend(b, queues, sock, extraNode);
+  const p = startBackend(b, queues, sock, image === 'tmpfs' ? IMG : DISK_IMG, extraNode);
   try {
     await waitFor(() => existsSync(sock), b, p);
     const out = execFileSync(process.execPath, [benchCli, '-s', sock, '--rw', rw, '--iodepth', String(qd), '--num-queues', String(queues),
@@ -115,23 +123,25 @@ async function idleRss(cmd: string, args: string[], ready: () => boolean): Promi
 }
 
 const backends: Backend[] = ['ours', 'qsd-threads', 'qsd-io_uring'];
-const workloads: Array<{ rw: string; qd: number; queues: number }> = [];
+const workloads: Array<{ rw: string; qd: number; queues: number; image: Image }> = [];
 for (const queues of values.quick === true ? [1] : [1, 2]) {
   for (const rw of values.quick === true ? ['randread'] : ['randread', 'randwrite']) {
-    for (const qd of [1, 32]) workloads.push({ rw, qd, queues });
+    for (const qd of [1, 32]) workloads.push({ rw, qd, queues, image: 'tmpfs' });
   }
 }
+for (const qd of [1, 32]) workloads.push({ rw: 'randread', qd, queues: 1, image: 'disk' });
 
 const rows: Row[] = [];
 for (const w of workloads) {
   const best = new Map<Backend, BlkLoadResult>();
-  const these = w.qd === 1 && w.queues === 1 ? ['ours', 'ours-poll', 'qsd-threads', 'qsd-io_uring'] as Backend[] : backends;
+  const these: Backend[] = w.image === 'disk' ? ['ours', 'ours-ring', 'qsd-io_uring']
+    : w.queues === 1 ? ['ours', 'ours-ring', 'qsd-threads', 'qsd-io_uring'] : backends;
   for (let round = 0; round < ROUNDS; round++) {
     for (const b of these) {
-      const r = await measure(b, w.rw, w.qd, w.queues);
+      const r = await measure(b, w.rw, w.qd, w.queues, w.image);
       const prev = best.get(b);
       if (prev === undefined || r.iops > prev.iops) best.set(b, r);
-      process.stderr.write(`  ${b} ${w.rw} QD${w.qd} q${w.queues} round ${round + 1}: ${(r.iops / 1000).toFixed(1)}k IOPS\n`);
+      process.stderr.write(`  ${b} ${w.rw} QD${w.qd} q${w.queues} ${w.image} round ${round + 1}: ${(r.iops / 1000).toFixed(1)}k IOPS\n`);
     }
   }
   for (const b of these) rows.push({ backend: b, ...w, r: best.get(b) as BlkLoadResult });
@@ -147,7 +157,7 @@ const inProc8 = await idleRss(process.execPath, [rssScript, dir, '8'], () => fal
 let profile = '';
 if (values.profile === true) {
   const profDir = join(dir, 'prof');
-  await measure('ours', 'randread', 32, 1, ['--cpu-prof', `--cpu-prof-dir=${profDir}`]);
+  await measure('ours', 'randread', 32, 1, 'tmpfs', ['--cpu-prof', `--cpu-prof-dir=${profDir}`]);
   const f = readdirSync(profDir).find((x) => x.endsWith('.cpuprofile'));
   if (f !== undefined) profile = summarizeProfile(JSON.parse(readFileSync(join(profDir, f), 'utf8')), 15);
 }
@@ -156,17 +166,17 @@ if (values.profile === true) {
 const f1 = (n: number): string => n.toFixed(1);
 const ratio = (a: number, b: number): string => (b > 0 ? `${(a / b).toFixed(2)}x` : '-');
 const lines: string[] = [];
-lines.push('| back-end | rw | QD | queues | IOPS | p50 µs | p99 µs | CPU µs/req | IOPS vs QSD io_uring | CPU vs QSD io_uring |');
-lines.push('|---|---|---:|---:|---:|---:|---:|---:|---:|---:|');
+lines.push('| back-end | image | rw | QD | queues | IOPS | mean µs | p50 µs | p99 µs | CPU µs/req | IOPS vs QSD io_uring | mean latency vs QSD io_uring | CPU vs QSD io_uring |');
+lines.push('|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|');
 for (const row of rows) {
-  const ref = rows.find((x) => x.backend === 'qsd-io_uring' && x.rw === row.rw && x.qd === row.qd && x.queues === row.queues)?.r;
+  const ref = rows.find((x) => x.backend === 'qsd-io_uring' && x.rw === row.rw && x.qd === row.qd && x.queues === row.queues && x.image === row.image)?.r;
   const cpu = row.r.backend?.cpuUsPerRequest ?? NaN;
   const refCpu = ref?.backend?.cpuUsPerRequest ?? NaN;
   const name = row.backend === 'ours' ? `ours (io_uring${row.queues > 1 ? `, --threads ${row.queues}` : ''})`
-    : row.backend === 'ours-poll' ? `ours (io_uring, --poll-us ${POLL_US})` : row.backend;
-  lines.push(`| ${name} | ${row.rw} | ${row.qd} | ${row.queues} | ` +
-    `${Math.round(row.r.iops)} | ${f1(row.r.latencyUs.p50)} | ${f1(row.r.latencyUs.p99)} | ${f1(cpu)} | ` +
-    `${ref ? ratio(row.r.iops, ref.iops) : '-'} | ${ref ? ratio(cpu, refCpu) : '-'} |`);
+    : row.backend === 'ours-ring' ? 'ours (io_uring, --inline-io off)' : row.backend;
+  lines.push(`| ${name} | ${row.image === 'tmpfs' ? 'tmpfs' : diskFs} | ${row.rw} | ${row.qd} | ${row.queues} | ` +
+    `${Math.round(row.r.iops)} | ${f1(row.r.latencyUs.mean)} | ${f1(row.r.latencyUs.p50)} | ${f1(row.r.latencyUs.p99)} | ${f1(cpu)} | ` +
+    `${ref ? ratio(row.r.iops, ref.iops) : '-'} | ${ref ? ratio(row.r.latencyUs.mean, ref.latencyUs.mean) : '-'} | ${ref ? ratio(cpu, refCpu) : '-'} |`);
 }
 lines.push('');
 lines.push('| idle RSS | RSS MiB | vs bare node | private (RssAnon) MiB | vs bare node |');
@@ -183,8 +193,8 @@ process.stdout.write(`${table}\n`);
 if (profile !== '') process.stdout.write(`\nours, randread QD32, top functions by self time:\n${profile}\n`);
 
 // ---- targets (issue 10) ----
-function pick(b: Backend, rw: string, qd: number): BlkLoadResult | undefined {
-  return rows.find((x) => x.backend === b && x.rw === rw && x.qd === qd && x.queues === 1)?.r;
+function pick(b: Backend, rw: string, qd: number, image: Image = 'tmpfs'): BlkLoadResult | undefined {
+  return rows.find((x) => x.backend === b && x.rw === rw && x.qd === qd && x.queues === 1 && x.image === image)?.r;
 }
 const targets: string[] = [];
 const rr32 = pick('ours', 'randread', 32), qr32 = pick('qsd-io_uring', 'randread', 32);
@@ -195,8 +205,8 @@ if (rr32 && qr32) {
 }
 const rr1 = pick('ours', 'randread', 1), qr1 = pick('qsd-io_uring', 'randread', 1);
 if (rr1 && qr1) targets.push(`randread QD1 mean latency ≤ 1.0x QSD io_uring: ${ratio(rr1.latencyUs.mean, qr1.latencyUs.mean)} ${rr1.latencyUs.mean <= qr1.latencyUs.mean ? 'met' : 'MISSED'}`);
-const rp1 = pick('ours-poll', 'randread', 1);
-if (rp1 && qr1) targets.push(`randread QD1 mean latency with --poll-us ${POLL_US} (QSD polls too) ≤ 1.0x QSD io_uring: ${ratio(rp1.latencyUs.mean, qr1.latencyUs.mean)} ${rp1.latencyUs.mean <= qr1.latencyUs.mean ? 'met' : 'MISSED'}`);
+const rd1 = pick('ours', 'randread', 1, 'disk'), qd1 = pick('qsd-io_uring', 'randread', 1, 'disk');
+if (rd1 && qd1) targets.push(`(same, image on ${diskFs}) randread QD1 mean latency ≤ 1.0x QSD io_uring: ${ratio(rd1.latencyUs.mean, qd1.latencyUs.mean)} ${rd1.latencyUs.mean <= qd1.latencyUs.mean ? 'met' : 'MISSED'}`);
 const rw32 = pick('ours', 'randwrite', 32), qw32 = pick('qsd-io_uring', 'randwrite', 32);
 if (rw32 && qw32) targets.push(`randwrite QD32 IOPS ≥ 1.0x QSD io_uring: ${ratio(rw32.iops, qw32.iops)} ${rw32.iops >= qw32.iops ? 'met' : 'MISSED'}`);
 targets.push(`idle daemon RSS ≤ bare node + 10 MiB: +${mib(oneDaemon.total - bareNode.total)} MiB ${oneDaemon.total - bareNode.total <= 10 * 1024 ? 'met' : 'MISSED'}` +
@@ -214,7 +224,7 @@ if (values['write-results'] === true) {
     `Every figure below comes from that one run; ratios compare back-ends measured in the same run.\n\n` +
     `## Machine\n\n${machine}\n\n- nproc: ${cpus().length} (${cpuModel}), ${(totalmem() / 2 ** 30).toFixed(0)} GiB\n- kernel: ${release()}\n` +
     `- node: ${process.version}; ${qsdVersion}\n- load average at the end of the run: ${loadavg().map((x) => x.toFixed(2)).join(' ')} ` +
-    `(the machine is shared; absolute numbers are noisy)\n- image: 256 MiB on tmpfs; 4 KiB requests; EVENT_IDX on; best of ${ROUNDS} interleaved rounds of ${RUNTIME} s per point; ` +
+    `(the machine is shared; absolute numbers are noisy)\n- image: 256 MiB on tmpfs (and, where the image column says so, on ${diskFs}, in the page cache); 4 KiB requests; EVENT_IDX on; best of ${ROUNDS} interleaved rounds of ${RUNTIME} s per point; ` +
     `driver: vhost-user-bench in its own process\n\n## Results\n\n${table}\n\n## Targets (issue 10)\n\n${targets.map((t) => `- ${t}`).join('\n')}\n` +
     (profile !== '' ? `\n## Profile: ours, randread QD32, 1 queue (\`node --cpu-prof\`), top functions by self time\n\n\`\`\`\n${profile}\n\`\`\`\n` : '');
   const analysisFile = join(root, 'bench/ANALYSIS.md');
@@ -223,3 +233,4 @@ if (values['write-results'] === true) {
   process.stderr.write('wrote bench/RESULTS.md\n');
 }
 rmSync(dir, { recursive: true, force: true });
+rmSync(diskDir, { recursive: true, force: true });

@@ -142,6 +142,11 @@ export class FileDisk implements BlockDisk {
   inlineIo: InlineIoMode = 'off';
   /** Requests completed by {@link uringInline} (diagnostics, tests). */
   inlineOps = 0;
+  /** A nowait read was done inline in this JS turn: the rest of the turn's batch takes the ring. */
+  private inlineTurn = false;
+  private readonly endInlineTurn = (): void => {
+    this.inlineTurn = false;
+  };
 
   private constructor(fd: number, size: number, readOnly: boolean, blockSize: number, isBlockDevice: boolean) {
     this.fdValue = fd;
@@ -231,6 +236,9 @@ export class FileDisk implements BlockDisk {
    * costs a wake-up of that worker and one of this thread per request: copying inline costs a
    * syscall. Elsewhere a read is tried with RWF_NOWAIT, which succeeds on a page-cache hit and
    * returns EAGAIN instead of blocking; a file system that refuses nowait reads is not asked again.
+   * There io_uring also completes cached reads inside io_uring_enter, so the only saving is the
+   * ring round trip of a lone request: one nowait read per JS turn, the rest of a batch goes to
+   * the ring in one io_uring_enter (one syscall per request would cost more at depth).
    * Writes are inline only in memory (RWF_DSYNC when `dsync`, i.e. writethrough). Transfers over
    * {@link INLINE_MAX_BYTES} always use the ring. FileDisk opens images buffered (never O_DIRECT),
    * so a nowait read never waits for a device.
@@ -240,7 +248,7 @@ export class FileDisk implements BlockDisk {
     if (mode === 'off' || want > INLINE_MAX_BYTES || this.uring === null || this.uring.engine.busy !== 0 || this.fdValue < 0) return false;
     let flags: number;
     if (mode === 'memory') flags = write && dsync ? RWF_DSYNC : 0;
-    else if (write) return false;
+    else if (write || this.inlineTurn) return false;
     else flags = RWF_NOWAIT;
     let r: number;
     try {
@@ -252,6 +260,10 @@ export class FileDisk implements BlockDisk {
     if (r !== want) {
       if (r === -osConstants.errno.EOPNOTSUPP && mode === 'nowait') this.inlineIo = 'off';
       return false;
+    }
+    if (mode === 'nowait') {
+      this.inlineTurn = true;
+      queueMicrotask(this.endInlineTurn);
     }
     this.inlineOps++;
     return true;
