@@ -85,8 +85,8 @@ export interface FileDiskOptions {
   /** io_uring submission entries (default 256). */
   uringEntries?: number;
   /**
-   * With io_uring: whether a request reaching an idle ring is first tried synchronously
-   * ({@link FileDisk.uringInline}). 'auto' (default) picks 'memory' for tmpfs / ramfs / hugetlbfs
+   * With io_uring: whether a request reaching an idle ring is first tried synchronously (see
+   * {@link FileDisk.inlineIo}). 'auto' (default) picks 'memory' for tmpfs / ramfs / hugetlbfs
    * images and 'nowait' otherwise; 'off' always uses the ring.
    */
   inlineIo?: InlineIoMode | 'auto';
@@ -102,7 +102,7 @@ const ZERO_CHUNK = 1 << 20;
 let zeroChunk: Uint8Array | null = null;
 
 /**
- * Largest transfer {@link FileDisk.uringInline} does on the event loop: a copy of this size takes
+ * Largest transfer done inline ({@link FileDisk.inlineIo}) on the event loop: a copy of this size takes
  * tens of µs, longer ones would hold up the thread's other rings (the ring's workers copy those).
  */
 export const INLINE_MAX_BYTES = 256 * 1024;
@@ -136,11 +136,14 @@ export class FileDisk implements BlockDisk {
   /** Why io_uring was asked for but not used (null otherwise). */
   aioFallbackReason: string | null = null;
   /**
-   * How an idle ring's request is first tried inline (see {@link uringInline}): 'memory' for an
-   * image on tmpfs / ramfs / hugetlbfs, 'nowait' for other files (reads with RWF_NOWAIT), 'off'.
+   * How a request reaching an idle io_uring is first tried inline, with one synchronous
+   * preadv2 / pwritev2 on the event loop, when that saves wake-ups: 'memory' for an image on tmpfs
+   * / ramfs / hugetlbfs (io_uring would hand each request to a kernel worker thread; reads and
+   * writes up to {@link INLINE_MAX_BYTES}), 'nowait' for other files (one RWF_NOWAIT read per JS
+   * turn: a page-cache hit completes inline, a miss goes to the ring), 'off' (always the ring).
    */
   inlineIo: InlineIoMode = 'off';
-  /** Requests completed by {@link uringInline} (diagnostics, tests). */
+  /** Requests completed inline (diagnostics, tests). */
   inlineOps = 0;
   /** A nowait read was done inline in this JS turn: the rest of the turn's batch takes the ring. */
   private inlineTurn = false;
