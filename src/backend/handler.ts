@@ -4,7 +4,7 @@
  * @module
  */
 import * as sys from '../sys/index.js';
-import { GuestMemory, GuestMemoryAtomic, GuestMemoryError, mapDirtyLog, mapGuestRegion, u64ToNumber, type GuestRegion } from '../memory/index.js';
+import { GuestMemoryError, mapDirtyLog, u64ToNumber, type GuestMemoryAtomic } from '../memory/index.js';
 import type { BackendReqHandler } from '../vhost-user/backend-handler.js';
 import type { BackendChannel } from '../vhost-user/backend-channel.js';
 import {
@@ -29,13 +29,12 @@ import type { QueueStatsSnapshot } from './stats.js';
 import { VringEventHandler } from './event-handler.js';
 import { WorkerVringGroup, type VringSyncExtra } from './worker-group.js';
 import type { Logger } from '../log.js';
-import { InflightArea } from './inflight-area.js';
+import { InflightTracking } from './inflight-tracking.js';
 import { DirtyLogging } from './dirty-logging.js';
 import { Postcopy } from './postcopy.js';
 import { DeviceStateTransfer } from './device-state.js';
+import { MAX_MEM_SLOTS, MemoryTable } from './memory-table.js';
 
-/** Memory slots offered with CONFIGURE_MEM_SLOTS (QEMU asks for at least its DIMM count). */
-export const MAX_MEM_SLOTS = 32;
 
 /**
  * Protocol features the daemon itself implements; the device's offer is intersected with these.
@@ -71,9 +70,8 @@ const bit = (n: number): bigint => 1n << BigInt(n);
 export class VhostUserHandler implements BackendReqHandler {
   /** One vring per queue of the backend, indexed by queue index; the handler owns their fds. */
   readonly vrings: Vring[];
-  private readonly memory = new GuestMemoryAtomic();
-  /** Extra ADD_MEM_REGs of a mapped region, by {@link regionKey} (see addMemReg). */
-  private readonly regionRepeats = new Map<string, number>();
+  private readonly table: MemoryTable;
+  private readonly memory: GuestMemoryAtomic;
   private handlers: VringEventHandler[] = [];
   /** Per thread: the worker serving its vrings, or null when the thread's handler serves them. */
   private readonly workers: (WorkerVringGroup | null)[];
@@ -83,8 +81,8 @@ export class VhostUserHandler implements BackendReqHandler {
   private acked = 0n;
   private protocolNegotiated = false;
   private protocolFeatures = 0n;
-  /** The inflight area (GET/SET_INFLIGHT_FD), or null. */
-  private inflightArea: InflightArea | null = null;
+  /** The inflight area (GET/SET_INFLIGHT_FD) and the rings recording into it. */
+  private readonly inflight: InflightTracking;
   private status = 0;
   /** Dirty-page logging (live migration): the log, its eventfd, VHOST_F_LOG_ALL. */
   private readonly logging = new DirtyLogging();
@@ -95,9 +93,12 @@ export class VhostUserHandler implements BackendReqHandler {
 
   constructor(private readonly backend: VhostUserBackend, private readonly logger: Logger) {
     this.deviceState = new DeviceStateTransfer(backend);
+    this.table = new MemoryTable(logger);
+    this.memory = this.table.memory;
     const n = backend.numQueues();
     const maxSize = backend.maxQueueSize?.() ?? DEFAULT_MAX_QUEUE_SIZE;
     this.vrings = Array.from({ length: n }, (_, i) => new Vring(i, maxSize));
+    this.inflight = new InflightTracking(this.vrings, logger, (v) => this.workers[this.threadOf[v.index]!] === null);
     const masks = backend.queuesPerThread?.() ?? [n >= 32 ? Number.MAX_SAFE_INTEGER : (1 << n) - 1];
     this.threadOf = new Array<number>(n).fill(-1);
     masks.forEach((mask, t) => {
@@ -230,18 +231,7 @@ export class VhostUserHandler implements BackendReqHandler {
   // --- memory --------------------------------------------------------------------------------
 
   setMemTable(regions: readonly MemoryRegionWithFd[]): void | bigint[] | Promise<void | bigint[]> {
-    const mapped: GuestRegion[] = [];
-    let next: GuestMemory;
-    try {
-      for (const r of regions) mapped.push(mapGuestRegion(r, r.fd, this));
-      next = new GuestMemory(mapped, this.memory.memory.dirtyLog);
-    } catch (e) {
-      for (const r of mapped) r.unmap();
-      throw e;
-    }
-    this.memory.replace(next);
-    this.regionRepeats.clear();
-    this.logger.log('info', `memory table: ${mapped.length} region(s): ${mapped.map((r) => `gpa 0x${r.guestPhysAddr.toString(16)}+0x${r.size.toString(16)}`).join(', ')}`);
+    const mapped = this.table.set(regions, this);
     const changed = this.memoryChanged();
     if (!this.postcopy.listening) return changed;
     // Postcopy: answer with our mapping addresses once the rings follow the new table.
@@ -250,26 +240,9 @@ export class VhostUserHandler implements BackendReqHandler {
   }
 
   addMemReg(region: MemoryRegionWithFd): void | bigint | Promise<void | bigint> {
-    // QEMU before 8.0 sends ADD_MEM_REG/REM_MEM_REG once per vhost device, and a multi-queue NIC
-    // is one vhost device per queue pair on the same connection: the same region arrives once per
-    // pair. An exact repeat of a mapped region is counted instead of refused as an overlap (it
-    // maps nothing new); each REM_MEM_REG drops one count, the last one unmaps.
-    const key = regionKey(region);
-    const same = this.memory.memory.regions.find((r) => regionKey(r) === key && r.mmapOffset === Number(region.mmapOffset));
-    if (same !== undefined) {
-      this.regionRepeats.set(key, (this.regionRepeats.get(key) ?? 0) + 1);
-      this.logger.log('debug', `ADD_MEM_REG repeats region ${same.toString()}: counted, not mapped again`);
-      // Postcopy: every ADD_MEM_REG is answered with our address, a repeat too.
-      return this.postcopy.listening ? this.postcopy.bases([same])[0] : undefined;
-    }
-    if (this.memory.memory.regions.length >= MAX_MEM_SLOTS) throw new Error(`all ${MAX_MEM_SLOTS} memory slots are in use`);
-    const r = mapGuestRegion(region, region.fd, this);
-    try {
-      this.memory.withRegionAdded(r);
-    } catch (e) {
-      r.unmap();
-      throw e;
-    }
+    const { region: r, repeat } = this.table.add(region, this);
+    // Postcopy: every ADD_MEM_REG is answered with our address, a repeat too.
+    if (repeat) return this.postcopy.listening ? this.postcopy.bases([r])[0] : undefined;
     const changed = this.memoryChanged();
     if (!this.postcopy.listening) return changed;
     const base = this.postcopy.bases([r])[0] as bigint;
@@ -277,19 +250,7 @@ export class VhostUserHandler implements BackendReqHandler {
   }
 
   remMemReg(region: AnyMemoryRegion): void | Promise<void> {
-    const key = regionKey(region);
-    const repeats = this.regionRepeats.get(key) ?? 0;
-    if (repeats > 0) {
-      if (repeats === 1) this.regionRepeats.delete(key);
-      else this.regionRepeats.set(key, repeats - 1);
-      return;
-    }
-    this.memory.withRegionRemoved(
-      u64ToNumber(region.guestPhysAddr, 'guest address'),
-      u64ToNumber(region.memorySize, 'region size'),
-      u64ToNumber(region.userAddr, 'user address'),
-    );
-    return this.memoryChanged();
+    return this.table.remove(region) ? this.memoryChanged() : undefined;
   }
 
   setLogBase(log: Log, fd: number): void | Promise<void> {
@@ -456,7 +417,7 @@ export class VhostUserHandler implements BackendReqHandler {
     }
     const h = this.handlerOf(v);
     h.unwatchKick(v);
-    if (!v.started) this.startInflight(v);
+    if (!v.started) this.inflight.start(v);
     v.setKickFd(sys.dup(fd));
     // The spec starts a ring on its first kick; rust-vmm and libvhost-user start it here, and a
     // kick may already be pending from before a reconnect, so process once now.
@@ -472,7 +433,7 @@ export class VhostUserHandler implements BackendReqHandler {
     v.setCallFd(fd === null ? null : sys.dup(fd));
     // After a reconnect the previous back-end may have died between publishing used entries and
     // signalling them: one spurious interrupt makes the driver look (as libvhost-user does).
-    if (fd !== null && this.inflightArea !== null) v.signalUsedQueue();
+    if (fd !== null && this.inflight.active) v.signalUsedQueue();
     this.sync(v);
     return this.workersSynced();
   }
@@ -524,55 +485,17 @@ export class VhostUserHandler implements BackendReqHandler {
   // --- inflight I/O tracking ---------------------------------------------------------------
 
   /** GET_INFLIGHT_FD: a new area for the requested queues (it replaces any earlier one). */
-  getInflightFd(request: Inflight): {
-    /** The area as allocated (size, offset 0, the requested counts). */
-    inflight: Inflight;
-    /** The area's memfd; ownership passes to the endpoint, which sends and closes it. */
-    fd: number;
-  } {
-    const { area, fd, size } = InflightArea.allocate(request.numQueues, request.queueSize, this.vrings.length);
-    this.replaceInflightArea(area);
-    this.logger.log('info', `inflight area allocated: ${request.numQueues} queue(s) of ${request.queueSize} entries, ${size} bytes`);
-    return { inflight: { mmapSize: BigInt(size), mmapOffset: 0n, numQueues: request.numQueues, queueSize: request.queueSize }, fd };
+  getInflightFd(request: Inflight): ReturnType<InflightTracking['allocate']> {
+    return this.inflight.allocate(request);
   }
 
   /** SET_INFLIGHT_FD: adopts the front-end's area (after a reconnect, with the earlier back-end's records). */
   setInflightFd(inflight: Inflight, fd: number): void {
-    const area = InflightArea.adopt(fd, inflight.mmapSize, inflight.mmapOffset, inflight.numQueues, inflight.queueSize, this.vrings.length, this);
-    this.replaceInflightArea(area);
-    this.logger.log('info', `inflight area set: ${inflight.numQueues} queue(s) of ${inflight.queueSize} entries`);
-  }
-
-  private replaceInflightArea(area: InflightArea): void {
-    // A ring still recording into the old area keeps it mapped until it stops; not expected
-    // (front-ends set the area before starting rings), so such rings stop recording instead.
-    for (const v of this.vrings) if (v.started) v.queue.stopInflight();
-    this.inflightArea?.close();
-    this.inflightArea = area;
-  }
-
-  /** A ring starts: it records into its region, and what an earlier back-end left there is resubmitted. */
-  private startInflight(v: Vring): void {
-    const area = this.inflightArea;
-    if (area === null || v.index >= area.numQueues || this.workers[this.threadOf[v.index]!] !== null) return;
-    if (v.ringUserAddrs === null || v.queue.memory === null) {
-      // Started before its rings were placed: nothing to recover against, so nothing is tracked.
-      this.logger.log('warn', `queue ${v.index}: started without ring addresses or memory; inflight tracking off for this start`, { queue: v.index });
-      return;
-    }
-    try {
-      const n = v.queue instanceof PackedQueue
-        ? v.queue.startInflight(area.packedRegion(v.index, v.queue.size))
-        : v.queue.startInflight(area.splitRegion(v.index, v.queue.size));
-      this.logger.log('info', `queue ${v.index}: inflight tracking on${n > 0 ? `, resubmitting ${n} request(s) in flight before the restart` : ''}`, { queue: v.index });
-    } catch (e) {
-      throw new VhostUserError('invalid-argument', '', `queue ${v.index}: inflight region: ${(e as Error).message}`);
-    }
+    this.inflight.adopt(inflight, fd, this);
   }
 
   private suspendsInflight(v: Vring): boolean {
-    return this.inflightArea !== null && v.index < this.inflightArea.numQueues &&
-      (this.protocolFeatures & protocolFeatureMask(ProtocolFeature.GET_VRING_BASE_INFLIGHT)) !== 0n;
+    return this.inflight.covers(v) && (this.protocolFeatures & protocolFeatureMask(ProtocolFeature.GET_VRING_BASE_INFLIGHT)) !== 0n;
   }
 
   // --- device --------------------------------------------------------------------------------
@@ -660,8 +583,7 @@ export class VhostUserHandler implements BackendReqHandler {
     await this.workersSynced();
     this.acked = 0n;
     // What the area recorded belongs to rings that no longer exist.
-    this.inflightArea?.close();
-    this.inflightArea = null;
+    this.inflight.close();
     if (this.logging.setEnabled(false)) await this.setLogActive();
     await this.backend.resetDevice?.();
   }
@@ -676,9 +598,8 @@ export class VhostUserHandler implements BackendReqHandler {
       for (const w of this.workers) await w?.stop();
       // A reset that failed part-way (a stuck worker) must still release the rings' fds.
       for (const v of this.vrings) v.reset();
-      this.inflightArea?.close();
-      this.inflightArea = null;
-      this.memory.close();
+      this.inflight.close();
+      this.table.close();
       this.logging.close();
       this.postcopy.close();
       this.deviceState.close();
@@ -693,9 +614,4 @@ function featureNames(features: bigint, deviceType: string | undefined): string[
   } catch {
     return decodeFeatures(features);
   }
-}
-
-/** How REM_MEM_REG identifies a region: guest address, size and front-end user address. */
-function regionKey(r: { guestPhysAddr: bigint | number; memorySize?: bigint; size?: number; userAddr: bigint | number }): string {
-  return `${BigInt(r.guestPhysAddr)}/${BigInt(r.memorySize ?? r.size ?? 0)}/${BigInt(r.userAddr)}`;
 }
