@@ -6,7 +6,8 @@
  * @module
  */
 export * from './config.js';
-export { FileDisk, RamDisk, RAM_DISK_CHUNK, INLINE_MAX_BYTES, type BlockDisk, type FileDiskOptions, type InlineIoMode, type RamDiskOptions } from './disk.js';
+export { FileDisk, INLINE_MAX_BYTES, type BlockDisk, type FileDiskOptions, type InlineIoMode } from './disk.js';
+export { RamDisk, RAM_DISK_CHUNK, type RamDiskOptions } from './ram-disk.js';
 export { ImageLock } from './image-lock.js';
 export { BlkRequestExecutor, BlkRequestSlot, DEFAULT_MAX_DWZ_SECTORS, type BlkExecutorOptions } from './request.js';
 export { VhostUserBlkBackend, type VhostUserBlkBackendOptions } from './backend.js';
