@@ -8,7 +8,7 @@
 import {
   Frontend, FrontendMemory, VhostUserDaemon, setupQueue, protocolFeatureMask, ProtocolFeature,
   VHOST_USER_F_PROTOCOL_FEATURES, VIRTIO_F_VERSION_1, type FrontendQueue, type VhostUserBackend,
-  type DescriptorChain, type Vring, type VringWorker, type VringWorkerModule,
+  type DescriptorChain, type Vring, type VringWorker, type VringWorkerModule, type PENDING,
 } from 'vhost-user';
 import { pathToFileURL } from 'node:url';
 import { createVringWorker } from './worker-device-queue.js';
@@ -28,7 +28,7 @@ export class SplitDevice implements VhostUserBackend {
   workerModule(thread: number): VringWorkerModule | null {
     return thread === 1 ? { url: new URL('./worker-device-queue.js', import.meta.url), data: { suffix: ' @thread ' } } : null;
   }
-  processChain(queueIndex: number, chain: DescriptorChain, vring: Vring): number | Promise<number> {
+  processChain(queueIndex: number, chain: DescriptorChain, vring: Vring): number | Promise<number> | typeof PENDING {
     return (this.local.processChain as NonNullable<VringWorker['processChain']>)(queueIndex, chain, vring);
   }
 }

@@ -88,7 +88,7 @@ function makeEvents(d: VringWorker): VringEventHandler {
   };
   if (typeof d.processChain === 'function') {
     const serve = d.processChain;
-    adapter.processChain = (q, chain, v) => serve.call(d, q, chain, v);
+    adapter.processChain = (q, chain, v, done) => serve.call(d, q, chain, v, done);
     if (typeof d.maxInFlight === 'function') {
       const bound = d.maxInFlight;
       adapter.maxInFlight = (q) => bound.call(d, q);
@@ -97,6 +97,10 @@ function makeEvents(d: VringWorker): VringEventHandler {
       const stopped = d.queueStopped;
       adapter.queueStopped = (q) => stopped.call(d, q);
     }
+  }
+  if (typeof d.servingOptions === 'function') {
+    const options = d.servingOptions;
+    adapter.servingOptions = (q) => options.call(d, q);
   }
   if (typeof d.handleEvent === 'function') {
     const handle = d.handleEvent;

@@ -6,6 +6,7 @@
 import type { GuestMemoryAtomic } from '../memory/index.js';
 import type { DescriptorChain, SplitQueueState } from '../queue/index.js';
 import type { Vring } from './vring.js';
+import type { CompletionCallback, PENDING, ServingOptions } from './queue-server.js';
 
 /**
  * The part of a device that runs inside a worker_thread: what {@link VhostUserBackend} does for
@@ -14,10 +15,13 @@ import type { Vring } from './vring.js';
  */
 export interface VringWorker {
   /**
-   * Serves one request of one of this thread's queues, exactly as VhostUserBackend.processChain:
-   * the worker runs the framework's queue loop around it.
+   * Serves one request of one of this thread's queues, exactly as VhostUserBackend.processChain
+   * (including the allocation-free form: return PENDING and call `done` later): the worker runs
+   * the framework's queue loop around it.
    */
-  processChain?(queueIndex: number, chain: DescriptorChain, vring: Vring): number | Promise<number>;
+  processChain?(queueIndex: number, chain: DescriptorChain, vring: Vring, done?: CompletionCallback): number | Promise<number> | typeof PENDING;
+  /** How the framework serves the queue in this thread; see VhostUserBackend.servingOptions. */
+  servingOptions?(queueIndex: number): ServingOptions;
   /** Requests in flight per queue (see VhostUserBackend.maxInFlight). */
   maxInFlight?(queueIndex: number): number;
   /** See VhostUserBackend.queueStopped. */

@@ -46,7 +46,7 @@ export function main(): Promise<number> {
       '                          needs --blk-file; default 1)\n' +
       '  --poll-us N             adaptive polling: a queue that runs empty (and the io_uring completions)\n' +
       '                          is checked for N µs more before waiting for a kick (CPU for latency,\n' +
-      '                          like QEMU\'s poll-max-ns; main-thread queues; default 0)\n' +
+      '                          like QEMU\'s poll-max-ns; default 0)\n' +
       '  --incoming              live-migration destination: open --blk-file while the source\'s daemon\n' +
       '                          still holds its lock; take the lock at the first request (the source\n' +
       '                          releases it when its rings stop during the migration)',

@@ -8,6 +8,9 @@ import {
   VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
 } from '../../src/devices/blk/index.js';
 import { makeTempDir } from '../helpers/tmp.js';
+import { PENDING } from '../../src/backend/index.js';
+import { VIRTIO_BLK_F_FLUSH } from '../../src/devices/blk/config.js';
+import { createVringWorker, type BlkWorkerData } from '../../src/devices/blk/worker.js';
 import { BlkRig, dwzSegments, pattern } from './blk-harness.js';
 
 const MIB = 1 << 20;
@@ -297,4 +300,41 @@ test('FileDisk io_uring inline path elsewhere: reads are tried with RWF_NOWAIT, 
   assert.equal(nw.inlineIo, 'off');
   assert.equal(nw.inlineOps, 0);
   assert.equal(nw.uringOps, 1);
+});
+
+test('blk worker-thread module: its queues take the same allocation-free path (PENDING on the ring, a number inline, never a promise) and get adaptive polling', async (t) => {
+  const dir = mkdtempSync('/dev/shm/vu-worker-');
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const path = join(dir, 'disk.img');
+  image(path, 4 * MIB, 11);
+  const main = FileDisk.open(path, { aio: 'io_uring' });
+  t.after(() => main.close());
+  for (const inlineIo of ['memory', 'off'] as const) {
+    // The module runs here on the main thread: what a worker_thread would run, minus the thread.
+    const w = createVringWorker({
+      fd: main.fd, size: main.size, readOnly: false, blockSize: 512, isBlockDevice: false, aio: 'io_uring', inlineIo,
+      pollUs: 25, serial: 'w', discard: true, maxInFlight: 64,
+    } satisfies BlkWorkerData, 1);
+    w.ackedFeatures?.((1n << 32n) | (1n << BigInt(VIRTIO_BLK_F_FLUSH)));
+    const results: unknown[] = [];
+    const r = new BlkRig({ disk: main }, true, (chain, vring, done) => {
+      const x = (w.processChain as NonNullable<typeof w.processChain>)(1, chain, vring, done);
+      results.push(x);
+      return x;
+    });
+    t.after(() => r.close());
+    const data = pattern(4096, 12);
+    const wr = r.submit(VIRTIO_BLK_T_OUT, 80, { out: [data] });
+    await r.run();
+    const rd = r.submit(VIRTIO_BLK_T_IN, 80, { inLens: [4096] });
+    await r.run();
+    assert.equal(r.status(wr), VIRTIO_BLK_S_OK);
+    assert.equal(r.status(rd), VIRTIO_BLK_S_OK);
+    assert.deepEqual(r.inData(rd), data);
+    assert.equal(results.length, 2);
+    for (const x of results) assert.ok(inlineIo === 'memory' ? typeof x === 'number' : x === PENDING, `${inlineIo}: ${String(x)}`);
+    const opts = w.servingOptions?.(1);
+    assert.equal(opts?.pollUs, 25);
+    assert.equal(typeof opts?.pollHook, 'function');
+  }
 });

@@ -7,7 +7,7 @@ import {
   GuestMemory, GuestMemoryAtomic, mapGuestRegion, type GuestRegion,
 } from '../../src/memory/index.js';
 import { SplitQueueDriver, splitRingLayout, type GuestBuffer, type UsedElement } from '../../src/queue/index.js';
-import { QueueServer, Vring } from '../../src/backend/index.js';
+import { QueueServer, Vring, type ChainHandler } from '../../src/backend/index.js';
 import { close, eventfd, eventfdRead, ftruncate, memfdCreate } from '../../src/sys/index.js';
 import type { LogLevel, Logger } from '../../src/log.js';
 import { VhostUserBlkBackend, type VhostUserBlkBackendOptions } from '../../src/devices/blk/index.js';
@@ -68,7 +68,7 @@ export class BlkRig {
   /** Buffers of each placed head, so IN data can be read back. */
   readonly inBufs = new Map<number, GuestBuffer[]>();
 
-  constructor(opts: Omit<VhostUserBlkBackendOptions, 'logger'>, ackAll = true) {
+  constructor(opts: Omit<VhostUserBlkBackendOptions, 'logger'>, ackAll = true, handler?: ChainHandler) {
     this.fd = memfdCreate('blk-test');
     ftruncate(this.fd, RAM_SIZE);
     const desc = { guestPhysAddr: RAM, memorySize: RAM_SIZE, userAddr: 0x7f00_0000_0000, mmapOffset: 0 };
@@ -87,7 +87,7 @@ export class BlkRig {
     v.setStarted(true);
     v.setEnabled(true);
     this.vrings.push(v);
-    this.server = new QueueServer(v, (chain, vring, done) => this.backend.processChain(0, chain, vring, done), { maxInFlight: this.backend.maxInFlight(0), logger: this.logger, name: 'vhost-user-blk q0' });
+    this.server = new QueueServer(v, handler ?? ((chain, vring, done) => this.backend.processChain(0, chain, vring, done)), { maxInFlight: this.backend.maxInFlight(0), logger: this.logger, name: 'vhost-user-blk q0' });
     if (ackAll) this.backend.ackedFeatures(this.backend.features());
   }
 

@@ -118,7 +118,7 @@ export class VhostUserBlkBackend implements VhostUserBackend {
       const d = opts.disk;
       if (!(d instanceof FileDisk)) throw new RangeError('threads > 1 needs a FileDisk (its fd is shared with the worker threads)');
       this.workerData = {
-        fd: d.fd, size: d.size, readOnly: this.readOnly, blockSize: d.blockSize, isBlockDevice: d.isBlockDevice, aio: d.aio, inlineIo: d.inlineIo,
+        fd: d.fd, size: d.size, readOnly: this.readOnly, blockSize: d.blockSize, isBlockDevice: d.isBlockDevice, aio: d.aio, inlineIo: d.inlineIo, pollUs: this.pollUs,
         serial: opts.serial ?? 'vhost-user-blk', discard: this.discard, maxInFlight: this.inFlightBound,
       };
     }

@@ -4,7 +4,7 @@
  * request executor and, with aio=io_uring, its own ring on its own event loop.
  * @module
  */
-import type { VringWorker } from '../../backend/index.js';
+import type { CompletionCallback, PENDING, ServingOptions, Vring, VringWorker } from '../../backend/index.js';
 import type { DescriptorChain } from '../../queue/index.js';
 import { defaultLogger } from '../../log.js';
 import { VIRTIO_BLK_F_FLUSH, encodeBlkSerial } from './config.js';
@@ -22,6 +22,8 @@ export interface BlkWorkerData {
   isBlockDevice: boolean;
   aio: AioMode;
   inlineIo: InlineIoMode;
+  /** Adaptive polling of the worker's queues (see VhostUserBlkBackendOptions.pollUs). */
+  pollUs: number;
   serial: string;
   discard: boolean;
   maxInFlight: number;
@@ -41,14 +43,18 @@ export function createVringWorker(data: unknown, threadId: number): VringWorker 
     maxDiscardSeg: 1, maxWriteZeroesSeg: 1, logger,
   });
   return {
-    processChain(_q: number, chain: DescriptorChain): Promise<number> {
+    // The same allocation-free path as the main thread's queues: io_uring fast path, inline I/O.
+    processChain(_q: number, chain: DescriptorChain, _vring: Vring, done?: CompletionCallback): number | Promise<number> | typeof PENDING {
       let slot = chain.userData as BlkRequestSlot | null;
       if (slot === null) {
         slot = new BlkRequestSlot();
         chain.userData = slot;
       }
       slot.chain = chain;
-      return executor.execute(slot);
+      return executor.start(slot, done);
+    },
+    servingOptions(): ServingOptions {
+      return d.pollUs === 0 ? {} : { pollUs: d.pollUs, pollHook: () => disk.uringPoll() };
     },
     maxInFlight: () => d.maxInFlight,
     // The worker follows the negotiated FLUSH feature; a later config `writeback` toggle is only
