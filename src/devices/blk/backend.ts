@@ -55,7 +55,7 @@ export interface VhostUserBlkBackendOptions {
   /**
    * Adaptive polling (default 0: off): after a queue runs empty, keep checking it, and the disk's
    * io_uring completions, for this many µs before waiting for the next kick. Trades CPU for
-   * latency at low queue depth, like QEMU's `poll-max-ns`. Queues on the main thread only.
+   * latency at low queue depth, like QEMU's `poll-max-ns`.
    */
   pollUs?: number;
 }
