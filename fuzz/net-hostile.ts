@@ -1,0 +1,206 @@
+/**
+ * Hostile transmit batches of the net chain cases, written straight into the split ring: loops,
+ * out-of-range indices and heads, overflowing lengths, buffers outside memory or across the
+ * region hole, nested and malformed indirect tables, device-writable descriptors, chains shorter
+ * than the header, header-only and runt frames, frames over 64 KiB + header, offload fields the
+ * driver did not negotiate or that do not fit the frame, random descriptors, and valid frames
+ * among them. What may come back on the receive queue carries {@link HOSTILE_TAG}.
+ * @module
+ */
+import type { GuestMemory } from '../src/memory/guest-memory.js';
+import { MAX_FRAME_LEN } from '../src/devices/net/header.js';
+import { VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, type SplitQueueDriver } from '../src/queue/index.js';
+import { HOSTILE_TAG, TAGGED_MIN, hostileHeader, taggedFrame, validHeader, type NetFeatures } from './net-frames.js';
+import type { Rng } from './rng.js';
+
+/** Where hostile chains may put things. */
+export interface HostileLayout {
+  /** 16 scratch blocks of 4 KiB for headers and frames. */
+  scratchGpa: number;
+  /** An indirect-table area of 16 KiB (1024 entries). */
+  indirectGpa: number;
+  /** 96 KiB for frames over 64 KiB. */
+  bigGpa: number;
+  /** End of region A, whether region B starts right there (else a hole follows), end of guest memory. */
+  boundaryGpa: number;
+  adjacent: boolean;
+  memEnd: number;
+  /** Frames up to MAX_FRAME_LEN may loop back without getting stuck (the receive side can hold one). */
+  bigOk: boolean;
+}
+
+/** What a hostile batch published. */
+export interface HostileTx {
+  published: number;
+  /** Heads published that the device must return (or break the ring). */
+  heads: number[];
+  /** avail.idx was moved more than a queue size ahead. */
+  jump: boolean;
+  kinds: string[];
+}
+
+type Desc = [gpa: number, len: number, flags: number];
+
+/** Writes `n` hostile chains into descriptor slices of `d`'s table and publishes their heads. */
+export function hostileTxBatch(rng: Rng, d: SplitQueueDriver, mem: GuestMemory, ft: NetFeatures, L: HostileLayout): HostileTx {
+  const qsize = d.size;
+  const hl = ft.hdrLen;
+  const n = rng.range(1, Math.min(16, qsize));
+  const per = Math.max(1, Math.floor(qsize / n));
+  const heads: number[] = [];
+  const kinds: string[] = [];
+  let published = 0;
+  for (let c = 0; c < n; c++) {
+    const base = c * per;
+    const last = base + per - 1;
+    const buf = L.scratchGpa + 0x1000 * c;
+    /** Writes header + frame at `buf`; returns their total length. */
+    const place = (hdr: Uint8Array, len: number): number => {
+      mem.write(buf, hdr);
+      mem.write(buf + hdr.length, taggedFrame(rng, Math.max(len, TAGGED_MIN), HOSTILE_TAG, c).subarray(0, len));
+      return hdr.length + len;
+    };
+    /** A direct chain from `base`, descriptors beyond the slice folded into the last one. */
+    const chain = (descs: Desc[]): void => {
+      const k = Math.min(descs.length, per);
+      for (let i = 0; i < k; i++) {
+        const [g, l, f] = descs[i] as Desc;
+        d.writeDesc(base + i, g, l, f | (i < k - 1 ? VIRTQ_DESC_F_NEXT : 0), i < k - 1 ? base + i + 1 : 0);
+      }
+    };
+    let head = base;
+    let kind: string;
+    switch (rng.int(17)) {
+      case 0: // a loop: the last descriptor points back into the chain
+        kind = 'loop';
+        place(new Uint8Array(hl), 60);
+        for (let k = base; k <= last; k++) d.writeDesc(k, buf, 16, VIRTQ_DESC_F_NEXT, k < last ? k + 1 : base + rng.int(per));
+        break;
+      case 1:
+        kind = 'next-range';
+        d.writeDesc(base, buf, 64, VIRTQ_DESC_F_NEXT, qsize + rng.int(0x10000 - qsize));
+        break;
+      case 2:
+        kind = 'head-range';
+        head = qsize + rng.int(0x10000 - qsize);
+        break;
+      case 3: // overflowing lengths and addresses
+        kind = 'overflow';
+        chain([[rng.pick([buf, 2 ** 53 - 8, L.memEnd - 8, L.boundaryGpa - 8]), rng.pick([0xffffffff, 0x80000000, 0x7fffffff, L.memEnd + 1]), 0]]);
+        break;
+      case 4: // a payload outside guest memory or in the hole
+        kind = 'outside';
+        place(new Uint8Array(hl), 0);
+        chain([[buf, hl, 0], [rng.pick([L.memEnd, L.boundaryGpa + 4096, 16 * 2 ** 20, 2 ** 40]), 512, 0]]);
+        break;
+      case 5: { // nested indirect, or INDIRECT with NEXT
+        kind = 'indirect-rules';
+        const t1 = L.indirectGpa + 64 * c;
+        const t2 = L.indirectGpa + 64 * ((c + 1) % 16);
+        const total = place(new Uint8Array(hl), 60);
+        d.writeIndirectDesc(t1, 0, buf, hl, VIRTQ_DESC_F_NEXT, 1);
+        d.writeIndirectDesc(t1, 1, t2, 16, VIRTQ_DESC_F_INDIRECT, 0);
+        d.writeIndirectDesc(t2, 0, buf + hl, total - hl, 0, 0);
+        d.writeDesc(base, t1, 32, VIRTQ_DESC_F_INDIRECT | (rng.chance(0.3) ? VIRTQ_DESC_F_NEXT : 0), base);
+        break;
+      }
+      case 6: { // malformed indirect tables: odd, empty, huge, outside memory, looping inside
+        kind = 'indirect-table';
+        const t = L.indirectGpa + 64 * c;
+        const total = place(new Uint8Array(hl), 60);
+        d.writeIndirectDesc(t, 0, buf, total, VIRTQ_DESC_F_NEXT, rng.chance(0.5) ? 0 : rng.range(1, 300));
+        d.writeIndirectDesc(t, 1, buf, total, VIRTQ_DESC_F_NEXT, 0);
+        d.writeDesc(base, rng.chance(0.8) ? t : rng.pick([L.memEnd, 2 ** 45]), rng.pick([0, 15, 17, 48, 0xfff0, 0x100000, 0xffffffff]), VIRTQ_DESC_F_INDIRECT, 0);
+        break;
+      }
+      case 7: { // a frame across the A/B boundary: transmitted when the regions touch, refused across a hole
+        kind = 'boundary';
+        const at = L.boundaryGpa - rng.range(1, 200);
+        if (L.adjacent) {
+          mem.write(at, new Uint8Array(hl));
+          mem.write(at + hl, taggedFrame(rng, 300, HOSTILE_TAG, c));
+        }
+        chain([[at, hl + 300, 0]]);
+        break;
+      }
+      case 8: { // device-writable descriptors in a transmit chain
+        kind = 'writable';
+        const total = place(validHeader(rng, ft, 60), 60);
+        chain(rng.chance(0.5) ? [[buf, total, 0], [buf + 2048, 64, VIRTQ_DESC_F_WRITE]] : [[buf, total, VIRTQ_DESC_F_WRITE]]);
+        break;
+      }
+      case 9: { // fewer bytes than the header, in one or two descriptors
+        kind = 'short-header';
+        const len = rng.int(hl);
+        place(new Uint8Array(hl), 0);
+        const cut = rng.int(len + 1);
+        chain(rng.chance(0.5) || cut === 0 ? [[buf, len, 0]] : [[buf, cut, 0], [buf + cut, len - cut, 0]]);
+        break;
+      }
+      case 10: { // header only, or a runt frame shorter than an Ethernet header
+        kind = 'runt';
+        const total = place(new Uint8Array(hl), rng.int(14));
+        chain([[buf, total, 0]]);
+        break;
+      }
+      case 11: { // over MAX_FRAME_LEN (or exactly it when the receive side can take one): one descriptor or 4 KiB pieces
+        kind = 'oversize';
+        const len = L.bigOk && rng.chance(0.3) ? MAX_FRAME_LEN : MAX_FRAME_LEN + rng.range(1, 4096);
+        mem.write(L.bigGpa, new Uint8Array(hl));
+        mem.write(L.bigGpa + hl, taggedFrame(rng, len, HOSTILE_TAG, c));
+        const total = hl + len;
+        if (per >= 2 && rng.chance(0.5)) {
+          const pieces: Desc[] = [];
+          const size = Math.ceil(total / Math.min(per, 32));
+          for (let o = 0; o < total; o += size) pieces.push([L.bigGpa + o, Math.min(size, total - o), 0]);
+          chain(pieces);
+        } else {
+          chain([[L.bigGpa, total, 0]]);
+        }
+        break;
+      }
+      case 12: { // offload fields not negotiated or not fitting the frame
+        kind = 'offload';
+        const len = rng.range(TAGGED_MIN, 1514);
+        const total = place(hostileHeader(rng, hl, len), len);
+        const cut = rng.range(1, total - 1);
+        chain(rng.chance(0.5) ? [[buf, total, 0]] : [[buf, cut, 0], [buf + cut, total - cut, 0]]);
+        break;
+      }
+      case 13: { // a readable descriptor after a writable one
+        kind = 'readable-after-writable';
+        const total = place(new Uint8Array(hl), 60);
+        chain([[buf, hl, VIRTQ_DESC_F_WRITE], [buf + hl, total - hl, 0]]);
+        break;
+      }
+      case 14: // a random descriptor
+        kind = 'random';
+        d.writeDesc(base, rng.chance(0.5) ? rng.int(2 * 2 ** 20) : rng.float() * 2 ** 53, rng.u32(), rng.u32() & 0xffff, rng.u32() & 0xffff);
+        break;
+      case 15: { // zero-length descriptors around a valid frame (allowed: they carry nothing)
+        kind = 'zero-len';
+        const total = place(validHeader(rng, ft, 100), 100);
+        chain([[buf, 0, 0], [buf, total, 0], [buf + total, 0, 0]]);
+        break;
+      }
+      default: { // a valid frame, the header cut anywhere
+        kind = 'valid';
+        const len = rng.range(TAGGED_MIN, 1514);
+        const total = place(validHeader(rng, ft, len), len);
+        const cut = rng.range(1, total - 1);
+        chain(rng.chance(0.5) ? [[buf, total, 0]] : [[buf, cut, 0], [buf + cut, total - cut, 0]]);
+      }
+    }
+    kinds.push(kind);
+    d.publish(head);
+    heads.push(head);
+    published++;
+  }
+  // The guest can write any avail index: jump so that, counted from what the device last saw,
+  // more than the queue size is pending (a larger jump wraps back into a legal distance).
+  if (rng.chance(0.15) && 0xffff - qsize - published >= 1) {
+    d.setAvailIdx(d.availIdx + qsize + rng.range(1, 0xffff - qsize - published));
+    return { published, heads, jump: true, kinds };
+  }
+  return { published, heads, jump: false, kinds };
+}
