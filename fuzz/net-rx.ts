@@ -110,6 +110,7 @@ export class RxAgent {
     const kinds: string[] = [];
     const L = this.layout;
     const scratch = (k: number): number => L.scratchGpa + 0x1000 * (k % 16);
+    let acrossUsed = false;
     for (let c = 0; c < n && this.freeDescs.length >= 4; c++) {
       const buf = scratch(c);
       switch (rng.int(9)) {
@@ -138,7 +139,10 @@ export class RxAgent {
         }
         case 4: { // outside memory, in the hole, or across the boundary (valid when the regions touch)
           kinds.push('outside');
-          const g = rng.pick([L.memEnd - 8, L.memEnd + 4096, 2 ** 40, L.boundaryGpa - 256]);
+          // One buffer at most across the boundary: two there would overlap, and a frame in the
+          // second would overwrite the first before the guest reads it.
+          const g: number = rng.pick([L.memEnd - 8, L.memEnd + 4096, 2 ** 40, acrossUsed ? L.memEnd : L.boundaryGpa - 256]);
+          acrossUsed ||= g === L.boundaryGpa - 256;
           const l = rng.pick([512, 1536, 0xffffffff]);
           this.publishChain([[g, l, VIRTQ_DESC_F_WRITE]], [[g, l]], true);
           break;
