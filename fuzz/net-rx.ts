@@ -143,7 +143,9 @@ export class RxAgent {
           // second would overwrite the first before the guest reads it.
           const g: number = rng.pick([L.memEnd - 8, L.memEnd + 4096, 2 ** 40, acrossUsed ? L.memEnd : L.boundaryGpa - 256]);
           acrossUsed ||= g === L.boundaryGpa - 256;
-          const l = rng.pick([512, 1536, 0xffffffff]);
+          // Without mergeable buffers a frame larger than the buffer is dropped (the driver must post
+          // buffers for the largest frame), so an acceptable hostile buffer is never small then.
+          const l = rng.pick(this.mergeable ? [512, 1536, 0xffffffff] : [1536, 0xffffffff]);
           this.publishChain([[g, l, VIRTQ_DESC_F_WRITE]], [[g, l]], true);
           break;
         }
