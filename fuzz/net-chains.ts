@@ -24,7 +24,7 @@ import {
 } from './chains.js';
 import { VERSION_1, message, type RawClient } from './client.js';
 import {
-  HOSTILE_TAG, TAGGED_MIN, VALID_MAX, expectedRx, firstDifference, frameTag, headerDifference, taggedFrame, validHeader, type NetFeatures, type RxExpected, type TxFrame,
+  HOSTILE_TAG, TAGGED_MIN, VALID_MAX, expectedRx, firstDifference, frameTag, headerDifference, rxViolation, taggedFrame, validHeader, type NetFeatures, type RxExpected, type TxFrame,
 } from './net-frames.js';
 import { hostileTxBatch, type HostileLayout } from './net-hostile.js';
 import { RxAgent, type RxLayout } from './net-rx.js';
@@ -172,6 +172,8 @@ async function expectRx(rx: RxAgent, ft: NetFeatures, tag: number, sent: readonl
   for (;;) {
     rx.reap();
     for (let f = rx.nextFrame(); f !== null; f = rx.nextFrame()) {
+      const bad = rxViolation(ft, f.hdr, f.data);
+      if (bad !== null) return { kind: 'rx-invalid', detail: `batch ${tag}: the receive queue got ${bad}` };
       const t = frameTag(f.data);
       if (t === null || t.tag !== tag) {
         if (t !== null && t.tag !== HOSTILE_TAG && t.tag < tag) return { kind: 'rx-stale', detail: `a frame of batch ${t.tag} (index ${t.index}) arrived during batch ${tag}` };
@@ -304,8 +306,10 @@ export async function netChainCase(rng: Rng, client: RawClient, timeoutMs: numbe
       }
       let jump = false;
       let res: 'ok' | 'broken' | 'timeout' = 'ok';
+      let txKinds = '';
       if (hostileTx) {
         const h = hostileTxBatch(rng, txDriver, cm.memory, ft, hostileL);
+        txKinds = h.kinds.join(',');
         jump = h.jump;
         stats.hostileChains += h.published;
         stats.chains += h.published;
@@ -329,7 +333,7 @@ export async function netChainCase(rng: Rng, client: RawClient, timeoutMs: numbe
         // A jumped receive avail index may go unnoticed for a while: the device serves the entries
         // it already saw before it reads the index again. It breaks the ring then, or the frames
         // arrive: both are fine, a frame that does neither is not.
-        await validRound(`valid batch after the hostile one${hostileRx ? ` (hostile receive buffers ${rxKinds}${rxJump ? ', avail idx jump' : ''})` : ''}`, Math.min(txSize, 32));
+        await validRound(`valid batch after the hostile one${hostileTx ? ` (hostile transmit chains ${txKinds})` : ''}${hostileRx ? ` (hostile receive buffers ${rxKinds}${rxJump ? ', avail idx jump' : ''})` : ''}`, Math.min(txSize, 32));
       }
       if (rx.broken) stats.broken = true;
     }

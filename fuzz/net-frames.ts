@@ -6,15 +6,17 @@
  * @module
  */
 import {
-  VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_ECN, VIRTIO_NET_HDR_GSO_NONE,
+  MAX_FRAME_LEN, VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_ECN, VIRTIO_NET_HDR_GSO_NONE,
   VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6, VIRTIO_NET_HDR_GSO_UDP, VIRTIO_NET_HDR_OFFSETS, completeChecksum,
 } from '../src/devices/net/header.js';
 import type { Rng } from './rng.js';
 
 /** A local experimental EtherType (IEEE 802 "local experimental 1"): the fuzzer's frames carry it. */
 export const FUZZ_ETHERTYPE = 0x88b5;
-/** Tag of frames sent in hostile batches: never matched against a valid batch. */
+/** Tag of frames sent in hostile batches that the device may transmit: never matched against a valid batch. */
 export const HOSTILE_TAG = 0;
+/** Tag of frames in chains the device must drop (malformed, writable, bad offloads...): must never loop back. */
+export const DROP_TAG = 0xffffffff;
 /** Bytes before the payload that identify a frame: Ethernet header, tag, index. */
 export const TAGGED_MIN = 14 + 8;
 /** Largest valid frame the fuzzer sends (a standard Ethernet frame without FCS). */
@@ -151,6 +153,50 @@ export function hostileHeader(rng: Rng, hdrLen: number, len: number): Uint8Array
     default: // all random
   }
   return h;
+}
+
+/**
+ * Whether the device accepts a transmit header for a frame of `len` bytes (the back-end's rules,
+ * VIRTIO 1.2 §5.1.6.2): NEEDS_CSUM needs CSUM and a checksum field inside the frame; a GSO type
+ * needs the HOST_TSO of its kind (ECN is not offered), NEEDS_CSUM and a non-zero gso_size.
+ */
+export function txAcceptable(ft: NetFeatures, hdr: Uint8Array, len: number): boolean {
+  const dv = new DataView(hdr.buffer, hdr.byteOffset, hdr.length);
+  const flags = hdr[0] as number;
+  const gso = hdr[1] as number;
+  const o = VIRTIO_NET_HDR_OFFSETS;
+  if ((flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) !== 0) {
+    if (!ft.csum || dv.getUint16(o.csumStart, true) + dv.getUint16(o.csumOffset, true) + 2 > len) return false;
+  }
+  if (gso === VIRTIO_NET_HDR_GSO_NONE) return true;
+  const ok = (gso === VIRTIO_NET_HDR_GSO_TCPV4 && ft.hostTso4) || (gso === VIRTIO_NET_HDR_GSO_TCPV6 && ft.hostTso6);
+  return ok && (flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) !== 0 && dv.getUint16(o.gsoSize, true) !== 0;
+}
+
+/**
+ * Why a received frame breaks what any frame on a receive queue must respect, or null: between an
+ * Ethernet header and MAX_FRAME_LEN bytes, no partial checksum for a driver without GUEST_CSUM nor
+ * one whose field lies outside the frame, no GSO type the driver did not negotiate, never a frame
+ * from a chain the device had to drop.
+ */
+export function rxViolation(ft: NetFeatures, hdr: Uint8Array, data: Uint8Array): string | null {
+  if (data.length < 14 || data.length > MAX_FRAME_LEN) return `a ${data.length}-byte frame (outside 14..${MAX_FRAME_LEN})`;
+  const t = frameTag(data);
+  if (t !== null && t.tag === DROP_TAG) return `a frame (${data.length} bytes, hostile chain ${t.index}) from a chain the device had to drop`;
+  const dv = new DataView(hdr.buffer, hdr.byteOffset, hdr.length);
+  const flags = hdr[0] as number;
+  const o = VIRTIO_NET_HDR_OFFSETS;
+  if ((flags & VIRTIO_NET_HDR_F_NEEDS_CSUM) !== 0) {
+    if (!ft.guestCsum) return 'NEEDS_CSUM for a driver without GUEST_CSUM';
+    const start = dv.getUint16(o.csumStart, true);
+    const off = dv.getUint16(o.csumOffset, true);
+    if (start + off + 2 > data.length) return `checksum field at ${start}+${off} outside the ${data.length}-byte frame`;
+  }
+  const gso = hdr[1] as number;
+  if (gso !== VIRTIO_NET_HDR_GSO_NONE && !(gso === VIRTIO_NET_HDR_GSO_TCPV4 && ft.guestTso4) && !(gso === VIRTIO_NET_HDR_GSO_TCPV6 && ft.guestTso6)) {
+    return `GSO type ${gso} the driver did not negotiate`;
+  }
+  return null;
 }
 
 /**

@@ -4,13 +4,16 @@
  * region hole, nested and malformed indirect tables, device-writable descriptors, chains shorter
  * than the header, header-only and runt frames, frames over 64 KiB + header, offload fields the
  * driver did not negotiate or that do not fit the frame, random descriptors, and valid frames
- * among them. What may come back on the receive queue carries {@link HOSTILE_TAG}.
+ * among them. What may come back on the receive queue carries {@link HOSTILE_TAG}; what the
+ * device must drop carries {@link DROP_TAG} and must never be seen there.
  * @module
  */
 import type { GuestMemory } from '../src/memory/guest-memory.js';
 import { MAX_FRAME_LEN } from '../src/devices/net/header.js';
 import { VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, type SplitQueueDriver } from '../src/queue/index.js';
-import { HOSTILE_TAG, TAGGED_MIN, hostileHeader, taggedFrame, validHeader, type NetFeatures } from './net-frames.js';
+import {
+  DROP_TAG, HOSTILE_TAG, TAGGED_MIN, hostileHeader, taggedFrame, txAcceptable, validHeader, type NetFeatures,
+} from './net-frames.js';
 import type { Rng } from './rng.js';
 
 /** Where hostile chains may put things. */
@@ -50,14 +53,18 @@ export function hostileTxBatch(rng: Rng, d: SplitQueueDriver, mem: GuestMemory, 
   const heads: number[] = [];
   const kinds: string[] = [];
   let published = 0;
+  let bigUsed = false;
   for (let c = 0; c < n; c++) {
     const base = c * per;
     const last = base + per - 1;
     const buf = L.scratchGpa + 0x1000 * c;
-    /** Writes header + frame at `buf`; returns their total length. */
-    const place = (hdr: Uint8Array, len: number): number => {
+    /**
+     * Writes header + frame at `buf`; returns their total length. The frame is tagged DROP_TAG
+     * unless the chain is one the device may transmit: then it may loop back (HOSTILE_TAG).
+     */
+    const place = (hdr: Uint8Array, len: number, tag = DROP_TAG): number => {
       mem.write(buf, hdr);
-      mem.write(buf + hdr.length, taggedFrame(rng, Math.max(len, TAGGED_MIN), HOSTILE_TAG, c).subarray(0, len));
+      mem.write(buf + hdr.length, taggedFrame(rng, Math.max(len, TAGGED_MIN), tag, c).subarray(0, len));
       return hdr.length + len;
     };
     /** A direct chain from `base`, descriptors beyond the slice folded into the last one. */
@@ -70,7 +77,10 @@ export function hostileTxBatch(rng: Rng, d: SplitQueueDriver, mem: GuestMemory, 
     };
     let head = base;
     let kind: string;
-    switch (rng.int(17)) {
+    let pick = rng.int(17);
+    // One frame over 64 KiB per batch: they share the big buffer.
+    if (pick === 11 && bigUsed) pick = 10;
+    switch (pick) {
       case 0: // a loop: the last descriptor points back into the chain
         kind = 'loop';
         place(new Uint8Array(hl), 60);
@@ -108,7 +118,8 @@ export function hostileTxBatch(rng: Rng, d: SplitQueueDriver, mem: GuestMemory, 
         kind = 'indirect-table';
         const t = L.indirectGpa + 64 * c;
         const total = place(new Uint8Array(hl), 60);
-        d.writeIndirectDesc(t, 0, buf, total, VIRTQ_DESC_F_NEXT, rng.chance(0.5) ? 0 : rng.range(1, 300));
+        // Entry 0 leads into a loop or out of the table, never to the zeroed entry 2, which would end a valid chain.
+        d.writeIndirectDesc(t, 0, buf, total, VIRTQ_DESC_F_NEXT, rng.pick([0, 1, rng.range(3, 300)]));
         d.writeIndirectDesc(t, 1, buf, total, VIRTQ_DESC_F_NEXT, 0);
         d.writeDesc(base, rng.chance(0.8) ? t : rng.pick([L.memEnd, 2 ** 45]), rng.pick([0, 15, 17, 48, 0xfff0, 0x100000, 0xffffffff]), VIRTQ_DESC_F_INDIRECT, 0);
         break;
@@ -126,7 +137,8 @@ export function hostileTxBatch(rng: Rng, d: SplitQueueDriver, mem: GuestMemory, 
       case 8: { // device-writable descriptors in a transmit chain
         kind = 'writable';
         const total = place(validHeader(rng, ft, 60), 60);
-        chain(rng.chance(0.5) ? [[buf, total, 0], [buf + 2048, 64, VIRTQ_DESC_F_WRITE]] : [[buf, total, VIRTQ_DESC_F_WRITE]]);
+        // (A one-descriptor slice cannot hold the readable + writable pair: chain() would cut it to a valid frame.)
+        chain(per >= 2 && rng.chance(0.5) ? [[buf, total, 0], [buf + 2048, 64, VIRTQ_DESC_F_WRITE]] : [[buf, total, VIRTQ_DESC_F_WRITE]]);
         break;
       }
       case 9: { // fewer bytes than the header, in one or two descriptors
@@ -145,9 +157,10 @@ export function hostileTxBatch(rng: Rng, d: SplitQueueDriver, mem: GuestMemory, 
       }
       case 11: { // over MAX_FRAME_LEN (or exactly it when the receive side can take one): one descriptor or 4 KiB pieces
         kind = 'oversize';
+        bigUsed = true;
         const len = L.bigOk && rng.chance(0.3) ? MAX_FRAME_LEN : MAX_FRAME_LEN + rng.range(1, 4096);
         mem.write(L.bigGpa, new Uint8Array(hl));
-        mem.write(L.bigGpa + hl, taggedFrame(rng, len, HOSTILE_TAG, c));
+        mem.write(L.bigGpa + hl, taggedFrame(rng, len, len > MAX_FRAME_LEN ? DROP_TAG : HOSTILE_TAG, c));
         const total = hl + len;
         if (per >= 2 && rng.chance(0.5)) {
           const pieces: Desc[] = [];
@@ -162,7 +175,8 @@ export function hostileTxBatch(rng: Rng, d: SplitQueueDriver, mem: GuestMemory, 
       case 12: { // offload fields not negotiated or not fitting the frame
         kind = 'offload';
         const len = rng.range(TAGGED_MIN, 1514);
-        const total = place(hostileHeader(rng, hl, len), len);
+        const hdr = hostileHeader(rng, hl, len);
+        const total = place(hdr, len, txAcceptable(ft, hdr, len) ? HOSTILE_TAG : DROP_TAG);
         const cut = rng.range(1, total - 1);
         chain(rng.chance(0.5) ? [[buf, total, 0]] : [[buf, cut, 0], [buf + cut, total - cut, 0]]);
         break;
@@ -179,14 +193,14 @@ export function hostileTxBatch(rng: Rng, d: SplitQueueDriver, mem: GuestMemory, 
         break;
       case 15: { // zero-length descriptors around a valid frame (allowed: they carry nothing)
         kind = 'zero-len';
-        const total = place(validHeader(rng, ft, 100), 100);
+        const total = place(validHeader(rng, ft, 100), 100, HOSTILE_TAG);
         chain([[buf, 0, 0], [buf, total, 0], [buf + total, 0, 0]]);
         break;
       }
       default: { // a valid frame, the header cut anywhere
         kind = 'valid';
         const len = rng.range(TAGGED_MIN, 1514);
-        const total = place(validHeader(rng, ft, len), len);
+        const total = place(validHeader(rng, ft, len), len, HOSTILE_TAG);
         const cut = rng.range(1, total - 1);
         chain(rng.chance(0.5) ? [[buf, total, 0]] : [[buf, cut, 0], [buf + cut, total - cut, 0]]);
       }
