@@ -11,10 +11,10 @@
  * @module
  */
 import * as sys from '../src/sys/index.js';
-import { SplitQueueDriver, VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, splitRingLayout } from '../src/queue/index.js';
+import { PackedQueueDriver, SplitQueueDriver, encodePackedState, packedRingLayout, splitRingLayout } from '../src/queue/index.js';
 import { FrontendReq } from '../src/vhost-user/constants.js';
 import { FEATURES_NEEDING_FRONTEND_SUPPORT } from '../src/vhost-user/negotiate.js';
-import { VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC } from '../src/virtio/features.js';
+import { VIRTIO_F_RING_PACKED, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC } from '../src/virtio/features.js';
 import {
   MAX_FRAME_LEN, VIRTIO_NET_F_CSUM, VIRTIO_NET_F_CTRL_RX, VIRTIO_NET_F_CTRL_VQ, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4,
   VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MRG_RXBUF,
@@ -27,6 +27,7 @@ import {
   HOSTILE_TAG, TAGGED_MIN, VALID_MAX, expectedRx, firstDifference, frameTag, headerDifference, rxViolation, taggedFrame, validHeader, type NetFeatures, type RxExpected, type TxFrame,
 } from './net-frames.js';
 import { hostileTxBatch, type HostileLayout } from './net-hostile.js';
+import { PackedPort, SplitPort, type Desc, type RingPort } from './net-rings.js';
 import { RxAgent, type RxLayout } from './net-rx.js';
 import { FUZZ_PROTOCOL_FEATURES } from './protocol.js';
 import type { Rng } from './rng.js';
@@ -52,19 +53,28 @@ const B_BIG = 0x40000;
 /** Valid frames per transmit batch at most: with what a hostile batch leaves behind, within the device's 256-frame receive backlog. */
 const MAX_BATCH_FRAMES = 128;
 
+/** Share of net chain cases on packed rings (VIRTIO_F_RING_PACKED negotiated for both queues). */
+const PACKED_SHARE = 0.4;
+
 /** A transmit reaper that also checks what comes back: only outstanding heads, each once, used length 0. */
 class TxReaper implements UsedReaper {
   failure: string | null = null;
   private readonly outstanding = new Set<number>();
 
-  constructor(private readonly d: SplitQueueDriver) {}
+  constructor(private readonly d: RingPort) {}
 
   expect(heads: readonly number[]): void {
     for (const h of heads) this.outstanding.add(h);
   }
 
   popUsed(): number | null {
-    const u = this.d.popUsed();
+    let u;
+    try {
+      u = this.d.popUsed();
+    } catch (e) {
+      this.failure ??= `transmit ring: ${(e as Error).message}`;
+      return null;
+    }
     if (u === null) return null;
     if (!this.outstanding.delete(u.id)) this.failure ??= `transmit used id ${u.id} was not outstanding (returned twice or never published)`;
     else if (u.len !== 0) this.failure ??= `transmit head ${u.id} came back with used length ${u.len} (the device writes nothing)`;
@@ -109,12 +119,11 @@ function netFeatures(f: bigint): NetFeatures {
   };
 }
 
-/** Places up to `max` valid frames on the transmit ring (descriptors from 0) and publishes them. */
-function validTxBatch(rng: Rng, d: SplitQueueDriver, cm: CaseMemory, ft: NetFeatures, indirect: boolean, tag: number, max: number): { heads: number[]; frames: TxFrame[] } {
+/** Places up to `max` valid frames on the transmit ring and makes them available. */
+function validTxBatch(rng: Rng, port: RingPort, cm: CaseMemory, ft: NetFeatures, indirect: boolean, tag: number, max: number): { heads: number[]; frames: TxFrame[] } {
   const mem = cm.memory;
   const heads: number[] = [];
   const frames: TxFrame[] = [];
-  let desc = 0;
   const count = Math.min(max, MAX_BATCH_FRAMES, 256);
   for (let s = 0; s < count; s++) {
     const r = rng.int(10);
@@ -132,24 +141,12 @@ function validTxBatch(rng: Rng, d: SplitQueueDriver, cm: CaseMemory, ft: NetFeat
     if (shape === 1) cuts.add(hdr.length);
     if (shape >= 2) for (let k = rng.range(1, 3); k > 0; k--) cuts.add(rng.range(1, total - 1));
     const edges = [0, ...[...cuts].sort((a, b) => a - b), total];
-    const pieces: Array<[number, number]> = [];
-    for (let k = 0; k + 1 < edges.length; k++) pieces.push([gpa + (edges[k] as number), (edges[k + 1] as number) - (edges[k] as number)]);
-    if (shape === 3) pieces.splice(rng.int(pieces.length + 1), 0, [gpa, 0]);
+    const pieces: Desc[] = [];
+    for (let k = 0; k + 1 < edges.length; k++) pieces.push([gpa + (edges[k] as number), (edges[k + 1] as number) - (edges[k] as number), 0]);
+    if (shape === 3) pieces.splice(rng.int(pieces.length + 1), 0, [gpa, 0, 0]);
     const useIndirect = indirect && rng.chance(0.3);
-    if (desc + (useIndirect ? 1 : pieces.length) > d.size) break;
-    let head: number;
-    if (useIndirect) {
-      const table = TX_INDIRECT_GPA + 128 * s;
-      pieces.forEach(([g, l], k) => d.writeIndirectDesc(table, k, g, l, k < pieces.length - 1 ? VIRTQ_DESC_F_NEXT : 0, k + 1));
-      head = desc++;
-      d.writeDesc(head, table, 16 * pieces.length, VIRTQ_DESC_F_INDIRECT, 0);
-    } else {
-      head = desc;
-      pieces.forEach(([g, l], k) => d.writeDesc(desc + k, g, l, k < pieces.length - 1 ? VIRTQ_DESC_F_NEXT : 0, desc + k + 1));
-      desc += pieces.length;
-    }
-    d.publish(head);
-    heads.push(head);
+    if ((useIndirect ? 1 : pieces.length) > port.free) break;
+    heads.push(useIndirect ? port.postIndirect(TX_INDIRECT_GPA + 128 * s, pieces) : port.post(pieces));
     frames.push({ hdr, data });
   }
   return { heads, frames };
@@ -203,8 +200,9 @@ async function expectRx(rx: RxAgent, ft: NetFeatures, tag: number, sent: readonl
 /** Runs one net chain case on `client`. */
 export async function netChainCase(rng: Rng, client: RawClient, timeoutMs: number): Promise<ChainCaseStats> {
   const stats: ChainCaseStats = { messages: 0, chains: 0, hostileChains: 0, batches: 0, broken: false, failure: null, check: 'skipped' };
+  let rings = 'split';
   const fail = (kind: string, detail: string): ChainCaseStats => {
-    stats.failure ??= { kind, detail: `net: ${detail}` };
+    stats.failure ??= { kind, detail: `net (${rings} rings): ${detail}` };
     return stats;
   };
   const cm = new CaseMemory(rng.chance(0.3));
@@ -217,12 +215,16 @@ export async function netChainCase(rng: Rng, client: RawClient, timeoutMs: numbe
     if (offered === 0n) return fail('setup', 'GET_FEATURES got no answer');
     if (!(await client.send(message(FrontendReq.SET_PROTOCOL_FEATURES, VERSION_1, u64Payload(offeredPf & FUZZ_PROTOCOL_FEATURES))))) return fail('setup', 'closed at SET_PROTOCOL_FEATURES');
     stats.messages += 3;
-    const features = chooseFeatures(rng, offered);
+    const packed = (offered & bit(VIRTIO_F_RING_PACKED)) !== 0n && rng.chance(PACKED_SHARE);
+    const features = chooseFeatures(rng, offered) | (packed ? bit(VIRTIO_F_RING_PACKED) : 0n);
+    if (packed) rings = 'packed';
     const ft = netFeatures(features);
     const eventIdx = (features & bit(VIRTIO_RING_F_EVENT_IDX)) !== 0n;
     const indirect = (features & bit(VIRTIO_RING_F_INDIRECT_DESC)) !== 0n;
-    const rxSize = rng.pick([16, 64, 128, 256, 256]);
-    const txSize = rng.pick([16, 64, 128, 256, 256]);
+    // Packed sizes need not be powers of two.
+    const sizes = packed ? [16, 48, 64, 100, 256] : [16, 64, 128, 256, 256];
+    const rxSize = rng.pick(sizes);
+    const txSize = rng.pick(sizes);
     // A receive buffer holds a whole valid frame unless buffers merge; merged ones are small enough
     // to span several, yet the buffers posted at once (3/8 of the ring at least: some take two
     // descriptors, a quarter is kept for hostile chains) hold the largest frame that may loop
@@ -230,8 +232,18 @@ export async function netChainCase(rng: Rng, client: RawClient, timeoutMs: numbe
     const posted = (rxSize * 3) / 8;
     const bufLen = ft.mergeable ? rng.pick([64, 128, 256, 512, 1536].filter((b) => b >= 2 * ft.hdrLen && b * posted >= 2 * (ft.hdrLen + VALID_MAX))) : rng.chance(0.2) ? ft.hdrLen + VALID_MAX : RX_STRIDE;
     const bigOk = ft.mergeable && bufLen * posted >= ft.hdrLen + MAX_FRAME_LEN;
-    const rxLayout = splitRingLayout(rxSize, RX_RING_GPA);
-    const txLayout = splitRingLayout(txSize, TX_RING_GPA);
+    // vhost-user carries a packed ring's driver area in the "avail" field and its device area in "used".
+    const ring = (size: number, base: number): { desc: number; avail: number; used: number } => {
+      if (!packed) {
+        const l = splitRingLayout(size, base);
+        return { desc: l.descGpa, avail: l.availGpa, used: l.usedGpa };
+      }
+      const l = packedRingLayout(size, base);
+      return { desc: l.descGpa, avail: l.driverGpa, used: l.deviceGpa };
+    };
+    const rxLayout = ring(rxSize, RX_RING_GPA);
+    const txLayout = ring(txSize, TX_RING_GPA);
+    const vringBase = packed ? encodePackedState({ nextAvail: 0, availWrap: true, nextUsed: 0, usedWrap: true }) : 0;
     const uva = (gpa: number): bigint => BigInt(UADDR_A + gpa);
     const steps: Array<[string, number, Uint8Array, number[]]> = [
       ['SET_OWNER', FrontendReq.SET_OWNER, new Uint8Array(0), []],
@@ -241,8 +253,8 @@ export async function netChainCase(rng: Rng, client: RawClient, timeoutMs: numbe
     for (const [q, size, l, kick, call, err] of [[RX_Q, rxSize, rxLayout, fds.rxKick, fds.rxCall, fds.rxErr], [TX_Q, txSize, txLayout, fds.txKick, fds.txCall, fds.txErr]] as const) {
       steps.push(
         ['SET_VRING_NUM', FrontendReq.SET_VRING_NUM, vringState(q, size), []],
-        ['SET_VRING_BASE', FrontendReq.SET_VRING_BASE, vringState(q, 0), []],
-        ['SET_VRING_ADDR', FrontendReq.SET_VRING_ADDR, vringAddr(q, 0, uva(l.descGpa), uva(l.usedGpa), uva(l.availGpa), 0n), []],
+        ['SET_VRING_BASE', FrontendReq.SET_VRING_BASE, vringState(q, vringBase), []],
+        ['SET_VRING_ADDR', FrontendReq.SET_VRING_ADDR, vringAddr(q, 0, uva(l.desc), uva(l.used), uva(l.avail), 0n), []],
         ['SET_VRING_CALL', FrontendReq.SET_VRING_CALL, u64Payload(q), [call]],
         ['SET_VRING_ERR', FrontendReq.SET_VRING_ERR, u64Payload(q), [err]],
         ['SET_VRING_KICK', FrontendReq.SET_VRING_KICK, u64Payload(q), [kick]],
@@ -250,8 +262,11 @@ export async function netChainCase(rng: Rng, client: RawClient, timeoutMs: numbe
       );
     }
     // The drivers zero the rings before the back-end may look at them.
-    const rxDriver = new SplitQueueDriver(cm.memory, rxSize, rxLayout.descGpa, rxLayout.availGpa, rxLayout.usedGpa, { eventIdx });
-    const txDriver = new SplitQueueDriver(cm.memory, txSize, txLayout.descGpa, txLayout.availGpa, txLayout.usedGpa, { eventIdx });
+    const port = (size: number, l: { desc: number; avail: number; used: number }): RingPort => packed
+      ? new PackedPort(new PackedQueueDriver(cm.memory, size, l.desc, l.avail, l.used, { eventIdx }))
+      : new SplitPort(new SplitQueueDriver(cm.memory, size, l.desc, l.avail, l.used, { eventIdx }));
+    const rxPort = port(rxSize, rxLayout);
+    const txPort = port(txSize, txLayout);
     for (const [name, request, payload, stepFds] of steps) {
       const r = await ask(client, request, payload, stepFds, timeoutMs);
       stats.messages++;
@@ -263,14 +278,14 @@ export async function netChainCase(rng: Rng, client: RawClient, timeoutMs: numbe
       scratchGpa: cm.bGpa + B_TX_SCRATCH, indirectGpa: cm.bGpa + B_HOSTILE_INDIRECT, bigGpa: cm.bGpa + B_BIG, boundaryGpa: REGION_SIZE,
       adjacent: cm.bGpa === REGION_SIZE, memEnd, bigOk,
     };
-    const rx = new RxAgent(rxDriver, cm.memory, fds.rxKick, rxEvents, rxL, ft.hdrLen, ft.mergeable, bufLen, indirect, rng);
-    const tx = new TxReaper(txDriver);
+    const rx = new RxAgent(rxPort, cm.memory, fds.rxKick, rxEvents, rxL, ft.hdrLen, ft.mergeable, bufLen, indirect, rng);
+    const tx = new TxReaper(txPort);
     rx.refill();
     let tag = 1;
 
     /** A valid batch: every head back, then (receive ring intact) every frame looped back intact. */
     const validRound = async (what: string, max: number): Promise<'ok' | 'failed' | 'tx-broken'> => {
-      const b = validTxBatch(rng, txDriver, cm, ft, indirect, tag, max);
+      const b = validTxBatch(rng, txPort, cm, ft, indirect, tag, max);
       tx.expect(b.heads);
       const res = await runBatch(tx, txEvents, fds.txKick, b.heads.length, timeoutMs);
       stats.batches++;
@@ -308,7 +323,7 @@ export async function netChainCase(rng: Rng, client: RawClient, timeoutMs: numbe
       let res: 'ok' | 'broken' | 'timeout' = 'ok';
       let txKinds = '';
       if (hostileTx) {
-        const h = hostileTxBatch(rng, txDriver, cm.memory, ft, hostileL);
+        const h = hostileTxBatch(rng, txPort, cm.memory, ft, hostileL);
         txKinds = h.kinds.join(',');
         jump = h.jump;
         stats.hostileChains += h.published;

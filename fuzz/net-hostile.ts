@@ -10,7 +10,8 @@
  */
 import type { GuestMemory } from '../src/memory/guest-memory.js';
 import { MAX_FRAME_LEN } from '../src/devices/net/header.js';
-import { VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, type SplitQueueDriver } from '../src/queue/index.js';
+import { VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../src/queue/index.js';
+import { SplitPort, type Desc, type RingPort } from './net-rings.js';
 import {
   DROP_TAG, HOSTILE_TAG, TAGGED_MIN, hostileHeader, taggedFrame, txAcceptable, validHeader, type NetFeatures,
 } from './net-frames.js';
@@ -42,11 +43,17 @@ export interface HostileTx {
   kinds: string[];
 }
 
-type Desc = [gpa: number, len: number, flags: number];
+/** Kinds that lie about the ring itself (indices, loops, tables, order): a split ring's raw table only. */
+const RAW_KINDS = new Set([0, 1, 2, 5, 6, 13, 14]);
 
-/** Writes `n` hostile chains into descriptor slices of `d`'s table and publishes their heads. */
-export function hostileTxBatch(rng: Rng, d: SplitQueueDriver, mem: GuestMemory, ft: NetFeatures, L: HostileLayout): HostileTx {
-  const qsize = d.size;
+/**
+ * Writes `n` hostile chains and makes them available: on a split ring straight into descriptor
+ * slices of the table (every descriptor is free: the valid batches came back), on a packed ring
+ * through its driver (the kinds a driver can place).
+ */
+export function hostileTxBatch(rng: Rng, port: RingPort, mem: GuestMemory, ft: NetFeatures, L: HostileLayout): HostileTx {
+  const d = port instanceof SplitPort ? port.d : null;
+  const qsize = port.size;
   const hl = ft.hdrLen;
   const n = rng.range(1, Math.min(16, qsize));
   const per = Math.max(1, Math.floor(qsize / n));
@@ -67,28 +74,35 @@ export function hostileTxBatch(rng: Rng, d: SplitQueueDriver, mem: GuestMemory, 
       mem.write(buf + hdr.length, taggedFrame(rng, Math.max(len, TAGGED_MIN), tag, c).subarray(0, len));
       return hdr.length + len;
     };
-    /** A direct chain from `base`, descriptors beyond the slice folded into the last one. */
+    let head = base;
+    /** A direct chain from `base` (split) or through the driver (packed), cut to the slice. */
     const chain = (descs: Desc[]): void => {
       const k = Math.min(descs.length, per);
+      if (d === null) {
+        head = port.post(descs.slice(0, k));
+        return;
+      }
       for (let i = 0; i < k; i++) {
         const [g, l, f] = descs[i] as Desc;
         d.writeDesc(base + i, g, l, f | (i < k - 1 ? VIRTQ_DESC_F_NEXT : 0), i < k - 1 ? base + i + 1 : 0);
       }
     };
-    let head = base;
     let kind: string;
     let pick = rng.int(17);
+    if (d === null && RAW_KINDS.has(pick)) pick = rng.pick([3, 4, 7, 8, 9, 10, 11, 12, 15, 16]);
     // One frame over 64 KiB per batch: they share the big buffer.
     if (pick === 11 && bigUsed) pick = 10;
+    // The raw kinds below only run on a split ring (d !== null).
+    const raw = d as NonNullable<typeof d>;
     switch (pick) {
       case 0: // a loop: the last descriptor points back into the chain
         kind = 'loop';
         place(new Uint8Array(hl), 60);
-        for (let k = base; k <= last; k++) d.writeDesc(k, buf, 16, VIRTQ_DESC_F_NEXT, k < last ? k + 1 : base + rng.int(per));
+        for (let k = base; k <= last; k++) raw.writeDesc(k, buf, 16, VIRTQ_DESC_F_NEXT, k < last ? k + 1 : base + rng.int(per));
         break;
       case 1:
         kind = 'next-range';
-        d.writeDesc(base, buf, 64, VIRTQ_DESC_F_NEXT, qsize + rng.int(0x10000 - qsize));
+        raw.writeDesc(base, buf, 64, VIRTQ_DESC_F_NEXT, qsize + rng.int(0x10000 - qsize));
         break;
       case 2:
         kind = 'head-range';
@@ -108,10 +122,10 @@ export function hostileTxBatch(rng: Rng, d: SplitQueueDriver, mem: GuestMemory, 
         const t1 = L.indirectGpa + 64 * c;
         const t2 = L.indirectGpa + 64 * ((c + 1) % 16);
         const total = place(new Uint8Array(hl), 60);
-        d.writeIndirectDesc(t1, 0, buf, hl, VIRTQ_DESC_F_NEXT, 1);
-        d.writeIndirectDesc(t1, 1, t2, 16, VIRTQ_DESC_F_INDIRECT, 0);
-        d.writeIndirectDesc(t2, 0, buf + hl, total - hl, 0, 0);
-        d.writeDesc(base, t1, 32, VIRTQ_DESC_F_INDIRECT | (rng.chance(0.3) ? VIRTQ_DESC_F_NEXT : 0), base);
+        raw.writeIndirectDesc(t1, 0, buf, hl, VIRTQ_DESC_F_NEXT, 1);
+        raw.writeIndirectDesc(t1, 1, t2, 16, VIRTQ_DESC_F_INDIRECT, 0);
+        raw.writeIndirectDesc(t2, 0, buf + hl, total - hl, 0, 0);
+        raw.writeDesc(base, t1, 32, VIRTQ_DESC_F_INDIRECT | (rng.chance(0.3) ? VIRTQ_DESC_F_NEXT : 0), base);
         break;
       }
       case 6: { // malformed indirect tables: odd, empty, huge, outside memory, looping inside
@@ -119,9 +133,9 @@ export function hostileTxBatch(rng: Rng, d: SplitQueueDriver, mem: GuestMemory, 
         const t = L.indirectGpa + 64 * c;
         const total = place(new Uint8Array(hl), 60);
         // Entry 0 leads into a loop or out of the table, never to the zeroed entry 2, which would end a valid chain.
-        d.writeIndirectDesc(t, 0, buf, total, VIRTQ_DESC_F_NEXT, rng.pick([0, 1, rng.range(3, 300)]));
-        d.writeIndirectDesc(t, 1, buf, total, VIRTQ_DESC_F_NEXT, 0);
-        d.writeDesc(base, rng.chance(0.8) ? t : rng.pick([L.memEnd, 2 ** 45]), rng.pick([0, 15, 17, 48, 0xfff0, 0x100000, 0xffffffff]), VIRTQ_DESC_F_INDIRECT, 0);
+        raw.writeIndirectDesc(t, 0, buf, total, VIRTQ_DESC_F_NEXT, rng.pick([0, 1, rng.range(3, 300)]));
+        raw.writeIndirectDesc(t, 1, buf, total, VIRTQ_DESC_F_NEXT, 0);
+        raw.writeDesc(base, rng.chance(0.8) ? t : rng.pick([L.memEnd, 2 ** 45]), rng.pick([0, 15, 17, 48, 0xfff0, 0x100000, 0xffffffff]), VIRTQ_DESC_F_INDIRECT, 0);
         break;
       }
       case 7: { // a frame across the A/B boundary: transmitted when the regions touch, refused across a hole
@@ -189,7 +203,7 @@ export function hostileTxBatch(rng: Rng, d: SplitQueueDriver, mem: GuestMemory, 
       }
       case 14: // a random descriptor
         kind = 'random';
-        d.writeDesc(base, rng.chance(0.5) ? rng.int(2 * 2 ** 20) : rng.float() * 2 ** 53, rng.u32(), rng.u32() & 0xffff, rng.u32() & 0xffff);
+        raw.writeDesc(base, rng.chance(0.5) ? rng.int(2 * 2 ** 20) : rng.float() * 2 ** 53, rng.u32(), rng.u32() & 0xffff, rng.u32() & 0xffff);
         break;
       case 15: { // zero-length descriptors around a valid frame (allowed: they carry nothing)
         kind = 'zero-len';
@@ -206,13 +220,13 @@ export function hostileTxBatch(rng: Rng, d: SplitQueueDriver, mem: GuestMemory, 
       }
     }
     kinds.push(kind);
-    d.publish(head);
+    d?.publish(head);
     heads.push(head);
     published++;
   }
   // The guest can write any avail index: jump so that, counted from what the device last saw,
   // more than the queue size is pending (a larger jump wraps back into a legal distance).
-  if (rng.chance(0.15) && 0xffff - qsize - published >= 1) {
+  if (d !== null && rng.chance(0.15) && 0xffff - qsize - published >= 1) {
     d.setAvailIdx(d.availIdx + qsize + rng.range(1, 0xffff - qsize - published));
     return { published, heads, jump: true, kinds };
   }

@@ -3,15 +3,16 @@
  * device-writable buffers (one descriptor, header and data split, or indirect), reaps what the
  * device completed, reassembles frames (mergeable buffers per num_buffers), and posts hostile
  * receive chains on demand (device-readable parts, too small for the header, loops, out-of-range
- * indices and heads, buffers outside memory or across the region hole, avail index jumps).
- * Descriptors are handed out by this agent, not the ring driver, so valid and hostile chains share
- * the table without colliding.
+ * indices and heads, buffers outside memory or across the region hole, avail index jumps; on a
+ * packed ring only those a driver can place: readable parts, too small, outside memory, empty
+ * descriptors).
  * @module
  */
 import * as sys from '../src/sys/index.js';
 import type { GuestMemory } from '../src/memory/guest-memory.js';
-import { VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE, type SplitQueueDriver } from '../src/queue/index.js';
+import { VIRTQ_DESC_F_INDIRECT, VIRTQ_DESC_F_NEXT, VIRTQ_DESC_F_WRITE } from '../src/queue/index.js';
 import type { QueueEvents } from './chains.js';
+import { SplitPort, type Desc, type RingPort } from './net-rings.js';
 import type { Rng } from './rng.js';
 
 /** One received frame: header (hdrLen bytes) and data. */
@@ -36,7 +37,6 @@ export interface RxLayout {
 }
 
 interface Posted {
-  descs: number[];
   /** Device-writable ranges in chain order (what a used length counts through). */
   bufs: Array<[number, number]>;
   hostile: boolean;
@@ -57,7 +57,6 @@ export class RxAgent {
   /** Chains completed with length 0 (rejected) and hostile chains the device filled. */
   rejected = 0;
   hostileFilled = 0;
-  private readonly freeDescs: number[] = [];
   private readonly freeSlots: number[] = [];
   private readonly posted = new Map<number, Posted>();
   private readonly used: Used[] = [];
@@ -67,12 +66,11 @@ export class RxAgent {
    * @param indirect whether INDIRECT_DESC was negotiated
    */
   constructor(
-    private readonly d: SplitQueueDriver, private readonly mem: GuestMemory, private readonly kickFd: number, readonly events: QueueEvents,
+    private readonly ring: RingPort, private readonly mem: GuestMemory, private readonly kickFd: number, readonly events: QueueEvents,
     private readonly layout: RxLayout, private readonly hdrLen: number, private readonly mergeable: boolean, readonly bufLen: number,
     private readonly indirect: boolean, private readonly rng: Rng,
   ) {
-    for (let i = d.size - 1; i >= 0; i--) this.freeDescs.push(i);
-    for (let i = Math.min(d.size, 256) - 1; i >= 0; i--) this.freeSlots.push(i);
+    for (let i = Math.min(ring.size, 256) - 1; i >= 0; i--) this.freeSlots.push(i);
   }
 
   /** The ring was declared broken (its error fd fired). */
@@ -83,19 +81,15 @@ export class RxAgent {
   /** Posts valid buffers while descriptors (all but a quarter, kept for hostile chains) and slots last, then kicks. */
   refill(): void {
     let any = false;
-    const reserve = Math.max(2, this.d.size / 4);
-    while (this.freeSlots.length > 0 && this.freeDescs.length >= reserve + 2) {
+    const reserve = Math.max(2, Math.floor(this.ring.size / 4));
+    while (this.freeSlots.length > 0 && this.ring.free >= reserve + 2) {
       const slot = this.freeSlots.pop() as number;
       const gpa = this.layout.dataGpa + slot * this.layout.stride;
       const split = this.bufLen > this.hdrLen && this.rng.chance(0.2);
       const pieces: Array<[number, number]> = split ? [[gpa, this.hdrLen], [gpa + this.hdrLen, this.bufLen - this.hdrLen]] : [[gpa, this.bufLen]];
-      if (this.indirect && this.rng.chance(0.2)) {
-        const table = this.layout.indirectGpa + 64 * slot;
-        pieces.forEach(([g, l], k) => this.d.writeIndirectDesc(table, k, g, l, VIRTQ_DESC_F_WRITE | (k < pieces.length - 1 ? VIRTQ_DESC_F_NEXT : 0), k + 1));
-        this.publishChain([[table, 16 * pieces.length, VIRTQ_DESC_F_INDIRECT]], pieces, false, slot);
-      } else {
-        this.publishChain(pieces.map(([g, l]) => [g, l, VIRTQ_DESC_F_WRITE]), pieces, false, slot);
-      }
+      const descs: Desc[] = pieces.map(([g, l]) => [g, l, VIRTQ_DESC_F_WRITE]);
+      const id = this.indirect && this.rng.chance(0.2) ? this.ring.postIndirect(this.layout.indirectGpa + 64 * slot, descs) : this.ring.post(descs);
+      this.posted.set(id, { bufs: pieces, hostile: false, slot });
       any = true;
     }
     if (any) sys.eventfdWrite(this.kickFd, 1);
@@ -111,9 +105,13 @@ export class RxAgent {
     const L = this.layout;
     const scratch = (k: number): number => L.scratchGpa + 0x1000 * (k % 16);
     let acrossUsed = false;
-    for (let c = 0; c < n && this.freeDescs.length >= 4; c++) {
+    // Ring-level lies (loops, indices, heads, tables, avail index) need a split ring's raw table.
+    const raw = this.ring instanceof SplitPort ? this.ring : null;
+    for (let c = 0; c < n && this.ring.free >= 4; c++) {
       const buf = scratch(c);
-      switch (rng.int(9)) {
+      let kind = rng.int(9);
+      if (raw === null && [2, 3, 5, 6].includes(kind)) kind = rng.pick([0, 1, 4, 7, 8]);
+      switch (kind) {
         case 0: // device-readable only, or readable before writable
           kinds.push('readable');
           this.publishChain(rng.chance(0.5) ? [[buf, 256, 0]] : [[buf, 64, VIRTQ_DESC_F_NEXT], [buf + 64, 1536, VIRTQ_DESC_F_WRITE]], [], true);
@@ -124,17 +122,19 @@ export class RxAgent {
           break;
         case 2: { // a loop through the chain's own descriptors
           kinds.push('loop');
-          const ds = [this.freeDescs.pop() as number, this.freeDescs.pop() as number];
-          this.d.writeDesc(ds[0] as number, buf, 512, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, ds[1] as number);
-          this.d.writeDesc(ds[1] as number, buf + 512, 512, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, ds[rng.int(2)] as number);
-          this.track(ds, [], true);
+          const r = raw as SplitPort;
+          const ds = r.take(2);
+          r.d.writeDesc(ds[0] as number, buf, 512, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, ds[1] as number);
+          r.d.writeDesc(ds[1] as number, buf + 512, 512, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, ds[rng.int(2)] as number);
+          this.posted.set(r.publishRaw(ds), { bufs: [], hostile: true, slot: null });
           break;
         }
         case 3: { // next out of range
           kinds.push('next-range');
-          const h = this.freeDescs.pop() as number;
-          this.d.writeDesc(h, buf, 512, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, this.d.size + rng.int(0x10000 - this.d.size));
-          this.track([h], [], true);
+          const r = raw as SplitPort;
+          const ds = r.take(1);
+          r.d.writeDesc(ds[0] as number, buf, 512, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, r.size + rng.int(0x10000 - r.size));
+          this.posted.set(r.publishRaw(ds), { bufs: [], hostile: true, slot: null });
           break;
         }
         case 4: { // outside memory, in the hole, or across the boundary (valid when the regions touch)
@@ -151,12 +151,12 @@ export class RxAgent {
         }
         case 5: // a malformed indirect table
           kinds.push('indirect');
-          this.d.writeIndirectDesc(buf, 0, buf + 256, 1536, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, rng.pick([0, 1, 300]));
+          (raw as SplitPort).d.writeIndirectDesc(buf, 0, buf + 256, 1536, VIRTQ_DESC_F_WRITE | VIRTQ_DESC_F_NEXT, rng.pick([0, 1, 300]));
           this.publishChain([[buf, rng.pick([0, 15, 17, 32, 0xfff0, 0xffffffff]), VIRTQ_DESC_F_INDIRECT]], [], true);
           break;
         case 6: // head out of range: the ring cannot be trusted past it
           kinds.push('head-range');
-          this.d.publish(this.d.size + rng.int(0x10000 - this.d.size));
+          (raw as SplitPort).d.publish((raw as SplitPort).size + rng.int(0x10000 - (raw as SplitPort).size));
           break;
         case 7: // zero-length descriptors around a good buffer: acceptable
           kinds.push('zero-len');
@@ -168,9 +168,9 @@ export class RxAgent {
       }
     }
     let jump = false;
-    if (rng.chance(0.1)) {
+    if (raw !== null && rng.chance(0.1)) {
       jump = true;
-      this.d.setAvailIdx(this.d.availIdx + this.d.size + rng.range(1, 0x1000));
+      raw.d.setAvailIdx(raw.d.availIdx + raw.size + rng.range(1, 0x1000));
     }
     sys.eventfdWrite(this.kickFd, 1);
     return { kinds, jump };
@@ -179,14 +179,21 @@ export class RxAgent {
   /** Reaps completed chains (descriptors and slots are free again) and asks for the next interrupt. */
   reap(): void {
     for (let pass = 0; pass < 2; pass++) {
-      for (let u = this.d.popUsed(); u !== null; u = this.d.popUsed()) {
+      for (;;) {
+        let u;
+        try {
+          u = this.ring.popUsed();
+        } catch (e) {
+          this.failure ??= `receive ring: ${(e as Error).message}`;
+          return;
+        }
+        if (u === null) break;
         const p = this.posted.get(u.id);
         if (p === undefined) {
           this.failure ??= `receive used id ${u.id} was not outstanding`;
           continue;
         }
         this.posted.delete(u.id);
-        for (const x of p.descs) this.freeDescs.push(x);
         const cap = p.bufs.reduce((a, [, l]) => a + l, 0);
         if (u.len > cap) this.failure ??= `receive used length ${u.len} exceeds the ${cap} writable bytes of head ${u.id}`;
         if (u.len === 0) {
@@ -198,7 +205,7 @@ export class RxAgent {
         if (p.hostile) this.hostileFilled++;
         this.used.push({ head: u.id, len: u.len, posted: p });
       }
-      if (pass === 0) this.d.enableInterrupts();
+      if (pass === 0) this.ring.enableInterrupts();
     }
   }
 
@@ -259,15 +266,8 @@ export class RxAgent {
     return out;
   }
 
-  /** Writes a direct chain of `descs` ([gpa, len, flags]) with fresh descriptors and publishes it. */
-  private publishChain(descs: Array<[number, number, number]>, bufs: Array<[number, number]>, hostile: boolean, slot: number | null = null): void {
-    const ids = descs.map(() => this.freeDescs.pop() as number);
-    descs.forEach(([g, l, f], k) => this.d.writeDesc(ids[k] as number, g, l, f | (k < descs.length - 1 ? VIRTQ_DESC_F_NEXT : 0), k < descs.length - 1 ? ids[k + 1] as number : 0));
-    this.track(ids, bufs, hostile, slot);
-  }
-
-  private track(ids: number[], bufs: Array<[number, number]>, hostile: boolean, slot: number | null = null): void {
-    this.posted.set(ids[0] as number, { descs: ids, bufs, hostile, slot });
-    this.d.publish(ids[0] as number);
+  /** Places a hostile direct chain of `descs` whose writable ranges are `bufs`. */
+  private publishChain(descs: Desc[], bufs: Array<[number, number]>, hostile: boolean): void {
+    this.posted.set(this.ring.post(descs), { bufs, hostile, slot: null });
   }
 }
