@@ -1,15 +1,18 @@
 /**
- * The daemon under test, run as a child process (the vhost-user-blk CLI on a RAM disk) so that a
- * crash or a hang is observed from outside: exit status and signal, fd count, RSS and CPU time
- * read from /proc.
+ * The daemon under test, run as a child process (the vhost-user-blk CLI on a RAM disk, or the
+ * vhost-user-net CLI in loopback) so that a crash or a hang is observed from outside: exit status
+ * and signal, fd count, RSS and CPU time read from /proc.
  * @module
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 
-/** The blk CLI behind a wrapper that reports the live heap on SIGUSR2 (see daemon-wrapper.ts). */
-export const BLK_CLI: string = fileURLToPath(new URL('./daemon-wrapper.js', import.meta.url));
+/** The device CLIs behind a wrapper that reports the live heap on SIGUSR2 (see daemon-wrapper.ts). */
+export const DAEMON_WRAPPER: string = fileURLToPath(new URL('./daemon-wrapper.js', import.meta.url));
+
+/** The daemons the fuzzer can drive. */
+export type FuzzDevice = 'blk' | 'net';
 
 /** How the daemon ended. */
 export interface DaemonExit {
@@ -20,11 +23,13 @@ export interface DaemonExit {
 /** Options of {@link DaemonProcess.start}. */
 export interface DaemonOptions {
   socketPath: string;
-  /** Request queues (default 2). */
+  /** Which daemon (default blk). */
+  device?: FuzzDevice;
+  /** blk: request queues (default 2). */
   numQueues?: number;
   /** Largest queue size (default 256). */
   queueSize?: number;
-  /** RAM disk size in MiB (default 8). */
+  /** blk: RAM disk size in MiB (default 8). */
   ramSizeMib?: number;
   /** VHOST_USER_LOG of the daemon (default: inherited, else the CLI's own default). */
   logLevel?: string;
@@ -34,7 +39,20 @@ export interface DaemonOptions {
 
 const STDERR_TAIL_LINES = 40;
 
-/** A running vhost-user-blk daemon. */
+/** The CLI arguments of `device` (after the wrapper's device argument). */
+function daemonArgs(device: FuzzDevice, opts: DaemonOptions): string[] {
+  const size = String(opts.queueSize ?? 256);
+  if (device === 'net') {
+    // One queue pair in loopback: every frame the fuzzer transmits comes back on its receive queue.
+    return ['--socket-path', opts.socketPath, '--loopback', '--queue-size', size];
+  }
+  return [
+    '--socket-path', opts.socketPath, '--num-queues', String(opts.numQueues ?? 2), '--queue-size', size,
+    '--ram-size-mib', String(opts.ramSizeMib ?? 8),
+  ];
+}
+
+/** A running device daemon. */
 export class DaemonProcess {
   /** Set once the process exited. */
   exit: DaemonExit | null = null;
@@ -58,10 +76,8 @@ export class DaemonProcess {
 
   /** Starts the daemon and resolves once it prints that it listens (its stdout banner). */
   static async start(opts: DaemonOptions): Promise<DaemonProcess> {
-    const args = [
-      '--expose-gc', BLK_CLI, '--socket-path', opts.socketPath, '--num-queues', String(opts.numQueues ?? 2),
-      '--queue-size', String(opts.queueSize ?? 256), '--ram-size-mib', String(opts.ramSizeMib ?? 8),
-    ];
+    const device = opts.device ?? 'blk';
+    const args = ['--expose-gc', DAEMON_WRAPPER, device, ...daemonArgs(device, opts)];
     const env = opts.logLevel !== undefined ? { ...process.env, VHOST_USER_LOG: opts.logLevel } : process.env;
     const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'], env });
     // Never leave a daemon behind, even when the fuzzer itself is stopped.

@@ -1,7 +1,9 @@
 /**
- * `npm run fuzz`: the seeded, time-bounded fuzzer against the vhost-user-blk daemon.
+ * `npm run fuzz`: the seeded, time-bounded fuzzer against the vhost-user-blk daemon, or the
+ * vhost-user-net one in loopback with FUZZ_DEVICE=net.
  *
  *     FUZZ_SEED=0x1234 FUZZ_SECONDS=60 npm run fuzz     # a run (seed random when unset)
+ *     FUZZ_DEVICE=net FUZZ_SECONDS=60 npm run fuzz       # the net daemon
  *     FUZZ_CASES=5000 npm run fuzz                       # a fixed number of cases
  *     FUZZ_SEED=0x1234 FUZZ_CASE=17 npm run fuzz         # replay one saved case
  *
@@ -25,11 +27,17 @@ function envInt(name: string): number | undefined {
 // Leave through process.exit so the daemon child is reaped (see DaemonProcess).
 for (const sig of ['SIGINT', 'SIGTERM'] as const) process.once(sig, () => process.exit(130));
 
+const device = process.env.FUZZ_DEVICE || 'blk';
+if (device !== 'blk' && device !== 'net') {
+  console.error(`fuzz: FUZZ_DEVICE must be blk or net, got ${device}`);
+  process.exit(2);
+}
 const seed = envInt('FUZZ_SEED') ?? randomInt(0, 2 ** 32);
 const only = envInt('FUZZ_CASE');
 const cases = envInt('FUZZ_CASES');
-console.log(`fuzz: seed=0x${seed.toString(16)} (replay with FUZZ_SEED=0x${seed.toString(16)})`);
+console.log(`fuzz: device=${device} seed=0x${seed.toString(16)} (replay with ${device === 'blk' ? '' : `FUZZ_DEVICE=${device} `}FUZZ_SEED=0x${seed.toString(16)})`);
 const summary = await runFuzz({
+  device,
   seed,
   seconds: envInt('FUZZ_SECONDS'),
   cases,

@@ -24,6 +24,19 @@ const MiB = 1024 * KiB;
 export const BLK_FRONTEND_FEATURES: bigint =
   bit(VIRTIO_F_VERSION_1) | bit(VHOST_USER_F_PROTOCOL_FEATURES) | bit(VIRTIO_RING_F_EVENT_IDX) | bit(VIRTIO_RING_F_INDIRECT_DESC);
 
+/**
+ * What protocol cases aim at for one device: the features its usual front-end acknowledges (the
+ * valid negotiation and the base of mutated SET_FEATURES) and how many queues it has (valid queue
+ * indices are below it; hostile ones start there).
+ */
+export interface ProtocolTarget {
+  frontendFeatures: bigint;
+  numQueues: number;
+}
+
+/** The blk daemon as the fuzzer runs it (2 request queues). */
+export const BLK_PROTOCOL: ProtocolTarget = { frontendFeatures: BLK_FRONTEND_FEATURES, numQueues: 2 };
+
 /** Protocol features the fuzzer acknowledges: REPLY_ACK first, so rejected requests keep the connection. */
 export const FUZZ_PROTOCOL_FEATURES: bigint = [
   ProtocolFeature.REPLY_ACK, ProtocolFeature.MQ, ProtocolFeature.CONFIG, ProtocolFeature.CONFIGURE_MEM_SLOTS,
@@ -52,9 +65,9 @@ function req(rng: Rng, request: number, payload: Uint8Array, ack = 0.97): Uint8A
 }
 
 /** The negotiation prefix: QEMU's order, with REPLY_ACK acknowledged in almost every session. */
-export function negotiation(rng: Rng): Uint8Array[] {
+export function negotiation(rng: Rng, target: ProtocolTarget): Uint8Array[] {
   const pf = rng.chance(0.95) ? FUZZ_PROTOCOL_FEATURES : rng.u64() & ((1n << 20n) - 1n);
-  const f = rng.chance(0.9) ? BLK_FRONTEND_FEATURES : rng.interesting64();
+  const f = rng.chance(0.9) ? target.frontendFeatures : rng.interesting64();
   return [
     message(FrontendReq.GET_FEATURES, VERSION_1, new Uint8Array(0)),
     message(FrontendReq.GET_PROTOCOL_FEATURES, VERSION_1, new Uint8Array(0)),
@@ -64,10 +77,10 @@ export function negotiation(rng: Rng): Uint8Array[] {
   ];
 }
 
-/** A queue index: mostly valid (0..1), sometimes just out of range, sometimes anything. */
-function queueIndex(rng: Rng): number {
+/** A queue index: mostly valid (below `n`), sometimes just out of range, sometimes anything. */
+function queueIndex(rng: Rng, n: number): number {
   const r = rng.int(10);
-  return r < 7 ? rng.int(2) : r < 9 ? rng.range(2, 300) : rng.u32();
+  return r < 7 ? rng.int(n) : r < 9 ? rng.range(n, 300) : rng.u32();
 }
 
 /** A memfd size: a page, a MiB, or large and sparse. */
@@ -113,7 +126,7 @@ function extraFds(rng: Rng, bag: FdBag, max: number): number[] {
  * One body message with hostile values, keeping session state (regions, kick fds) so that later
  * messages use it. `bag` owns the message's fds (closed after sending); `st.keep` the session's.
  */
-function bodyMessage(rng: Rng, st: SessionState, bag: FdBag): Outgoing {
+function bodyMessage(rng: Rng, t: ProtocolTarget, st: SessionState, bag: FdBag): Outgoing {
   const wrongFds = rng.chance(0.1);
   const kind = rng.int(100);
   if (kind < 12) {
@@ -141,7 +154,7 @@ function bodyMessage(rng: Rng, st: SessionState, bag: FdBag): Outgoing {
   }
   if (kind < 28) {
     const num = rng.chance(0.7) ? 2 ** rng.range(0, 9) : rng.interesting32();
-    return { bytes: req(rng, FrontendReq.SET_VRING_NUM, vringState(queueIndex(rng), num)), fds: [] };
+    return { bytes: req(rng, FrontendReq.SET_VRING_NUM, vringState(queueIndex(rng, t.numQueues), num)), fds: [] };
   }
   if (kind < 38) {
     const desc = userAddrIn(rng, st, 4096);
@@ -149,17 +162,17 @@ function bodyMessage(rng: Rng, st: SessionState, bag: FdBag): Outgoing {
     const used = rng.chance(0.8) ? desc + 8192n : userAddrIn(rng, st, 4096);
     const flags = rng.chance(0.9) ? 0 : rng.interesting32();
     const log = rng.chance(0.9) ? 0n : rng.interesting64();
-    return { bytes: req(rng, FrontendReq.SET_VRING_ADDR, vringAddr(queueIndex(rng), flags, BigInt.asUintN(64, desc), BigInt.asUintN(64, used), BigInt.asUintN(64, avail), log)), fds: [] };
+    return { bytes: req(rng, FrontendReq.SET_VRING_ADDR, vringAddr(queueIndex(rng, t.numQueues), flags, BigInt.asUintN(64, desc), BigInt.asUintN(64, used), BigInt.asUintN(64, avail), log)), fds: [] };
   }
   if (kind < 44) {
     const num = rng.chance(0.6) ? 0 : rng.chance(0.5) ? rng.int(0x10000) : rng.interesting32();
-    return { bytes: req(rng, rng.chance(0.7) ? FrontendReq.SET_VRING_BASE : FrontendReq.GET_VRING_BASE, vringState(queueIndex(rng), num), 1), fds: [] };
+    return { bytes: req(rng, rng.chance(0.7) ? FrontendReq.SET_VRING_BASE : FrontendReq.GET_VRING_BASE, vringState(queueIndex(rng, t.numQueues), num), 1), fds: [] };
   }
   if (kind < 56) {
     // SET_VRING_KICK / CALL / ERR with an eventfd, without (NOFD bit), or with the wrong count.
     const request = rng.pick([FrontendReq.SET_VRING_KICK, FrontendReq.SET_VRING_KICK, FrontendReq.SET_VRING_CALL, FrontendReq.SET_VRING_ERR]);
     const nofd = rng.chance(0.1);
-    let idx = BigInt(queueIndex(rng) & (rng.chance(0.9) ? 0xff : 0xffffffff)) | (nofd ? 0x100n : 0n);
+    let idx = BigInt(queueIndex(rng, t.numQueues) & (rng.chance(0.9) ? 0xff : 0xffffffff)) | (nofd ? 0x100n : 0n);
     if (rng.chance(0.05)) idx = rng.interesting64();
     let fds: number[] = [];
     if (!nofd) {
@@ -172,10 +185,10 @@ function bodyMessage(rng: Rng, st: SessionState, bag: FdBag): Outgoing {
   }
   if (kind < 64) {
     const enable = rng.chance(0.8) ? 1 : rng.interesting32();
-    return { bytes: req(rng, FrontendReq.SET_VRING_ENABLE, vringState(queueIndex(rng), enable)), fds: [] };
+    return { bytes: req(rng, FrontendReq.SET_VRING_ENABLE, vringState(queueIndex(rng, t.numQueues), enable)), fds: [] };
   }
   if (kind < 68) {
-    const f = rng.chance(0.5) ? BLK_FRONTEND_FEATURES ^ (1n << BigInt(rng.int(64))) : rng.interesting64();
+    const f = rng.chance(0.5) ? t.frontendFeatures ^ (1n << BigInt(rng.int(64))) : rng.interesting64();
     return { bytes: req(rng, rng.chance(0.7) ? FrontendReq.SET_FEATURES : FrontendReq.SET_PROTOCOL_FEATURES, u64Payload(f)), fds: [] };
   }
   if (kind < 74) {
@@ -193,7 +206,7 @@ function bodyMessage(rng: Rng, st: SessionState, bag: FdBag): Outgoing {
   if (kind < 82) {
     // In-band kick (needs INBAND_NOTIFICATIONS, which is not negotiated) and the log requests.
     const r = rng.int(3);
-    if (r === 0) return { bytes: req(rng, FrontendReq.VRING_KICK, vringState(queueIndex(rng), rng.interesting32())), fds: [] };
+    if (r === 0) return { bytes: req(rng, FrontendReq.VRING_KICK, vringState(queueIndex(rng, t.numQueues), rng.interesting32())), fds: [] };
     if (r === 1) return { bytes: req(rng, FrontendReq.SET_LOG_BASE, new Bytes().u64(rng.interesting64()).u64(rng.interesting64()).done()), fds: [bag.memfd(memfdSize(rng))] };
     return { bytes: req(rng, FrontendReq.SET_LOG_FD, new Uint8Array(0)), fds: [bag.eventfd()] };
   }
@@ -222,12 +235,12 @@ function bodyMessage(rng: Rng, st: SessionState, bag: FdBag): Outgoing {
  * memfd that may be shorter than the region, a ring inside the region (possibly past the end of
  * the file), a kick fd, enable, and a kick.
  */
-function ringScenario(rng: Rng, st: SessionState, bag: FdBag): Outgoing[] {
+function ringScenario(rng: Rng, t: ProtocolTarget, st: SessionState, bag: FdBag): Outgoing[] {
   const fdSize = rng.pick([4 * KiB, 64 * KiB, 1 * MiB]);
   const regSize = rng.chance(0.5) ? fdSize * rng.pick([2, 16, 256]) : rng.chance(0.5) ? fdSize : 2 ** rng.range(40, 46);
   const reg: WireRegion = { gpa: 0n, size: BigInt(regSize), uaddr: 0x7f00_0000_0000n, offset: 0n };
   st.regions = [reg];
-  const q = rng.int(2);
+  const q = rng.int(t.numQueues);
   const size = 2 ** rng.range(2, 8);
   // Ring offset: inside the file, just past it, or far into the region.
   const ringOff = BigInt(rng.pick([0, fdSize, Math.max(0, fdSize - 64), rng.int(regSize) & ~0xfff]));
@@ -273,17 +286,17 @@ export interface ProtocolCaseStats {
   check: 'ok' | 'closed' | 'timeout' | 'skipped';
 }
 
-/** Runs one protocol case on `client`. */
-export async function protocolCase(rng: Rng, client: RawClient, timeoutMs: number): Promise<ProtocolCaseStats> {
+/** Runs one protocol case on `client` against the device `target` describes. */
+export async function protocolCase(rng: Rng, client: RawClient, timeoutMs: number, target: ProtocolTarget = BLK_PROTOCOL): Promise<ProtocolCaseStats> {
   const st = new SessionState();
   const stats: ProtocolCaseStats = { messages: 0, kicks: 0, framed: false, check: 'skipped' };
   try {
-    for (const m of negotiation(rng)) if (await client.send(m)) stats.messages++;
+    for (const m of negotiation(rng, target)) if (await client.send(m)) stats.messages++;
     const n = rng.chance(0.7) ? rng.range(20, 400) : rng.range(400, 2000);
     for (let i = 0; i < n && !client.closed; i++) {
       const bag = new FdBag();
       try {
-        const batch = rng.chance(0.05) ? ringScenario(rng, st, bag) : [bodyMessage(rng, st, bag)];
+        const batch = rng.chance(0.05) ? ringScenario(rng, target, st, bag) : [bodyMessage(rng, target, st, bag)];
         for (const m of batch) if (await client.send(m.bytes, m.fds)) stats.messages++;
       } finally {
         bag.close();

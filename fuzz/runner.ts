@@ -1,5 +1,5 @@
 /**
- * The fuzz loop: runs seeded cases against a vhost-user-blk daemon in a child process, checks
+ * The fuzz loop: runs seeded cases against a device daemon (blk or net) in a child process, checks
  * after every case that the daemon still answers (GET_FEATURES on a fresh connection within a
  * timeout) and is alive, restarts it after a crash or hang (so one run can find several bugs),
  * saves every failure with what it takes to replay it, and compares the daemon's fd count and RSS
@@ -10,16 +10,18 @@ import { appendFileSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FrontendReq } from '../src/vhost-user/constants.js';
-import { chainCase } from './chains.js';
 import { RawClient, VERSION_1, message } from './client.js';
-import { DaemonProcess } from './daemon-process.js';
+import { DaemonProcess, type FuzzDevice } from './daemon-process.js';
 import { protocolCase } from './protocol.js';
 import { Rng, caseSeed } from './rng.js';
+import { TARGETS } from './targets.js';
 
 /** Options of {@link runFuzz}. */
 export interface FuzzOptions {
   /** Run seed (32-bit). */
   seed: number;
+  /** The daemon under test: vhost-user-blk on a RAM disk (default) or vhost-user-net in loopback. */
+  device?: FuzzDevice;
   /** Stop after this many seconds (default 60 unless `cases` is given). */
   seconds?: number;
   /** Stop after this many cases. */
@@ -59,6 +61,7 @@ export interface FuzzFailure {
 
 /** What a run did and found. */
 export interface FuzzSummary {
+  device: FuzzDevice;
   seed: number;
   cases: number;
   protocolCases: number;
@@ -105,7 +108,7 @@ async function exitsWithin(d: DaemonProcess, ms: number): Promise<boolean> {
 /** The one-line summary the fuzzer prints. */
 export function summaryLine(s: FuzzSummary): string {
   const rate = (n: number): string => `${Math.round(n / Math.max(s.seconds, 1e-3))}/s`;
-  return `fuzz: seed=0x${s.seed.toString(16)} cases=${s.cases} (protocol ${s.protocolCases}, chains ${s.chainCases}) ` +
+  return `fuzz: device=${s.device} seed=0x${s.seed.toString(16)} cases=${s.cases} (protocol ${s.protocolCases}, chains ${s.chainCases}) ` +
     `messages=${s.messages} (${rate(s.messages)}) chains=${s.chains} (${rate(s.chains)}, hostile ${s.hostileChains}, broken rings ${s.brokenRings}) ` +
     `crashes=${s.crashes} hangs=${s.hangs} other-failures=${s.otherFailures} restarts=${s.restarts} ` +
     `fd-delta=${s.fdDelta ?? 'n/a'} rss-delta=${s.rssDeltaKib === null ? 'n/a' : `${s.rssDeltaKib} KiB`} ` +
@@ -117,6 +120,10 @@ export function summaryLine(s: FuzzSummary): string {
 /** Runs the fuzzer; never throws for a daemon failure (they are in the summary). */
 export async function runFuzz(opts: FuzzOptions): Promise<FuzzSummary> {
   const seed = opts.seed >>> 0;
+  const device = opts.device ?? 'blk';
+  const target = TARGETS[device];
+  // A replay command names the device only when it is not the default.
+  const env = `${device === 'blk' ? '' : `FUZZ_DEVICE=${device} `}FUZZ_SEED=0x${seed.toString(16)}`;
   const timeoutMs = opts.timeoutMs ?? 2000;
   const chainShare = opts.chainShare ?? 0.5;
   const log = opts.log ?? ((): void => {});
@@ -129,26 +136,26 @@ export async function runFuzz(opts: FuzzOptions): Promise<FuzzSummary> {
   let heapBaseline: number | null = null;
   const logLevel = opts.daemonLog ?? (opts.only !== undefined ? 'debug' : 'error');
   const dir = mkdtempSync(join(tmpdir(), 'vu-fuzz-'));
-  const socketPath = join(dir, 'blk.sock');
+  const socketPath = join(dir, `${device}.sock`);
   const s: FuzzSummary = {
-    seed, cases: 0, protocolCases: 0, chainCases: 0, messages: 0, chains: 0, hostileChains: 0, brokenRings: 0,
+    device, seed, cases: 0, protocolCases: 0, chainCases: 0, messages: 0, chains: 0, hostileChains: 0, brokenRings: 0,
     crashes: 0, hangs: 0, otherFailures: 0, failures: [], restarts: 0, fdDelta: null, rssDeltaKib: null,
     fdBaseline: null, rssBaselineKib: null, heapDeltaKib: null, guestMappings: null, rssSplitKib: null, leak: false, seconds: 0, failuresFile: null,
     clean: { protocolSeconds: 0, protocolMessages: 0, chainSeconds: 0, chainChains: 0 },
   };
   const t0 = process.hrtime.bigint();
   const elapsed = (): number => Number(process.hrtime.bigint() - t0) / 1e9;
-  let daemon = await DaemonProcess.start({ socketPath, logLevel });
+  let daemon = await DaemonProcess.start({ socketPath, logLevel, device });
   let casesSinceStart = 0;
 
   const record = (f: Omit<FuzzFailure, 'seed' | 'replay'>): void => {
-    const full: FuzzFailure = { seed, ...f, replay: `FUZZ_SEED=0x${seed.toString(16)} FUZZ_CASE=${f.caseIndex} npm run fuzz (alone; if it needs the daemon's history: FUZZ_SEED=0x${seed.toString(16)} FUZZ_CASES=${f.caseIndex + 1})` };
+    const full: FuzzFailure = { seed, ...f, replay: `${env} FUZZ_CASE=${f.caseIndex} npm run fuzz (alone; if it needs the daemon's history: ${env} FUZZ_CASES=${f.caseIndex + 1})` };
     s.failures.push(full);
     if (f.kind === 'crash') s.crashes++;
     else if (f.kind === 'hang') s.hangs++;
     else s.otherFailures++;
     mkdirSync(outDir, { recursive: true });
-    s.failuresFile = join(outDir, `failures-${seed.toString(16)}.jsonl`);
+    s.failuresFile = join(outDir, `failures-${device === 'blk' ? '' : `${device}-`}${seed.toString(16)}.jsonl`);
     appendFileSync(s.failuresFile, `${JSON.stringify(full)}\n`);
     log(`FAIL case ${f.caseIndex} (${f.caseKind}): ${f.kind}: ${f.detail}${f.cpuShare !== undefined ? ` (daemon CPU ${(f.cpuShare * 100).toFixed(0)}%)` : ''} — replay: ${full.replay}`);
   };
@@ -179,7 +186,7 @@ export async function runFuzz(opts: FuzzOptions): Promise<FuzzSummary> {
 
   const restart = async (): Promise<void> => {
     await daemon.kill();
-    daemon = await DaemonProcess.start({ socketPath, logLevel });
+    daemon = await DaemonProcess.start({ socketPath, logLevel, device });
     s.restarts++;
     casesSinceStart = 0;
     s.fdBaseline = s.rssBaselineKib = null;
@@ -207,16 +214,16 @@ export async function runFuzz(opts: FuzzOptions): Promise<FuzzSummary> {
       try {
         client = RawClient.connect(socketPath);
         const run = kind === 'chains'
-          ? chainCase(rng, client, timeoutMs).then((st) => {
+          ? target.chainCase(rng, client, timeoutMs).then((st) => {
             s.chainCases++;
             s.messages += st.messages;
             s.chains += st.chains;
             s.hostileChains += st.hostileChains;
             if (st.broken) s.brokenRings++;
-            if (st.failure !== null) record({ caseIndex: i, caseKind: kind, kind: st.failure.kind, detail: st.failure.detail });
+            if (st.failure !== null) record({ caseIndex: i, caseKind: kind, kind: st.failure.kind, detail: st.failure.detail, stderrTail: daemon.stderrTail() });
             if (st.check === 'timeout') stalled = 'no GET_FEATURES reply on the case connection after the hostile batch';
           })
-          : protocolCase(rng, client, timeoutMs).then((st) => {
+          : protocolCase(rng, client, timeoutMs, target.protocol).then((st) => {
             s.protocolCases++;
             s.messages += st.messages;
             if (st.check === 'timeout') stalled = `no GET_FEATURES reply on the case connection after ${st.messages} messages`;
