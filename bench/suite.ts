@@ -23,7 +23,7 @@ import { summarizeProfile } from './profile-summary.js';
 
 const { values } = parseArgs({
   options: {
-    runtime: { type: 'string', default: '2' }, rounds: { type: 'string', default: '2' }, 'write-results': { type: 'boolean' }, profile: { type: 'boolean' }, quick: { type: 'boolean' },
+    runtime: { type: 'string', default: '2' }, rounds: { type: 'string', default: '3' }, 'write-results': { type: 'boolean' }, profile: { type: 'boolean' }, quick: { type: 'boolean' },
   },
 });
 const RUNTIME = Number(values.runtime);
