@@ -149,6 +149,19 @@ export function u64Of(r: WaitResult): bigint {
 }
 
 /** Runs one chain case on `client`: a split ring, or a packed one ({@link packedChainCase}). */
+/**
+ * The opening every chain case shares: GET_FEATURES, GET_PROTOCOL_FEATURES, then
+ * SET_PROTOCOL_FEATURES with the fuzzer's subset (3 messages). Returns the offered features, or
+ * why the session could not start.
+ */
+export async function openSession(client: RawClient, timeoutMs: number): Promise<bigint | string> {
+  const offered = u64Of(await ask(client, FrontendReq.GET_FEATURES, new Uint8Array(0), [], timeoutMs));
+  const offeredPf = u64Of(await ask(client, FrontendReq.GET_PROTOCOL_FEATURES, new Uint8Array(0), [], timeoutMs));
+  if (offered === 0n) return 'GET_FEATURES got no answer';
+  if (!(await client.send(message(FrontendReq.SET_PROTOCOL_FEATURES, VERSION_1, u64Payload(offeredPf & FUZZ_PROTOCOL_FEATURES))))) return 'closed at SET_PROTOCOL_FEATURES';
+  return offered;
+}
+
 export async function chainCase(rng: Rng, client: RawClient, timeoutMs: number): Promise<ChainCaseStats> {
   if (rng.chance(PACKED_SHARE)) return packedChainCase(rng, client, timeoutMs);
   const stats: ChainCaseStats = { messages: 0, chains: 0, hostileChains: 0, batches: 0, broken: false, failure: null, check: 'skipped' };
@@ -163,10 +176,8 @@ export async function chainCase(rng: Rng, client: RawClient, timeoutMs: number):
   const events = new QueueEvents(callFd, errFd);
   try {
     // --- a valid session: negotiation, memory table, one queue -------------------------------
-    const offered = u64Of(await ask(client, FrontendReq.GET_FEATURES, new Uint8Array(0), [], timeoutMs));
-    const offeredPf = u64Of(await ask(client, FrontendReq.GET_PROTOCOL_FEATURES, new Uint8Array(0), [], timeoutMs));
-    if (offered === 0n) return fail('setup', 'GET_FEATURES got no answer');
-    if (!(await client.send(message(FrontendReq.SET_PROTOCOL_FEATURES, VERSION_1, u64Payload(offeredPf & FUZZ_PROTOCOL_FEATURES))))) return fail('setup', 'closed at SET_PROTOCOL_FEATURES');
+    const offered = await openSession(client, timeoutMs);
+    if (typeof offered === 'string') return fail('setup', offered);
     stats.messages += 3;
     // Everything offered that a plain split-ring front-end can take (FLUSH included: the valid
     // batches send flushes), as negotiate() does.

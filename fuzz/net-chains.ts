@@ -20,16 +20,15 @@ import {
   VIRTIO_NET_F_GUEST_TSO6, VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MRG_RXBUF,
 } from '../src/devices/net/header.js';
 import {
-  CaseMemory, QueueEvents, REGION_SIZE, UADDR_A, ackOk, ask, bit, runBatch, u64Of, type ChainCaseStats, type UsedReaper,
+  CaseMemory, QueueEvents, REGION_SIZE, UADDR_A, ackOk, ask, bit, openSession, runBatch, type ChainCaseStats, type UsedReaper,
 } from './chains.js';
-import { VERSION_1, message, type RawClient } from './client.js';
+import type { RawClient } from './client.js';
 import {
   HOSTILE_TAG, TAGGED_MIN, VALID_MAX, expectedRx, firstDifference, frameTag, headerDifference, rxViolation, taggedFrame, validHeader, type NetFeatures, type RxExpected, type TxFrame,
 } from './net-frames.js';
 import { hostileTxBatch, type HostileLayout } from './net-hostile.js';
 import { PackedPort, SplitPort, type Desc, type RingPort } from './net-rings.js';
 import { RxAgent, type RxLayout } from './net-rx.js';
-import { FUZZ_PROTOCOL_FEATURES } from './protocol.js';
 import type { Rng } from './rng.js';
 import { memTablePayload, u64Payload, vringAddr, vringState } from './wire.js';
 
@@ -210,10 +209,8 @@ export async function netChainCase(rng: Rng, client: RawClient, timeoutMs: numbe
   const rxEvents = new QueueEvents(fds.rxCall, fds.rxErr);
   const txEvents = new QueueEvents(fds.txCall, fds.txErr);
   try {
-    const offered = u64Of(await ask(client, FrontendReq.GET_FEATURES, new Uint8Array(0), [], timeoutMs));
-    const offeredPf = u64Of(await ask(client, FrontendReq.GET_PROTOCOL_FEATURES, new Uint8Array(0), [], timeoutMs));
-    if (offered === 0n) return fail('setup', 'GET_FEATURES got no answer');
-    if (!(await client.send(message(FrontendReq.SET_PROTOCOL_FEATURES, VERSION_1, u64Payload(offeredPf & FUZZ_PROTOCOL_FEATURES))))) return fail('setup', 'closed at SET_PROTOCOL_FEATURES');
+    const offered = await openSession(client, timeoutMs);
+    if (typeof offered === 'string') return fail('setup', offered);
     stats.messages += 3;
     const packed = (offered & bit(VIRTIO_F_RING_PACKED)) !== 0n && rng.chance(PACKED_SHARE);
     const features = chooseFeatures(rng, offered) | (packed ? bit(VIRTIO_F_RING_PACKED) : 0n);

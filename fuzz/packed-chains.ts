@@ -20,10 +20,9 @@ import { VIRTIO_F_RING_PACKED, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_D
 import {
   CaseMemory, DATA_GPA, DATA_STRIDE, DISK_SECTORS, HDR_GPA, INDIRECT_GPA, MiB, QueueEvents, REGION_SIZE, RING_GPA, STATUS_GPA,
   UADDR_A, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
-  ackOk, ask, bit, runBatch, u64Of, type ChainCaseStats, type Placed, type UsedReaper,
+  ackOk, ask, bit, openSession, runBatch, type ChainCaseStats, type Placed, type UsedReaper,
 } from './chains.js';
-import { VERSION_1, message, type RawClient } from './client.js';
-import { FUZZ_PROTOCOL_FEATURES } from './protocol.js';
+import type { RawClient } from './client.js';
 import type { Rng } from './rng.js';
 import { memTablePayload, u64Payload, vringAddr, vringState } from './wire.js';
 
@@ -88,12 +87,10 @@ export async function packedChainCase(rng: Rng, client: RawClient, timeoutMs: nu
   const errFd = sys.eventfd();
   const events = new QueueEvents(callFd, errFd);
   try {
-    const offered = u64Of(await ask(client, FrontendReq.GET_FEATURES, new Uint8Array(0), [], timeoutMs));
-    const offeredPf = u64Of(await ask(client, FrontendReq.GET_PROTOCOL_FEATURES, new Uint8Array(0), [], timeoutMs));
-    if (offered === 0n) return fail('setup', 'GET_FEATURES got no answer');
-    if ((offered & bit(VIRTIO_F_RING_PACKED)) === 0n) return fail('setup', 'the daemon does not offer VIRTIO_F_RING_PACKED');
-    if (!(await client.send(message(FrontendReq.SET_PROTOCOL_FEATURES, VERSION_1, u64Payload(offeredPf & FUZZ_PROTOCOL_FEATURES))))) return fail('setup', 'closed at SET_PROTOCOL_FEATURES');
+    const offered = await openSession(client, timeoutMs);
+    if (typeof offered === 'string') return fail('setup', offered);
     stats.messages += 3;
+    if ((offered & bit(VIRTIO_F_RING_PACKED)) === 0n) return fail('setup', 'the daemon does not offer VIRTIO_F_RING_PACKED');
     let features = (offered & ~FEATURES_NEEDING_FRONTEND_SUPPORT) | bit(VIRTIO_F_RING_PACKED);
     if (rng.chance(0.3)) features &= ~bit(VIRTIO_RING_F_EVENT_IDX);
     if (rng.chance(0.2)) features &= ~bit(VIRTIO_RING_F_INDIRECT_DESC);
