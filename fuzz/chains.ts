@@ -20,7 +20,7 @@ import { packedChainCase } from './packed-chains.js';
 
 /** Share of chain cases run on a packed ring (VIRTIO_F_RING_PACKED negotiated). */
 const PACKED_SHARE = 0.4;
-import { memTablePayload, u64Payload, vringAddr, vringState, type WireRegion } from './wire.js';
+import { memTablePayload, u64Payload, vringSetupSteps, type SetupStep, type WireRegion } from './wire.js';
 
 export const MiB = 1024 * 1024;
 export const REGION_SIZE = 1 * MiB;
@@ -190,17 +190,11 @@ export async function chainCase(rng: Rng, client: RawClient, timeoutMs: number):
     const q = rng.chance(0.8) ? 0 : 1;
     const layout = splitRingLayout(qsize, RING_GPA);
     const uva = (gpa: number): bigint => BigInt(UADDR_A + gpa);
-    const steps: Array<[string, number, Uint8Array, number[]]> = [
+    const steps: SetupStep[] = [
       ['SET_OWNER', FrontendReq.SET_OWNER, new Uint8Array(0), []],
       ['SET_FEATURES', FrontendReq.SET_FEATURES, u64Payload(features), []],
       ['SET_MEM_TABLE', FrontendReq.SET_MEM_TABLE, memTablePayload(mem.wire), mem.fds],
-      ['SET_VRING_NUM', FrontendReq.SET_VRING_NUM, vringState(q, qsize), []],
-      ['SET_VRING_BASE', FrontendReq.SET_VRING_BASE, vringState(q, 0), []],
-      ['SET_VRING_ADDR', FrontendReq.SET_VRING_ADDR, vringAddr(q, 0, uva(layout.descGpa), uva(layout.usedGpa), uva(layout.availGpa), 0n), []],
-      ['SET_VRING_CALL', FrontendReq.SET_VRING_CALL, u64Payload(q), [callFd]],
-      ['SET_VRING_ERR', FrontendReq.SET_VRING_ERR, u64Payload(q), [errFd]],
-      ['SET_VRING_KICK', FrontendReq.SET_VRING_KICK, u64Payload(q), [kickFd]],
-      ['SET_VRING_ENABLE', FrontendReq.SET_VRING_ENABLE, vringState(q, 1), []],
+      ...vringSetupSteps(q, qsize, 0, { desc: uva(layout.descGpa), driver: uva(layout.availGpa), device: uva(layout.usedGpa) }, { call: callFd, err: errFd, kick: kickFd }),
     ];
     // The driver zeroes the rings before the back-end may look at them.
     const driver = new SplitQueueDriver(mem.memory, qsize, layout.descGpa, layout.availGpa, layout.usedGpa, { eventIdx });

@@ -30,7 +30,7 @@ import { hostileTxBatch, type HostileLayout } from './net-hostile.js';
 import { PackedPort, SplitPort, type Desc, type RingPort } from './net-rings.js';
 import { RxAgent, type RxLayout } from './net-rx.js';
 import type { Rng } from './rng.js';
-import { memTablePayload, u64Payload, vringAddr, vringState } from './wire.js';
+import { memTablePayload, u64Payload, vringSetupSteps, type SetupStep } from './wire.js';
 
 const RX_Q = 0;
 const TX_Q = 1;
@@ -242,21 +242,13 @@ export async function netChainCase(rng: Rng, client: RawClient, timeoutMs: numbe
     const txLayout = ring(txSize, TX_RING_GPA);
     const vringBase = packed ? encodePackedState({ nextAvail: 0, availWrap: true, nextUsed: 0, usedWrap: true }) : 0;
     const uva = (gpa: number): bigint => BigInt(UADDR_A + gpa);
-    const steps: Array<[string, number, Uint8Array, number[]]> = [
+    const steps: SetupStep[] = [
       ['SET_OWNER', FrontendReq.SET_OWNER, new Uint8Array(0), []],
       ['SET_FEATURES', FrontendReq.SET_FEATURES, u64Payload(features), []],
       ['SET_MEM_TABLE', FrontendReq.SET_MEM_TABLE, memTablePayload(cm.wire), cm.fds],
     ];
     for (const [q, size, l, kick, call, err] of [[RX_Q, rxSize, rxLayout, fds.rxKick, fds.rxCall, fds.rxErr], [TX_Q, txSize, txLayout, fds.txKick, fds.txCall, fds.txErr]] as const) {
-      steps.push(
-        ['SET_VRING_NUM', FrontendReq.SET_VRING_NUM, vringState(q, size), []],
-        ['SET_VRING_BASE', FrontendReq.SET_VRING_BASE, vringState(q, vringBase), []],
-        ['SET_VRING_ADDR', FrontendReq.SET_VRING_ADDR, vringAddr(q, 0, uva(l.desc), uva(l.used), uva(l.avail), 0n), []],
-        ['SET_VRING_CALL', FrontendReq.SET_VRING_CALL, u64Payload(q), [call]],
-        ['SET_VRING_ERR', FrontendReq.SET_VRING_ERR, u64Payload(q), [err]],
-        ['SET_VRING_KICK', FrontendReq.SET_VRING_KICK, u64Payload(q), [kick]],
-        ['SET_VRING_ENABLE', FrontendReq.SET_VRING_ENABLE, vringState(q, 1), []],
-      );
+      steps.push(...vringSetupSteps(q, size, vringBase, { desc: uva(l.desc), driver: uva(l.avail), device: uva(l.used) }, { call, err, kick }));
     }
     // The drivers zero the rings before the back-end may look at them.
     const port = (size: number, l: { desc: number; avail: number; used: number }): RingPort => packed

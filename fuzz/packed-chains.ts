@@ -24,7 +24,7 @@ import {
 } from './chains.js';
 import type { RawClient } from './client.js';
 import type { Rng } from './rng.js';
-import { memTablePayload, u64Payload, vringAddr, vringState } from './wire.js';
+import { memTablePayload, u64Payload, vringSetupSteps, type SetupStep } from './wire.js';
 
 /**
  * Reaps used descriptors of chains written raw (not through {@link PackedQueueDriver}): each id
@@ -104,18 +104,11 @@ export async function packedChainCase(rng: Rng, client: RawClient, timeoutMs: nu
     const start = rng.chance(0.3) ? { pos: rng.int(qsize), wrap: rng.chance(0.5) } : { pos: 0, wrap: true };
     const base = encodePackedState({ nextAvail: start.pos, availWrap: start.wrap, nextUsed: start.pos, usedWrap: start.wrap });
     const uva = (gpa: number): bigint => BigInt(UADDR_A + gpa);
-    const steps: Array<[string, number, Uint8Array, number[]]> = [
+    const steps: SetupStep[] = [
       ['SET_OWNER', FrontendReq.SET_OWNER, new Uint8Array(0), []],
       ['SET_FEATURES', FrontendReq.SET_FEATURES, u64Payload(features), []],
       ['SET_MEM_TABLE', FrontendReq.SET_MEM_TABLE, memTablePayload(mem.wire), mem.fds],
-      ['SET_VRING_NUM', FrontendReq.SET_VRING_NUM, vringState(q, qsize), []],
-      ['SET_VRING_BASE', FrontendReq.SET_VRING_BASE, vringState(q, base), []],
-      // vhost-user carries the driver area in the "avail" field and the device area in "used".
-      ['SET_VRING_ADDR', FrontendReq.SET_VRING_ADDR, vringAddr(q, 0, uva(layout.descGpa), uva(layout.deviceGpa), uva(layout.driverGpa), 0n), []],
-      ['SET_VRING_CALL', FrontendReq.SET_VRING_CALL, u64Payload(q), [callFd]],
-      ['SET_VRING_ERR', FrontendReq.SET_VRING_ERR, u64Payload(q), [errFd]],
-      ['SET_VRING_KICK', FrontendReq.SET_VRING_KICK, u64Payload(q), [kickFd]],
-      ['SET_VRING_ENABLE', FrontendReq.SET_VRING_ENABLE, vringState(q, 1), []],
+      ...vringSetupSteps(q, qsize, base, { desc: uva(layout.descGpa), driver: uva(layout.driverGpa), device: uva(layout.deviceGpa) }, { call: callFd, err: errFd, kick: kickFd }),
     ];
     const driver = new PackedQueueDriver(mem.memory, qsize, layout.descGpa, layout.driverGpa, layout.deviceGpa, { eventIdx });
     driver.setPositions(start.pos, start.wrap);

@@ -4,6 +4,7 @@
  * @module
  */
 import * as sys from '../src/sys/index.js';
+import { FrontendReq } from '../src/vhost-user/constants.js';
 
 /** Little-endian byte builder. */
 export class Bytes {
@@ -70,6 +71,28 @@ export function vringAddr(index: number, flags: number, desc: bigint, used: bigi
 /** u64 payload. */
 export function u64Payload(v: bigint | number): Uint8Array {
   return new Bytes().u64(v).done();
+}
+
+/** One message of a case's session set-up: [name, request, payload, fds]. */
+export type SetupStep = [string, number, Uint8Array, number[]];
+
+/**
+ * The messages that bring ring `q` up: its size, base, addresses (front-end user addresses; the
+ * wire's "avail" field carries the driver area and "used" the device area, for packed rings too),
+ * call, error and kick eventfds, then SET_VRING_ENABLE.
+ */
+export function vringSetupSteps(
+  q: number, size: number, base: number, area: { desc: bigint; driver: bigint; device: bigint }, fds: { call: number; err: number; kick: number },
+): SetupStep[] {
+  return [
+    ['SET_VRING_NUM', FrontendReq.SET_VRING_NUM, vringState(q, size), []],
+    ['SET_VRING_BASE', FrontendReq.SET_VRING_BASE, vringState(q, base), []],
+    ['SET_VRING_ADDR', FrontendReq.SET_VRING_ADDR, vringAddr(q, 0, area.desc, area.device, area.driver, 0n), []],
+    ['SET_VRING_CALL', FrontendReq.SET_VRING_CALL, u64Payload(q), [fds.call]],
+    ['SET_VRING_ERR', FrontendReq.SET_VRING_ERR, u64Payload(q), [fds.err]],
+    ['SET_VRING_KICK', FrontendReq.SET_VRING_KICK, u64Payload(q), [fds.kick]],
+    ['SET_VRING_ENABLE', FrontendReq.SET_VRING_ENABLE, vringState(q, 1), []],
+  ];
 }
 
 /** The fds of one message and their owner: everything is closed once the message went out. */
