@@ -14,6 +14,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/uio.h>
 
 /* Intrusive doubly linked list; a detached node points to itself so that
  * removing it twice is harmless (needed because env teardown and finalizers
@@ -90,6 +91,14 @@ void uring_register(napi_env env, napi_value exports);
 
 /* mem.c: [addr, addr + len) lies inside one live mapping of this env (io_uring checks iovecs). */
 bool mem_range_mapped(addon_inst *inst, const void *addr, size_t len);
+
+/* mem.c: iovecs from [host address, length] pairs of doubles (io_uring and hostIo both take guest
+ * buffers this way): every pair integral, the address non-zero, the length at most INT_MAX, each
+ * range inside one live mapping of this env, the total at most INT_MAX. Fills iov[0, count). */
+typedef enum { HOST_IOV_OK, HOST_IOV_MALFORMED, HOST_IOV_UNMAPPED, HOST_IOV_TOO_LONG } host_iov_status;
+host_iov_status host_iovecs(addon_inst *inst, const double *pairs, uint32_t count, struct iovec *iov);
+/* A refusal of host_iovecs, in words. */
+const char *host_iov_reason(host_iov_status s);
 
 /* SIGBUS guard (guard.c): process-wide, async-signal-safe table of mappings
  * whose faults past the end of the file are recovered. guard_register returns

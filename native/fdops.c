@@ -16,7 +16,6 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/statfs.h>
-#include <sys/uio.h>
 
 /* lockFile(fd, exclusive): takes a whole-file write (exclusive) or read
  * (shared) lock without waiting; throws EAGAIN when another holder conflicts. */
@@ -106,21 +105,12 @@ static napi_value js_host_io(napi_env env, napi_callback_info info) {
   if (offset > (uint64_t)LLONG_MAX) return throw_type(env, "offset out of range");
   if (!arg_int(env, argv[5], 0, RWF_NOWAIT | RWF_DSYNC, &flags, "flags")) return NULL;
   if ((flags & ~(int64_t)(RWF_NOWAIT | RWF_DSYNC)) != 0) return throw_type(env, "flags may only be RWF_NOWAIT | RWF_DSYNC");
-  const double *pairs = data;
   addon_inst *inst = get_inst(env);
+  if (inst == NULL) return throw_errno(env, EFAULT, write ? "pwritev2" : "preadv2", "no live mappings");
   struct iovec iov[HOST_IO_MAX_IOVS];
-  uint64_t total = 0;
-  for (int64_t k = 0; k < count; k++) {
-    double a = pairs[2 * k], l = pairs[2 * k + 1];
-    if (!(a > 0 && a <= 9007199254740991.0 && a == (double)(uint64_t)a) || !(l >= 0 && l <= (double)INT_MAX && l == (double)(uint64_t)l))
-      return throw_type(env, "malformed [address, length] pair");
-    void *base = (void *)(uintptr_t)(uint64_t)a;
-    if (!inst || !mem_range_mapped(inst, base, (size_t)l)) return throw_errno(env, EFAULT, write ? "pwritev2" : "preadv2", "range outside every live mapping");
-    iov[k].iov_base = base;
-    iov[k].iov_len = (size_t)l;
-    total += (uint64_t)l;
-  }
-  if (total > INT_MAX) return throw_type(env, "transfer longer than 2 GiB");
+  host_iov_status st = host_iovecs(inst, data, (uint32_t)count, iov);
+  if (st == HOST_IOV_UNMAPPED) return throw_errno(env, EFAULT, write ? "pwritev2" : "preadv2", host_iov_reason(st));
+  if (st != HOST_IOV_OK) return throw_type(env, host_iov_reason(st));
   ssize_t r;
   do {
     r = write ? pwritev2(fd, iov, (int)count, (off_t)offset, (int)flags) : preadv2(fd, iov, (int)count, (off_t)offset, (int)flags);

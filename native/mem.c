@@ -35,6 +35,7 @@
 #include "addon.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <linux/magic.h>
@@ -474,6 +475,30 @@ bool mem_range_mapped(addon_inst *inst, const void *addr, size_t len) {
     }
   }
   return false;
+}
+
+host_iov_status host_iovecs(addon_inst *inst, const double *pairs, uint32_t count, struct iovec *iov) {
+  uint64_t total = 0;
+  for (uint32_t k = 0; k < count; k++) {
+    double a = pairs[2 * (size_t)k], l = pairs[2 * (size_t)k + 1];
+    if (!(a > 0 && a <= 9007199254740991.0 && a == (double)(uint64_t)a) || !(l >= 0 && l <= (double)INT_MAX && l == (double)(uint64_t)l))
+      return HOST_IOV_MALFORMED;
+    void *base = (void *)(uintptr_t)(uint64_t)a;
+    if (!mem_range_mapped(inst, base, (size_t)l)) return HOST_IOV_UNMAPPED;
+    iov[k].iov_base = base;
+    iov[k].iov_len = (size_t)l;
+    total += (uint64_t)l;
+  }
+  return total > INT_MAX ? HOST_IOV_TOO_LONG : HOST_IOV_OK;
+}
+
+const char *host_iov_reason(host_iov_status s) {
+  switch (s) {
+    case HOST_IOV_MALFORMED: return "malformed [address, length] pair";
+    case HOST_IOV_UNMAPPED: return "range outside every live mapping";
+    case HOST_IOV_TOO_LONG: return "transfer longer than 2 GiB";
+    default: return NULL;
+  }
 }
 
 void mem_register(napi_env env, napi_value exports) {

@@ -292,18 +292,8 @@ static const char *prep(uring *r, uint32_t i, struct io_uring_sqe *sqe) {
   if (!field_ok(s[2], r->iov_cap) || !field_ok(s[3], MAX_IOVS_PER_OP) || s[3] < 1 || s[2] + s[3] > r->iov_cap)
     return "iovec range outside the iovec table";
   uint32_t first = (uint32_t)s[2], count = (uint32_t)s[3];
-  uint64_t total = 0;
-  for (uint32_t k = first; k < first + count; k++) {
-    double a = r->iov[2 * (size_t)k], l = r->iov[2 * (size_t)k + 1];
-    if (!field_ok(a, 9007199254740991.0) || !field_ok(l, (double)INT_MAX) || a == 0) return "malformed iovec";
-    void *base = (void *)(uintptr_t)(uint64_t)a;
-    size_t len = (size_t)l;
-    if (!mem_range_mapped(r->inst, base, len)) return "iovec outside every live mapping";
-    total += len;
-    r->kiov[k].iov_base = base;
-    r->kiov[k].iov_len = len;
-  }
-  if (total > INT_MAX) return "operation longer than 2 GiB";
+  host_iov_status st = host_iovecs(r->inst, r->iov + 2 * (size_t)first, count, &r->kiov[first]);
+  if (st != HOST_IOV_OK) return host_iov_reason(st);
   sqe->opcode = op == OP_READ ? IORING_OP_READV : IORING_OP_WRITEV;
   sqe->addr = (uint64_t)(uintptr_t)&r->kiov[first];
   sqe->len = count;
