@@ -21,7 +21,8 @@ import {
 } from './config.js';
 import type { BlockDisk } from './disk.js';
 import type { ImageLock } from './image-lock.js';
-import { BlkRequestExecutor, BlkRequestSlot } from './request.js';
+import { BlkRequestExecutor } from './request.js';
+import { pollingOptions } from './fast-path.js';
 import { FileDisk } from './disk.js';
 import type { BlkWorkerData } from './worker.js';
 import type { CompletionCallback, PENDING, ServingOptions, Vring, VringWorkerModule } from '../../backend/index.js';
@@ -191,9 +192,7 @@ export class VhostUserBlkBackend implements VhostUserBackend {
   }
 
   servingOptions(_queueIndex: number): ServingOptions {
-    if (this.pollUs === 0) return {};
-    const d = this.disk;
-    return { pollUs: this.pollUs, pollHook: d instanceof FileDisk ? () => d.uringPoll() : undefined };
+    return pollingOptions(this.pollUs, this.disk);
   }
 
   /** Writes must be stable at completion unless a writeback cache is in effect (VIRTIO 1.2 §5.2.6.2). */
@@ -255,13 +254,7 @@ export class VhostUserBlkBackend implements VhostUserBackend {
     const lock = this.disk.imageLock;
     if (lock !== undefined && !lock.held) this.takeImageLock(lock);
     this.running.add(_queueIndex);
-    let slot = chain.userData as BlkRequestSlot | null;
-    if (slot === null) {
-      slot = new BlkRequestSlot();
-      chain.userData = slot;
-    }
-    slot.chain = chain;
-    return this.executor.start(slot, done);
+    return this.executor.serve(chain, done);
   }
 
   /**

@@ -8,7 +8,7 @@
  * takes the promise-based {@link BlkRequestExecutor.execute} path, which handles every error.
  * @module
  */
-import type { CompletionCallback } from '../../backend/index.js';
+import type { CompletionCallback, ServingOptions } from '../../backend/index.js';
 import type { UringTarget } from '../../sys/uring.js';
 import { VIRTIO_BLK_OUTHDR_SIZE, VIRTIO_BLK_SECTOR_SIZE, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT } from './config.js';
 import type { BlkRequestExecutor, BlkRequestSlot } from './request.js';
@@ -21,8 +21,19 @@ export interface UringCapableDisk {
   uringCanStage(iovCount: number): boolean;
   uringTransfer(write: boolean, pairs: Float64Array, count: number, offset: number, target: UringTarget): boolean;
   uringSync(target: UringTarget): boolean;
+  /** Submits what is staged and completes what finished, without waiting (adaptive polling). */
+  uringPoll(): boolean;
   /** Optional: the transfer done synchronously when cheaper (see FileDisk.uringInline). */
   uringInline?(write: boolean, pairs: Float64Array, count: number, offset: number, want: number, dsync: boolean): boolean;
+}
+
+/**
+ * A blk queue's serving options for adaptive polling (`pollUs` 0: none): the spin also reaps the
+ * disk's io_uring completions when it has a ring.
+ */
+export function pollingOptions(pollUs: number, disk: unknown): ServingOptions {
+  if (pollUs === 0) return {};
+  return { pollUs, pollHook: isUringCapable(disk) ? () => disk.uringPoll() : undefined };
 }
 
 /** True when `disk` offers the io_uring fast path. */

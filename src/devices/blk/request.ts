@@ -117,13 +117,23 @@ export class BlkRequestExecutor {
   }
 
   /**
-   * Runs the request in `slot.chain` and writes its status byte. Resolves to the used length
-   * (every writable byte: data for IN / GET_ID plus the status), or 0 for a chain without room for
-   * a status byte. Never rejects: I/O failures become VIRTIO_BLK_S_IOERR.
+   * Serves `chain` (the device's processChain, main thread or worker): its recycled slot, then
+   * {@link start}.
    */
+  serve(chain: DescriptorChain, done: CompletionCallback | undefined): number | Promise<number> | typeof PENDING {
+    let slot = chain.userData as BlkRequestSlot | null;
+    if (slot === null) {
+      slot = new BlkRequestSlot();
+      chain.userData = slot;
+    }
+    slot.chain = chain;
+    return this.start(slot, done);
+  }
+
   /**
    * Runs the request in `slot.chain`: IN / OUT on an io_uring disk without allocating (returns
-   * {@link PENDING}; `done` receives the used length), everything else as {@link execute}.
+   * {@link PENDING}, `done` receiving the used length later, or the used length itself when the
+   * disk did the transfer inline), everything else as {@link execute}.
    */
   start(slot: BlkRequestSlot, done: CompletionCallback | undefined): number | Promise<number> | typeof PENDING {
     const disk = this.uringDisk;

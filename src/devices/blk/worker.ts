@@ -9,7 +9,8 @@ import type { DescriptorChain } from '../../queue/index.js';
 import { defaultLogger } from '../../log.js';
 import { VIRTIO_BLK_F_FLUSH, encodeBlkSerial } from './config.js';
 import { FileDisk, type InlineIoMode } from './disk.js';
-import { BlkRequestExecutor, BlkRequestSlot } from './request.js';
+import { BlkRequestExecutor } from './request.js';
+import { pollingOptions } from './fast-path.js';
 import type { AioMode } from './uring-io.js';
 
 /** Structured-cloneable description of the disk and device a blk worker serves. */
@@ -45,16 +46,10 @@ export function createVringWorker(data: unknown, threadId: number): VringWorker 
   return {
     // The same allocation-free path as the main thread's queues: io_uring fast path, inline I/O.
     processChain(_q: number, chain: DescriptorChain, _vring: Vring, done?: CompletionCallback): number | Promise<number> | typeof PENDING {
-      let slot = chain.userData as BlkRequestSlot | null;
-      if (slot === null) {
-        slot = new BlkRequestSlot();
-        chain.userData = slot;
-      }
-      slot.chain = chain;
-      return executor.start(slot, done);
+      return executor.serve(chain, done);
     },
     servingOptions(): ServingOptions {
-      return d.pollUs === 0 ? {} : { pollUs: d.pollUs, pollHook: () => disk.uringPoll() };
+      return pollingOptions(d.pollUs, disk);
     },
     maxInFlight: () => d.maxInFlight,
     // The worker follows the negotiated FLUSH feature; a later config `writeback` toggle is only
