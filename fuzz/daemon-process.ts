@@ -29,8 +29,10 @@ export interface DaemonOptions {
   numQueues?: number;
   /** Largest queue size (default 256). */
   queueSize?: number;
-  /** blk: RAM disk size in MiB (default 8). */
+  /** blk: RAM disk size in MiB (default 8), when no `blkFile` is given. */
   ramSizeMib?: number;
+  /** blk: serve this image file (io_uring, inline I/O on tmpfs) instead of a RAM disk. */
+  blkFile?: string;
   /** VHOST_USER_LOG of the daemon (default: inherited, else the CLI's own default). */
   logLevel?: string;
   /** How long the daemon may take to start listening (default 10 s). */
@@ -48,7 +50,7 @@ function daemonArgs(device: FuzzDevice, opts: DaemonOptions): string[] {
   }
   return [
     '--socket-path', opts.socketPath, '--num-queues', String(opts.numQueues ?? 2), '--queue-size', size,
-    '--ram-size-mib', String(opts.ramSizeMib ?? 8),
+    ...(opts.blkFile !== undefined ? ['--blk-file', opts.blkFile] : ['--ram-size-mib', String(opts.ramSizeMib ?? 8)]),
   ];
 }
 

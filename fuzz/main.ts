@@ -32,12 +32,18 @@ if (device !== 'blk' && device !== 'net') {
   console.error(`fuzz: FUZZ_DEVICE must be blk or net, got ${device}`);
   process.exit(2);
 }
+const blkDisk = process.env.FUZZ_BLK_DISK || 'file';
+if (blkDisk !== 'file' && blkDisk !== 'ram') {
+  console.error(`fuzz: FUZZ_BLK_DISK must be file or ram, got ${blkDisk}`);
+  process.exit(2);
+}
 const seed = envInt('FUZZ_SEED') ?? randomInt(0, 2 ** 32);
 const only = envInt('FUZZ_CASE');
 const cases = envInt('FUZZ_CASES');
 console.log(`fuzz: device=${device} seed=0x${seed.toString(16)} (replay with ${device === 'blk' ? '' : `FUZZ_DEVICE=${device} `}FUZZ_SEED=0x${seed.toString(16)})`);
 const summary = await runFuzz({
   device,
+  blkDisk,
   seed,
   seconds: envInt('FUZZ_SECONDS'),
   cases,

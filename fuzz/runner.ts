@@ -6,11 +6,12 @@
  * at the end with a baseline taken after warm-up.
  * @module
  */
-import { appendFileSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { FrontendReq } from '../src/vhost-user/constants.js';
 import { RawClient, VERSION_1, message } from './client.js';
+import { DISK_SECTORS } from './chains.js';
 import { DaemonProcess, type FuzzDevice } from './daemon-process.js';
 import { protocolCase } from './protocol.js';
 import { Rng, caseSeed } from './rng.js';
@@ -38,6 +39,11 @@ export interface FuzzOptions {
   log?: (line: string) => void;
   /** Daemon log level (default 'error' for runs: a log line per rejected request costs more than the request; 'debug' when replaying one case). */
   daemonLog?: string;
+  /**
+   * blk: what the daemon serves. 'file' (default): an 8 MiB image on /dev/shm, so hostile chains
+   * reach the io_uring fast path and the inline I/O path with guest addresses; 'ram': a RAM disk.
+   */
+  blkDisk?: 'file' | 'ram';
   /** Allowed fd growth of the daemon between warm-up and the end (default 2). */
   fdTolerance?: number;
   /** Allowed RSS growth in KiB (default 64 MiB: RSS follows the GC's whims, the heap check is the precise one). */
@@ -137,6 +143,14 @@ export async function runFuzz(opts: FuzzOptions): Promise<FuzzSummary> {
   const logLevel = opts.daemonLog ?? (opts.only !== undefined ? 'debug' : 'error');
   const dir = mkdtempSync(join(tmpdir(), 'vu-fuzz-'));
   const socketPath = join(dir, `${device}.sock`);
+  let blkFile: string | undefined;
+  if (device === 'blk' && (opts.blkDisk ?? 'file') === 'file') {
+    // The chain cases address DISK_SECTORS sectors; tmpfs when there is one (inline I/O).
+    const imageDir = existsSync('/dev/shm') ? mkdtempSync('/dev/shm/vu-fuzz-') : dir;
+    blkFile = join(imageDir, 'disk.img');
+    writeFileSync(blkFile, '');
+    truncateSync(blkFile, DISK_SECTORS * 512);
+  }
   const s: FuzzSummary = {
     device, seed, cases: 0, protocolCases: 0, chainCases: 0, messages: 0, chains: 0, hostileChains: 0, brokenRings: 0,
     crashes: 0, hangs: 0, otherFailures: 0, failures: [], restarts: 0, fdDelta: null, rssDeltaKib: null,
@@ -145,7 +159,7 @@ export async function runFuzz(opts: FuzzOptions): Promise<FuzzSummary> {
   };
   const t0 = process.hrtime.bigint();
   const elapsed = (): number => Number(process.hrtime.bigint() - t0) / 1e9;
-  let daemon = await DaemonProcess.start({ socketPath, logLevel, device });
+  let daemon = await DaemonProcess.start({ socketPath, logLevel, device, blkFile });
   let casesSinceStart = 0;
 
   const record = (f: Omit<FuzzFailure, 'seed' | 'replay'>): void => {
@@ -186,7 +200,7 @@ export async function runFuzz(opts: FuzzOptions): Promise<FuzzSummary> {
 
   const restart = async (): Promise<void> => {
     await daemon.kill();
-    daemon = await DaemonProcess.start({ socketPath, logLevel, device });
+    daemon = await DaemonProcess.start({ socketPath, logLevel, device, blkFile });
     s.restarts++;
     casesSinceStart = 0;
     s.fdBaseline = s.rssBaselineKib = null;
@@ -288,6 +302,7 @@ export async function runFuzz(opts: FuzzOptions): Promise<FuzzSummary> {
   } finally {
     await daemon.stop();
     rmSync(dir, { recursive: true, force: true });
+    if (blkFile !== undefined) rmSync(dirname(blkFile), { recursive: true, force: true });
   }
   s.seconds = elapsed();
   return s;
